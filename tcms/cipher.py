@@ -1,0 +1,64 @@
+"""The message encryption E_k used for c in m3, as a pluggable interface.
+
+The default is AES-256-GCM from ``cryptography`` with a random 96-bit nonce; the TSRG
+cryptosystem (package ``tsrg``) registers itself here under its own algorithm id.  The
+algorithm id is part of the signed protocol header, so a downgrade changes H(core).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+
+class DecryptionError(Exception):
+    """Ciphertext, key or associated data do not match."""
+
+
+class MessageCipher(Protocol):
+    alg_id: str
+
+    def encrypt(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes: ...
+
+    def decrypt(self, key: bytes, ciphertext: bytes, aad: bytes) -> bytes: ...
+
+
+class AesGcmCipher:
+    alg_id = "aes256gcm"
+
+    def encrypt(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, key: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        if len(ciphertext) < 28:
+            raise DecryptionError("ciphertext too short")
+        try:
+            return AESGCM(key).decrypt(ciphertext[:12], ciphertext[12:], aad)
+        except InvalidTag:
+            raise DecryptionError("authentication tag does not verify") from None
+
+
+_REGISTRY: dict[str, MessageCipher] = {AesGcmCipher.alg_id: AesGcmCipher()}
+DEFAULT_ALG = AesGcmCipher.alg_id
+
+
+def register(cipher: MessageCipher, *, default: bool = False) -> None:
+    global DEFAULT_ALG
+    _REGISTRY[cipher.alg_id] = cipher
+    if default:
+        DEFAULT_ALG = cipher.alg_id
+
+
+def get(alg_id: str) -> MessageCipher:
+    try:
+        return _REGISTRY[alg_id]
+    except KeyError:
+        raise DecryptionError(f"unknown message cipher {alg_id!r}") from None
+
+
+def default() -> MessageCipher:
+    return _REGISTRY[DEFAULT_ALG]
