@@ -1,0 +1,221 @@
+"""RFC 3161 time stamps, client side: build requests (m1), read replies (m2), verify tokens.
+
+Verification is offline and strict: the token's imprint must be the expected hash, the
+ESS signingCertificateV2 attribute must name the embedded TSA certificate, the CMS
+signature must verify, and the TSA certificate must be issued by a trusted CA, be valid at
+genTime, and carry the critical extended key usage timeStamping (and nothing else).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from dataclasses import dataclass
+
+from asn1crypto import cms, tsp
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from tcms.crypto import ct_equal
+
+_HASHES = {
+    "sha256": (hashlib.sha256, hashes.SHA256),
+    "sha384": (hashlib.sha384, hashes.SHA384),
+    "sha512": (hashlib.sha512, hashes.SHA512),
+}
+
+
+class TimestampError(Exception):
+    """A time-stamp request, reply or token is malformed or does not verify."""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    gen_time: dt.datetime
+    serial: int
+    policy: str
+    nonce: int | None
+    tsa_subject: str
+    hash_alg: str
+    imprint: bytes
+
+
+class TimeStampResp(tsp.TimeStampResp):  # type: ignore[misc]
+    """RFC 3161's TimeStampResp: the token is OPTIONAL (absent on rejection)."""
+
+    _fields = [
+        ("status", tsp.PKIStatusInfo),
+        ("time_stamp_token", cms.ContentInfo, {"optional": True}),
+    ]
+
+
+def make_request(imprint: bytes, *, hash_alg: str = "sha256", nonce: int | None = None,
+                 cert_req: bool = True, policy: str | None = None) -> tuple[bytes, int]:
+    """A DER TimeStampReq over a precomputed imprint; returns (request, nonce)."""
+    if hash_alg not in _HASHES:
+        raise TimestampError(f"unsupported hash {hash_alg}")
+    if nonce is None:
+        nonce = int.from_bytes(os.urandom(8), "big")
+    fields: dict[str, object] = {
+        "version": "v1",
+        "message_imprint": {"hash_algorithm": {"algorithm": hash_alg}, "hashed_message": imprint},
+        "nonce": nonce,
+        "cert_req": cert_req,
+    }
+    if policy:
+        fields["req_policy"] = policy
+    return tsp.TimeStampReq(fields).dump(), nonce
+
+
+def token_from_reply(reply: bytes) -> bytes:
+    """Extract the token (a DER ContentInfo) from a TimeStampResp, or say why there is none."""
+    try:
+        resp = TimeStampResp.load(reply)
+        status = resp["status"]["status"].native
+    except Exception as exc:
+        raise TimestampError(f"malformed time-stamp reply: {exc}") from None
+    if status not in ("granted", "granted_with_mods"):
+        text = resp["status"]["status_string"].native if resp["status"]["status_string"] else None
+        fail = resp["status"]["fail_info"].native if resp["status"]["fail_info"] else None
+        raise TimestampError(f"time-stamp refused: {status} {fail or ''} {text or ''}".strip())
+    return bytes(resp["time_stamp_token"].dump())
+
+
+def _verify_cms_signature(cert: x509.Certificate, signature: bytes, data: bytes,
+                          sig_alg: str, digest: str) -> None:
+    key = cert.public_key()
+    hash_cls = _HASHES[digest][1]
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, data, ec.ECDSA(hash_cls()))
+        elif isinstance(key, rsa.RSAPublicKey):
+            if sig_alg == "rsassa_pss":
+                raise TimestampError("RSASSA-PSS TSA signatures are not supported")
+            key.verify(signature, data, padding.PKCS1v15(), hash_cls())
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, data)
+        else:
+            raise TimestampError("unsupported TSA key type")
+    except InvalidSignature:
+        raise TimestampError("TSA signature does not verify") from None
+
+
+def verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
+                 *, nonce: int | None = None) -> TokenInfo:
+    """Verify an RFC 3161 token over ``imprint`` against a trusted CA; return what it says.
+
+    Any defect, including a malformed structure found late by lazy ASN.1 parsing, raises
+    TimestampError."""
+    try:
+        return _verify_token(token, imprint, trusted_ca, nonce)
+    except TimestampError:
+        raise
+    except Exception as exc:  # asn1crypto and cryptography raise many types on bad input
+        raise TimestampError(f"malformed time-stamp token: {type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                             ) from None
+
+
+def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
+                  nonce: int | None) -> TokenInfo:
+    try:
+        info = cms.ContentInfo.load(token)
+        if info["content_type"].native != "signed_data":
+            raise TimestampError("token is not CMS SignedData")
+        sd = info["content"]
+        encap = sd["encap_content_info"]
+        if encap["content_type"].native != "tst_info":
+            raise TimestampError("token does not hold a TSTInfo")
+        tst_der = encap["content"].contents
+        if not isinstance(tst_der, bytes):
+            raise TimestampError("token has no TSTInfo content")
+        tst = tsp.TSTInfo.load(tst_der)
+        signer_infos = sd["signer_infos"]
+        if len(signer_infos) != 1:
+            raise TimestampError("token must have exactly one signer")
+        si = signer_infos[0]
+        digest = si["digest_algorithm"]["algorithm"].native
+        sig_alg = si["signature_algorithm"].signature_algo
+        hash_alg = tst["message_imprint"]["hash_algorithm"]["algorithm"].native
+        hashed = tst["message_imprint"]["hashed_message"].native
+        gen_time = tst["gen_time"].native
+        serial = tst["serial_number"].native
+        policy = tst["policy"].dotted
+        token_nonce = tst["nonce"].native
+        certs = [c.chosen for c in sd["certificates"]] if sd["certificates"] else []
+        sid = si["sid"].chosen
+        signed_attrs = si["signed_attrs"]
+        if not signed_attrs:
+            raise TimestampError("token has no signed attributes")
+        attrs = {a["type"].native: a["values"] for a in signed_attrs}
+        signed_der = signed_attrs.untag().dump()
+        signature = si["signature"].native
+    except TimestampError:
+        raise
+    except Exception as exc:
+        raise TimestampError(f"malformed time-stamp token: {exc}") from None
+
+    if digest not in _HASHES:
+        raise TimestampError(f"unsupported digest {digest}")
+    if hash_alg != "sha256" or not ct_equal(hashed, imprint):
+        raise TimestampError("token imprint does not match the time-stamped data")
+    if nonce is not None and token_nonce != nonce:
+        raise TimestampError("token nonce does not match the request")
+    # signed attributes: content type, message digest, ESS signing certificate v2
+    if attrs.get("content_type") is None or attrs["content_type"][0].native != "tst_info":
+        raise TimestampError("signed content-type attribute is not id-ct-TSTInfo")
+    md = attrs.get("message_digest")
+    if md is None or not ct_equal(md[0].native, _HASHES[digest][0](tst_der).digest()):
+        raise TimestampError("message-digest attribute does not match the TSTInfo")
+    # the signer certificate
+    signer = None
+    for c in certs:
+        if (
+            isinstance(sid, cms.IssuerAndSerialNumber)
+            and c.issuer == sid["issuer"]
+            and c.serial_number == sid["serial_number"].native
+        ):
+            signer = c
+    if signer is None:
+        raise TimestampError("token does not carry its TSA certificate")
+    scv2 = attrs.get("signing_certificate_v2")
+    if scv2 is None:
+        raise TimestampError("token lacks the ESS signingCertificateV2 attribute")
+    ess = scv2[0]["certs"][0]
+    ess_alg = ess["hash_algorithm"]["algorithm"].native
+    if ess_alg not in _HASHES or not ct_equal(
+        ess["cert_hash"].native, _HASHES[ess_alg][0](signer.dump()).digest()
+    ):
+        raise TimestampError("ESS signingCertificateV2 does not name the TSA certificate")
+    cert = x509.load_der_x509_certificate(signer.dump())
+    _verify_cms_signature(cert, signature, signed_der, sig_alg, digest)
+    check_tsa_certificate(cert, trusted_ca, gen_time)
+    return TokenInfo(
+        gen_time=gen_time,
+        serial=serial,
+        policy=policy,
+        nonce=token_nonce,
+        tsa_subject=cert.subject.rfc4514_string(),
+        hash_alg=hash_alg,
+        imprint=hashed,
+    )
+
+
+def check_tsa_certificate(cert: x509.Certificate, trusted_ca: x509.Certificate,
+                          at: dt.datetime) -> None:
+    try:
+        cert.verify_directly_issued_by(trusted_ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise TimestampError("TSA certificate is not issued by the trusted CA") from None
+    if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+        raise TimestampError("TSA certificate was not valid at the token's time")
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        raise TimestampError("TSA certificate lacks extendedKeyUsage timeStamping") from None
+    if not eku.critical or list(eku.value) != [ExtendedKeyUsageOID.TIME_STAMPING]:
+        raise TimestampError("TSA certificate's extendedKeyUsage must be critical timeStamping")

@@ -1,0 +1,234 @@
+"""A sans-IO RFC 3161 time-stamp authority: request in, reply out; time and serial are inputs.
+
+The signing key is ECDSA P-256 (SHA-256): it is what every RFC 3161 client, OpenSSL's
+``ts -verify`` included, accepts.  The TSA certificate is issued by the service's own CA
+with basicConstraints CA:FALSE, keyUsage digitalSignature and a critical extendedKeyUsage
+holding only timeStamping, as RFC 3161 section 2.3 requires.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+
+from asn1crypto import cms, tsp
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tcms.timestamp import TimeStampResp
+
+# A UUID-derived OID (ITU-T X.667, arc 2.25) naming the TCMS time-stamping policy.
+POLICY_OID = "2.25.142144126307827040010324908873667743154"
+HASH_LENGTHS = {"sha256": 32, "sha384": 48, "sha512": 64}
+
+
+@dataclass(frozen=True)
+class TsaCredentials:
+    ca_cert: x509.Certificate
+    tsa_cert: x509.Certificate
+    tsa_key: ec.EllipticCurvePrivateKey = field(repr=False)
+
+    def pem_chain(self) -> tuple[bytes, bytes]:
+        enc = serialization.Encoding.PEM
+        return self.ca_cert.public_bytes(enc), self.tsa_cert.public_bytes(enc)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "TCMS"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def create_credentials(name: str, *, now: dt.datetime, years: int = 10) -> TsaCredentials:
+    """A new CA and a TSA certificate it issues, both ECDSA P-256."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    tsa_key = ec.generate_private_key(ec.SECP256R1())
+    start = now - dt.timedelta(minutes=5)
+    end = now + dt.timedelta(days=365 * years)
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"{name} CA"))
+        .issuer_name(_name(f"{name} CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    tsa_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(ca_cert.subject)
+        .public_key(tsa_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(tsa_key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return TsaCredentials(ca_cert, tsa_cert, tsa_key)
+
+
+class RequestRejected(Exception):
+    def __init__(self, fail_info: str, text: str) -> None:
+        super().__init__(text)
+        self.fail_info = fail_info
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What the authority did: the reply to send, and what to log."""
+
+    reply: bytes
+    token: bytes | None
+    serial: int | None
+    imprint: bytes | None
+    error: str | None = None
+
+
+class TimeStampAuthority:
+    """Turns RFC 3161 requests into replies.  Encoded parts are cached: only TSTInfo varies."""
+
+    def __init__(self, creds: TsaCredentials, *, policy: str = POLICY_OID,
+                 accuracy_ms: int = 500) -> None:
+        self.creds = creds
+        self.policy = policy
+        self.accuracy_ms = accuracy_ms
+        der = creds.tsa_cert.public_bytes(serialization.Encoding.DER)
+        self._cert = asn1_x509.Certificate.load(der)
+        self._ess = tsp.SigningCertificateV2(
+            {"certs": [{"cert_hash": hashlib.sha256(der).digest()}]}
+        )
+        # Encoded once: asn1crypto re-serialises a certificate placed in a new structure,
+        # which costs more than the signature itself.  A freshly loaded copy is reused as is.
+        self._certset_der = cms.CertificateSet(
+            [cms.CertificateChoices({"certificate": self._cert})]).dump()
+        self._sid = cms.SignerIdentifier(
+            {
+                "issuer_and_serial_number": {
+                    "issuer": self._cert.issuer,
+                    "serial_number": self._cert.serial_number,
+                }
+            }
+        )
+
+    def parse_request(self, request: bytes) -> tsp.TimeStampReq:
+        try:
+            req = tsp.TimeStampReq.load(request)
+            version = req["version"].native
+            alg = req["message_imprint"]["hash_algorithm"]["algorithm"].native
+            imprint = req["message_imprint"]["hashed_message"].native
+            req_policy = req["req_policy"].dotted if req["req_policy"].native else None
+            has_ext = bool(req["extensions"].native)
+            req["nonce"].native  # noqa: B018 - force parsing
+        except Exception:
+            raise RequestRejected("bad_data_format", "request is not a DER TimeStampReq") from None
+        if version != "v1":
+            raise RequestRejected("bad_request", "only TimeStampReq version 1 is supported")
+        if alg not in HASH_LENGTHS:
+            raise RequestRejected("bad_alg", f"hash algorithm {alg} is not accepted")
+        if len(imprint) != HASH_LENGTHS[alg]:
+            raise RequestRejected("bad_data_format", "imprint length does not fit its hash")
+        if req_policy is not None and req_policy != self.policy:
+            raise RequestRejected("unaccepted_policy", f"policy {req_policy} is not offered")
+        if has_ext:
+            raise RequestRejected("unaccepted_extensions", "request extensions are not supported")
+        return req
+
+    def stamp(self, request: bytes, *, now: dt.datetime, serial: int) -> Stamp:
+        """Answer one request.  ``serial`` must be fresh (the caller's durable counter)."""
+        try:
+            req = self.parse_request(request)
+        except RequestRejected as exc:
+            return Stamp(self.rejection(exc.fail_info, str(exc)), None, None, None, str(exc))
+        token = self.issue(req, now=now, serial=serial)
+        reply = tsp.TimeStampResp(
+            {"status": {"status": "granted"}, "time_stamp_token": cms.ContentInfo.load(token)}
+        ).dump()
+        return Stamp(reply, token, serial, req["message_imprint"]["hashed_message"].native)
+
+    @staticmethod
+    def rejection(fail_info: str, text: str) -> bytes:
+        return bytes(
+            TimeStampResp(
+                {
+                    "status": {
+                        "status": "rejection",
+                        "status_string": [text],
+                        "fail_info": {fail_info},
+                    }
+                }
+            ).dump()
+        )
+
+    def issue(self, req: tsp.TimeStampReq, *, now: dt.datetime, serial: int) -> bytes:
+        secs, ms = divmod(self.accuracy_ms, 1000)
+        accuracy = {k: v for k, v in (("seconds", secs), ("millis", ms)) if v}
+        fields: dict[str, object] = {
+            "version": "v1",
+            "policy": self.policy,
+            "message_imprint": req["message_imprint"],
+            "serial_number": serial,
+            "gen_time": now.astimezone(dt.UTC),
+            "accuracy": accuracy,
+            "tsa": {"directory_name": self._cert.subject},
+        }
+        if req["nonce"].native is not None:
+            fields["nonce"] = req["nonce"].native
+        tst_der = tsp.TSTInfo(fields).dump()
+        signed_attrs = cms.CMSAttributes(
+            [
+                {"type": "content_type", "values": ["tst_info"]},
+                {"type": "signing_time", "values": [cms.Time({"utc_time": now})]},
+                {"type": "message_digest", "values": [hashlib.sha256(tst_der).digest()]},
+                {"type": "signing_certificate_v2", "values": [self._ess]},
+            ]
+        )
+        signature = self.creds.tsa_key.sign(signed_attrs.dump(), ec.ECDSA(hashes.SHA256()))
+        certificates = (cms.CertificateSet.load(self._certset_der) if req["cert_req"].native
+                        else None)
+        signed_data = cms.SignedData(
+            {
+                "version": "v3",
+                "digest_algorithms": [{"algorithm": "sha256"}],
+                "encap_content_info": {
+                    "content_type": "tst_info",
+                    "content": cms.ParsableOctetString(tst_der),
+                },
+                **({"certificates": certificates} if certificates is not None else {}),
+                "signer_infos": [
+                    {
+                        "version": "v1",
+                        "sid": self._sid,
+                        "digest_algorithm": {"algorithm": "sha256"},
+                        "signed_attrs": signed_attrs,
+                        "signature_algorithm": {"algorithm": "sha256_ecdsa"},
+                        "signature": signature,
+                    }
+                ],
+            }
+        )
+        info = cms.ContentInfo({"content_type": "signed_data", "content": signed_data})
+        return bytes(info.dump())
