@@ -1,0 +1,301 @@
+"""Every check of the protocol, each failing with a named reason.
+
+The sender and receiver machines, the TTP and the offline arbiter (``tcms verify``) all
+call these functions, so a message is judged the same way wherever it is judged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from tcms import cipher as ciphers
+from tcms.crypto import (
+    CryptoError,
+    check_commitment,
+    commit,
+    ct_equal,
+    derive_message_key,
+    h,
+    sign,
+    unwrap,
+    verify,
+    wrap,
+)
+from tcms.identity import Identity, Party
+from tcms.protocol.messages import (
+    M3,
+    M4,
+    M5,
+    M6,
+    Aborted,
+    BadEscrow,
+    Core,
+    Deadlines,
+    Description,
+    Header,
+    MessageError,
+    Refusal,
+    Resolved,
+    TTPAnswer,
+    parse_plaintext,
+    plaintext,
+)
+from tcms.timestamp import TimestampError, TokenInfo, verify_token
+
+# Step tags of key wraps.
+WRAP_R = "ESCROW-R"
+WRAP_T = "ESCROW-T"
+WRAP_M5 = "M5-KEY"
+WRAP_RELEASE = "RELEASE-KEY"
+
+
+class ProtocolError(Exception):
+    """A named check failed.  ``check`` is stable (for logs and tests); ``reason`` is prose."""
+
+    def __init__(self, check: str, reason: str) -> None:
+        super().__init__(f"{check}: {reason}")
+        self.check = check
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What a party or an arbiter trusts: the TTP's public keys and the TSA's CA."""
+
+    ttp: Party
+    tsa_ca: x509.Certificate
+
+
+def check_sig(check: str, public: bytes, signature: bytes, tag: str, *fields: object) -> None:
+    try:
+        verify(public, signature, tag, *fields)  # type: ignore[arg-type]
+    except CryptoError as exc:
+        raise ProtocolError(check, str(exc)) from None
+
+
+# --- sealing (S's setup) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sealed:
+    core: Core
+    c: bytes
+    e_r: bytes
+    e_t: bytes
+    k_r: bytes
+    k_t: bytes
+
+
+def seal(
+    me: Identity,
+    recipient: Party,
+    ttp: Party,
+    tss: str,
+    m0: bytes,
+    description: Description,
+    deadlines: Deadlines,
+    *,
+    cipher_alg: str | None = None,
+    random: Callable[[int], bytes] = os.urandom,
+) -> Sealed:
+    """Set up one run: fresh tx and key shares, c = E_k(m0 || h(m0) || ID_S || ID_R), escrows."""
+    tx, k_r, k_t = random(16), random(32), random(32)
+    cipher = ciphers.get(cipher_alg) if cipher_alg else ciphers.default()
+    hdr = Header(tx, me.party, recipient, ttp, tss, cipher.alg_id, deadlines, description)
+    k = derive_message_key(k_r, k_t, tx)
+    c = cipher.encrypt(k, plaintext(m0, me.name, recipient.name), hdr.digest)
+    e_r = wrap(recipient.enc_pk, k_r, WRAP_R, hdr.digest)
+    e_t = wrap(ttp.enc_pk, k_t, WRAP_T, hdr.digest)
+    core = Core(hdr, h(c), h(e_r), h(e_t), commit("kR", tx, k_r), commit("kT", tx, k_t))
+    return Sealed(core, c, e_r, e_t, k_r, k_t)
+
+
+def sign_eoo(me: Identity, core: Core, token: bytes) -> bytes:
+    return sign(me.sig_key, "M3", core.cid, h(token))
+
+
+# --- m3 ---------------------------------------------------------------------------------
+
+
+def check_core_hashes(m3: M3) -> None:
+    if not ct_equal(h(m3.c), m3.core.h_c):
+        raise ProtocolError("m3.c", "H(c) does not match the core")
+    if not ct_equal(h(m3.e_r), m3.core.h_er):
+        raise ProtocolError("m3.e_R", "H(e_R) does not match the core")
+    if not ct_equal(h(m3.e_t), m3.core.h_et):
+        raise ProtocolError("m3.e_T", "H(e_T) does not match the core")
+
+
+def check_token(core: Core, token: bytes, trust: Trust) -> TokenInfo:
+    try:
+        return verify_token(token, core.cid, trust.tsa_ca)
+    except TimestampError as exc:
+        raise ProtocolError("m2.token", str(exc)) from None
+
+
+def token_time(info: TokenInfo) -> int:
+    return int(info.gen_time.timestamp())
+
+
+def check_eoo(core: Core, token: bytes, eoo: bytes) -> None:
+    check_sig("m3.eoo", core.header.sender.sig_pk, eoo, "M3", core.cid, h(token))
+
+
+def check_ttp_named(core: Core, trust: Trust) -> None:
+    if core.header.ttp != trust.ttp:
+        raise ProtocolError("hdr.ttp", "the header names a TTP that is not the trusted one")
+
+
+def check_origin(core: Core, token: bytes, eoo: bytes, trust: Trust) -> TokenInfo:
+    """Non-repudiation of origin: the trusted TTP is named, the token covers cid, EOO verifies.
+    Returns the token's contents; its genTime is the time m0 was sent."""
+    check_ttp_named(core, trust)
+    info = check_token(core, token, trust)
+    if token_time(info) > core.header.deadlines.accept_by:
+        raise ProtocolError("m2.time", "the time stamp is later than the accept deadline")
+    check_eoo(core, token, eoo)
+    return info
+
+
+def open_e_r(me: Identity, core: Core, e_r: bytes) -> bytes:
+    try:
+        k_r = unwrap(me.enc_key, e_r, WRAP_R, core.header.digest)
+        check_commitment("kR", core.header.tx, k_r, core.hk_r)
+    except CryptoError as exc:
+        raise ProtocolError("m3.e_R", str(exc)) from None
+    return k_r
+
+
+def check_m3(me: Identity, m3: M3, trust: Trust, now: int,
+             known_sender: Callable[[str], Party | None]) -> tuple[TokenInfo, bytes]:
+    """R's checks of m3 (returns the token's contents and k_R)."""
+    hdr = m3.core.header
+    if hdr.recipient != me.party:
+        raise ProtocolError("hdr.recipient", "this mail is addressed to another party or key")
+    sender = known_sender(hdr.sender.name)
+    if sender is None:
+        raise ProtocolError("hdr.sender", f"unknown sender {hdr.sender.name}")
+    if sender != hdr.sender:
+        raise ProtocolError("hdr.sender", "the sender's keys are not the published ones")
+    try:
+        ciphers.get(hdr.cipher)
+    except ciphers.DecryptionError as exc:
+        raise ProtocolError("hdr.cipher", str(exc)) from None
+    check_core_hashes(m3)
+    info = check_origin(m3.core, m3.token, m3.eoo, trust)
+    if now > hdr.deadlines.accept_by:
+        raise ProtocolError("hdr.deadline", "m3 arrived after its accept deadline")
+    return info, open_e_r(me, m3.core, m3.e_r)
+
+
+# --- m4, m5, m6, refusal ----------------------------------------------------------------
+
+
+def check_m4(core: Core, eoo: bytes, m4: M4) -> None:
+    if not ct_equal(m4.cid, core.cid):
+        raise ProtocolError("m4.cid", "m4 belongs to another exchange")
+    check_sig("m4.sig", core.header.recipient.sig_pk, m4.sig, "M4", core.cid, h(eoo))
+
+
+def sign_m4(me: Identity, core: Core, eoo: bytes) -> M4:
+    return M4(core.cid, sign(me.sig_key, "M4", core.cid, h(eoo)))
+
+
+def check_refusal(core: Core, eoo: bytes, refusal: Refusal) -> None:
+    if not ct_equal(refusal.cid, core.cid):
+        raise ProtocolError("refusal.cid", "the refusal belongs to another exchange")
+    check_sig("refusal.sig", core.header.recipient.sig_pk, refusal.sig, "REFUSE", core.cid, h(eoo))
+
+
+def sign_refusal(me: Identity, core: Core, eoo: bytes) -> Refusal:
+    return Refusal(core.cid, sign(me.sig_key, "REFUSE", core.cid, h(eoo)))
+
+
+def make_m5(me: Identity, core: Core, k_t: bytes) -> M5:
+    w5 = wrap(core.header.recipient.enc_pk, k_t, WRAP_M5, core.header.digest)
+    return M5(core.cid, w5, sign(me.sig_key, "M5", core.cid, core.hk_t, h(w5)))
+
+
+def check_m5_signature(core: Core, m5: M5) -> None:
+    if not ct_equal(m5.cid, core.cid):
+        raise ProtocolError("m5.cid", "m5 belongs to another exchange")
+    check_sig("m5.sig", core.header.sender.sig_pk, m5.sig, "M5", core.cid, core.hk_t, h(m5.w5))
+
+
+def open_m5(me: Identity, core: Core, m5: M5) -> bytes:
+    check_m5_signature(core, m5)
+    try:
+        k_t = unwrap(me.enc_key, m5.w5, WRAP_M5, core.header.digest)
+        check_commitment("kT", core.header.tx, k_t, core.hk_t)
+    except CryptoError as exc:
+        raise ProtocolError("m5.key", str(exc)) from None
+    return k_t
+
+
+def check_m6(core: Core, m5: bytes, m6: M6) -> None:
+    if not ct_equal(m6.cid, core.cid):
+        raise ProtocolError("m6.cid", "m6 belongs to another exchange")
+    check_sig("m6.sig", core.header.recipient.sig_pk, m6.sig, "M6", core.cid, h(m5))
+
+
+def sign_m6(me: Identity, core: Core, m5: bytes) -> M6:
+    return M6(core.cid, sign(me.sig_key, "M6", core.cid, h(m5)))
+
+
+def decrypt_payload(core: Core, c: bytes, k_r: bytes, k_t: bytes) -> bytes:
+    """Check both shares against their commitments, derive k, decrypt c, check h(m0) and IDs."""
+    hdr = core.header
+    try:
+        check_commitment("kR", hdr.tx, k_r, core.hk_r)
+        check_commitment("kT", hdr.tx, k_t, core.hk_t)
+    except CryptoError as exc:
+        raise ProtocolError("keys", str(exc)) from None
+    if not ct_equal(h(c), core.h_c):
+        raise ProtocolError("c", "H(c) does not match the core")
+    k = derive_message_key(k_r, k_t, hdr.tx)
+    try:
+        data = ciphers.get(hdr.cipher).decrypt(k, c, hdr.digest)
+        return parse_plaintext(data, hdr.sender.name, hdr.recipient.name)
+    except ciphers.DecryptionError as exc:
+        raise ProtocolError("c.decrypt", str(exc)) from None
+    except MessageError as exc:
+        raise ProtocolError("c.payload", str(exc)) from None
+
+
+# --- the TTP's answers -----------------------------------------------------------------
+
+
+def check_ttp_answer(core: Core, answer: TTPAnswer, trust: Trust) -> None:
+    """The answer is signed by the trusted TTP (the one in the header) for this exchange."""
+    check_ttp_named(core, trust)
+    if not ct_equal(answer.cid, core.cid):
+        raise ProtocolError("ttp.cid", "the TTP's answer belongs to another exchange")
+    pk = trust.ttp.sig_pk
+    if isinstance(answer, Aborted):
+        check_sig("ttp.aborted", pk, answer.sig, "ABORTED", answer.cid, answer.t)
+    elif isinstance(answer, Resolved):
+        check_sig("ttp.resolved", pk, answer.sig, "RESOLVED", *answer.signed_fields(core.hk_t))
+    elif isinstance(answer, BadEscrow):
+        check_sig("ttp.bad-escrow", pk, answer.sig, "BAD-ESCROW", answer.cid, answer.reason,
+                  answer.t)
+    else:
+        check_sig("ttp.rejected", pk, answer.sig, "REJECTED", answer.cid, answer.reason,
+                  answer.t)
+
+
+def open_release(me: Identity, core: Core, resolved: Resolved) -> bytes:
+    try:
+        k_t = unwrap(me.enc_key, resolved.w_t, WRAP_RELEASE, core.header.digest)
+        check_commitment("kT", core.header.tx, k_t, core.hk_t)
+    except CryptoError as exc:
+        raise ProtocolError("ttp.release", str(exc)) from None
+    return k_t
+
+
+def utc(t: int) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tcms.identity import Identity, Party
+from tcms.protocol import ttp as ttp_role
+from tcms.protocol.checks import Trust
+from tcms.protocol.events import Action, Deliver, Received, Send, TimestampReply
+from tcms.protocol.messages import M1, Deadlines, Description
+from tcms.protocol.receiver import Receiver
+from tcms.protocol.sender import Sender
+from tcms.store import Store
+from tss.authority import TimeStampAuthority, create_credentials
+
+PG_URL = os.environ.get("TCMS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+T0 = 1_800_000_000  # a fixed "now" for protocol tests (2027-01-15)
+
+ALICE = Identity.from_seed("alice@a.test", b"alice" * 6 + b"xx")
+BOB = Identity.from_seed("bob@b.test", b"bob" * 10 + b"xx")
+CAROL = Identity.from_seed("carol@b.test", b"carol" * 6 + b"xx")
+TTP = Identity.from_seed("ttp@tcms.test", b"ttp" * 10 + b"xx", kind="ttp")
+MALLORY_TTP = Identity.from_seed("ttp@evil.test", b"evil" * 8, kind="ttp")
+TSA = TimeStampAuthority(create_credentials(
+    "Test TSA", now=dt.datetime.fromtimestamp(T0 - 86400, dt.UTC)))
+TRUST = Trust(TTP.party, TSA.creds.ca_cert)
+DEADLINES = Deadlines(T0 + 100, T0 + 200, T0 + 300, T0 + 1000)
+PARTIES = {p.name: p for p in (ALICE.party, BOB.party, CAROL.party)}
+
+
+def known(name: str) -> Party | None:
+    return PARTIES.get(name)
+
+
+class TssClock:
+    serial = 0
+
+
+def stamp(data: bytes, at: int, *, kind: str = "m1") -> bytes:
+    TssClock.serial += 1
+    tsq = M1.decode(data).tsq if kind == "m1" else data
+    return TSA.stamp(tsq, now=dt.datetime.fromtimestamp(at, dt.UTC), serial=TssClock.serial).reply
+
+
+@dataclass
+class Run:
+    """A sender, its m3 and (once built) a receiver: the pieces protocol tests need."""
+
+    sender: Sender
+    m3: bytes
+    receiver: Receiver | None = None
+    ttp_decision: ttp_role.Decision | None = None
+    delivered: list[bytes] = field(default_factory=list)
+
+    def to_ttp(self, data: bytes, at: int) -> bytes:
+        decision, answer = ttp_role.handle(TTP, TRUST, data, self.ttp_decision, at)
+        if decision is not None:
+            self.ttp_decision = decision
+        return answer
+
+
+def start_run(m0: bytes = b"Subject: test\r\n\r\nbody", *, sender: Identity = ALICE,
+              recipient: Identity = BOB, at: int = T0,
+              deadlines: Deadlines = DEADLINES) -> Run:
+    s, acts = Sender.start(sender, TRUST, recipient.party, m0,
+                           Description("test", len(m0), "<t@a.test>"), deadlines)
+    acts = s.handle(TimestampReply(stamp(acts[0].data, at)), at)
+    m3 = next(a.data for a in acts if isinstance(a, Send) and a.kind == "m3")
+    return Run(s, m3)
+
+
+def sends(actions: list[Action], kind: str | None = None) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send) and (kind is None or a.kind == kind)]
+
+
+def one(actions: list[Action], kind: str) -> bytes:
+    found = sends(actions, kind)
+    assert len(found) == 1, f"expected one {kind} in {actions}"
+    return found[0].data
+
+
+def delivered(actions: list[Action]) -> list[bytes]:
+    return [a.m0 for a in actions if isinstance(a, Deliver)]
+
+
+def receive(machine: Sender | Receiver, data: bytes, at: int) -> list[Action]:
+    return machine.handle(Received(data), at)
+
+
+@pytest.fixture
+def run_factory() -> Callable[..., Run]:
+    return start_run
+
+
+# --- stores: every store test runs on SQLite and on PostgreSQL -----------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'tcms.db'}")
+        await s.upgrade()
+        yield s
+        await s.close()
+        return
+    async with pg_database() as url:
+        s = Store(url)
+        await s.upgrade()
+        yield s
+        await s.close()
+
+
+class pg_database:
+    """A fresh PostgreSQL database on the test server, dropped afterwards."""
+
+    async def __aenter__(self) -> str:
+        self.name = f"tcms_t_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.name}"')
+        finally:
+            await conn.close()
+        return PG_URL.rsplit("/", 1)[0] + "/" + self.name
+
+    async def __aexit__(self, *exc: object) -> None:
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            await conn.close()
