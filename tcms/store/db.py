@@ -1,0 +1,320 @@
+"""The store: async SQLAlchemy over SQLite (aiosqlite, default) or PostgreSQL (asyncpg).
+
+Concurrency rules, so that several gateway or TTP processes can share one PostgreSQL:
+- a run is updated with optimistic locking (``version``); a lost race raises
+  ``ConcurrentUpdate`` and the caller reloads and retries;
+- a run's state, the messages it sends (the outbox) and its audit entries are written in
+  one transaction, so a crash never leaves a message sent without the state that sent it;
+- a TTP decision is an INSERT on its primary key: the first one wins, the others read it;
+- the audit chain is appended under a transaction-scoped lock (PostgreSQL advisory lock).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from tcms.crypto import h
+from tcms.protocol.ttp import Decision
+from tcms.store import models as m
+
+AUDIT_LOCK = 0x7C3A_0001
+GENESIS = "0" * 64
+
+
+class ConcurrentUpdate(Exception):
+    """Another process changed the run first; reload and retry."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    cid: bytes
+    role: str
+    tx: str
+    owner: str
+    peer: str
+    subject: str
+    phase: str
+    terminal: bool
+    deadline: int | None
+    state: bytes
+    version: int = 0
+    submission_id: int | None = None
+    created_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    destination: str
+    kind: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at: int
+    actor: str
+    event: str
+    cid: str | None
+    detail: str
+    prev_hash: str
+    hash: str
+
+
+def _entry_hash(prev: str, seq: int, at: int, actor: str, ev: str, cid: str | None,
+                detail: str) -> str:
+    body = json.dumps([prev, seq, at, actor, ev, cid, detail], separators=(",", ":"))
+    return h(body.encode()).hex()
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain ``sqlite:///`` and ``postgresql://`` URLs and pick the async drivers."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    return url
+
+
+class Store:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = normalise_url(url)
+        self.is_postgres = self.url.startswith("postgresql")
+        if self.url.startswith("sqlite"):
+            path = self.url.split(":///", 1)[1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: AsyncEngine = create_async_engine(
+                self.url, echo=echo, connect_args={"timeout": 30})
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_async_engine(self.url, echo=echo, pool_size=10,
+                                              max_overflow=20)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def upgrade(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        from tcms.store.migrate import upgrade
+
+        async with self.engine.begin() as conn:
+            await conn.run_sync(upgrade)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            yield conn
+
+    # --- submissions -----------------------------------------------------------------
+
+    async def add_submission(self, *, message_id: str, sender: str, recipients: list[str],
+                             subject: str, raw: bytes, now: int) -> int:
+        async with self.transaction() as conn:
+            res = await conn.execute(insert(m.submissions).values(
+                message_id=message_id, sender=sender, recipients=json.dumps(recipients),
+                subject=subject, raw=raw, created_at=now).returning(m.submissions.c.id))
+            return int(res.scalar_one())
+
+    async def get_submission(self, sid: int) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                select(m.submissions).where(m.submissions.c.id == sid))).mappings().first()
+            return dict(row) if row else None
+
+    # --- runs ------------------------------------------------------------------------
+
+    async def save_run(self, run: RunRecord, *, now: int,
+                       outbox: Sequence[OutMessage] = (),
+                       received: Sequence[tuple[str, bytes]] = (),
+                       audit: Sequence[tuple[str, str, str]] = ()) -> RunRecord:
+        """Insert (version 0) or update (optimistic) a run, with its messages and audit entries,
+        atomically.  Returns the record as stored (new version)."""
+        async with self.transaction() as conn:
+            values = dict(tx=run.tx, owner=run.owner, peer=run.peer, subject=run.subject,
+                          phase=run.phase, terminal=run.terminal, deadline=run.deadline,
+                          state=run.state, updated_at=now)
+            if run.version == 0:
+                try:
+                    await conn.execute(insert(m.runs).values(
+                        cid=run.cid, role=run.role, submission_id=run.submission_id,
+                        version=1, created_at=now, **values))
+                except IntegrityError:
+                    raise ConcurrentUpdate("run already exists") from None
+                created = now
+            else:
+                res = await conn.execute(
+                    update(m.runs)
+                    .where(m.runs.c.cid == run.cid, m.runs.c.role == run.role,
+                           m.runs.c.version == run.version)
+                    .values(version=run.version + 1, **values))
+                if res.rowcount != 1:
+                    raise ConcurrentUpdate(f"run {run.tx}/{run.role} changed concurrently")
+                created = run.created_at
+            for kind, data in received:
+                await conn.execute(insert(m.messages).values(
+                    cid=run.cid, role=run.role, direction="in", kind=kind, data=data, at=now))
+            for msg in outbox:
+                await conn.execute(insert(m.messages).values(
+                    cid=run.cid, role=run.role, direction="out", destination=msg.destination,
+                    kind=msg.kind, data=msg.data, at=now))
+            for actor, ev, detail in audit:
+                await self._append_audit(conn, now, actor, ev, run.cid.hex(), detail)
+        return RunRecord(**{**run.__dict__, "version": run.version + 1,
+                            "created_at": created, "updated_at": now})
+
+    async def get_run(self, cid: bytes, role: str) -> RunRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(m.runs).where(
+                m.runs.c.cid == cid, m.runs.c.role == role))).mappings().first()
+        return RunRecord(**row) if row else None
+
+    async def find_runs(self, tx_prefix: str) -> list[RunRecord]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(m.runs).where(
+                m.runs.c.tx.startswith(tx_prefix.lower())))).mappings().all()
+        return [RunRecord(**r) for r in rows]
+
+    async def list_runs(self, *, owner: str | None = None, active_only: bool = False,
+                        limit: int = 100) -> list[RunRecord]:
+        q = select(m.runs).order_by(m.runs.c.created_at.desc()).limit(limit)
+        if owner:
+            q = q.where(m.runs.c.owner == owner)
+        if active_only:
+            q = q.where(m.runs.c.terminal.is_(False))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        return [RunRecord(**r) for r in rows]
+
+    async def due_runs(self, now: int, limit: int = 100) -> list[RunRecord]:
+        """Runs whose next deadline has passed: the timer's work list (survives restarts)."""
+        q = (select(m.runs)
+             .where(m.runs.c.terminal.is_(False), m.runs.c.deadline.is_not(None),
+                    m.runs.c.deadline <= now)
+             .order_by(m.runs.c.deadline).limit(limit))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).mappings().all()
+        return [RunRecord(**r) for r in rows]
+
+    # --- outbox ----------------------------------------------------------------------
+
+    async def pending_outbox(self, limit: int = 100) -> list[dict[str, Any]]:
+        q = (select(m.messages).where(m.messages.c.direction == "out",
+                                      m.messages.c.sent_at.is_(None))
+             .order_by(m.messages.c.id).limit(limit))
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings().all()]
+
+    async def mark_sent(self, message_id: int, now: int) -> bool:
+        """Claim an outbox message; False if another worker already sent it."""
+        async with self.transaction() as conn:
+            res = await conn.execute(update(m.messages).where(
+                m.messages.c.id == message_id, m.messages.c.sent_at.is_(None)
+            ).values(sent_at=now))
+            return bool(res.rowcount == 1)
+
+    async def messages_of(self, cid: bytes) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(m.messages).where(
+                m.messages.c.cid == cid).order_by(m.messages.c.id))).mappings().all()
+            return [dict(r) for r in rows]
+
+    # --- evidence --------------------------------------------------------------------
+
+    async def save_evidence(self, cid: bytes, role: str, verdict: str, bundle: str,
+                            now: int) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(m.evidence.delete().where(
+                m.evidence.c.cid == cid, m.evidence.c.role == role))
+            await conn.execute(insert(m.evidence).values(
+                cid=cid, role=role, verdict=verdict, bundle=bundle, created_at=now))
+
+    async def get_evidence(self, cid: bytes, role: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(m.evidence).where(
+                m.evidence.c.cid == cid, m.evidence.c.role == role))).mappings().first()
+            return dict(row) if row else None
+
+    # --- TTP decisions ---------------------------------------------------------------
+
+    async def get_decision(self, cid: bytes) -> Decision | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(m.ttp_decisions).where(
+                m.ttp_decisions.c.cid == cid))).mappings().first()
+        return Decision(**row) if row else None
+
+    async def record_decision(self, d: Decision, actor: str) -> Decision:
+        """Insert the decision unless one exists; return the one that stands."""
+        try:
+            async with self.transaction() as conn:
+                await conn.execute(insert(m.ttp_decisions).values(**d.__dict__))
+                await self._append_audit(conn, d.at, actor, f"ttp.{d.state}", d.cid.hex(),
+                                         f"requested by {d.by}; S={d.sender} R={d.recipient}")
+            return d
+        except IntegrityError:
+            existing = await self.get_decision(d.cid)
+            assert existing is not None
+            return existing
+
+    async def count_decisions(self) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(m.ttp_decisions.c.state, func.count()).group_by(
+                m.ttp_decisions.c.state))).all()
+        return {str(s): int(n) for s, n in rows}
+
+    # --- audit log -------------------------------------------------------------------
+
+    async def _append_audit(self, conn: AsyncConnection, at: int, actor: str, ev: str,
+                            cid: str | None, detail: str) -> None:
+        if self.is_postgres:
+            await conn.execute(select(func.pg_advisory_xact_lock(AUDIT_LOCK)))
+        last = (await conn.execute(select(m.audit_log.c.seq, m.audit_log.c.hash).order_by(
+            m.audit_log.c.seq.desc()).limit(1))).first()
+        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+        await conn.execute(insert(m.audit_log).values(
+            seq=seq, at=at, actor=actor, event=ev, cid=cid, detail=detail, prev_hash=prev,
+            hash=_entry_hash(prev, seq, at, actor, ev, cid, detail)))
+
+    async def audit(self, actor: str, ev: str, detail: str, *, now: int,
+                    cid: bytes | None = None) -> None:
+        async with self.transaction() as conn:
+            await self._append_audit(conn, now, actor, ev, cid.hex() if cid else None, detail)
+
+    async def audit_entries(self) -> list[AuditEntry]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(m.audit_log).order_by(
+                m.audit_log.c.seq))).mappings().all()
+        return [AuditEntry(**r) for r in rows]
+
+    async def verify_audit_chain(self) -> tuple[int, str | None]:
+        """Return (entries checked, None) or (index, reason) of the first broken link."""
+        prev = GENESIS
+        entries = await self.audit_entries()
+        for i, e in enumerate(entries, start=1):
+            if e.seq != i:
+                return i, f"entry {i}: sequence number {e.seq} (an entry is missing)"
+            if e.prev_hash != prev:
+                return i, f"entry {i}: does not link to the previous entry"
+            if e.hash != _entry_hash(e.prev_hash, e.seq, e.at, e.actor, e.event, e.cid,
+                                     e.detail):
+                return i, f"entry {i}: its content does not match its hash"
+            prev = e.hash
+        return len(entries), None
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()

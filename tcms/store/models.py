@@ -1,0 +1,115 @@
+"""The SQL schema (SQLAlchemy Core).  Alembic migrations in ``migrations/`` create it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# A mail submitted for certification: one per SMTP transaction, stored before the 250.
+submissions = Table(
+    "submissions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(998), nullable=False),
+    Column("sender", String(254), nullable=False),
+    Column("recipients", Text, nullable=False),  # JSON list
+    Column("subject", Text, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# One protocol run per (exchange, role): the serialised role machine and its next deadline.
+runs = Table(
+    "runs",
+    metadata,
+    Column("cid", LargeBinary(32), primary_key=True),
+    Column("role", String(8), primary_key=True),  # sender | receiver
+    Column("tx", String(32), nullable=False, index=True),
+    Column("owner", String(254), nullable=False, index=True),  # the local user
+    Column("peer", String(254), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("submission_id", Integer, ForeignKey("submissions.id"), nullable=True),
+    Column("phase", String(16), nullable=False),
+    Column("terminal", Boolean, nullable=False, default=False),
+    Column("deadline", BigInteger, nullable=True),
+    Column("state", LargeBinary, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_runs_due", "terminal", "deadline"),
+)
+
+# Every protocol message sent or received; outgoing ones form a transactional outbox.
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("cid", LargeBinary(32), nullable=False, index=True),
+    Column("role", String(8), nullable=False),
+    Column("direction", String(3), nullable=False),  # in | out
+    Column("destination", String(8), nullable=True),  # peer | ttp | tss (out only)
+    Column("kind", String(16), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("sent_at", BigInteger, nullable=True),  # out: when the outbox delivered it
+    Index("ix_messages_outbox", "direction", "sent_at"),
+)
+
+evidence = Table(
+    "evidence",
+    metadata,
+    Column("cid", LargeBinary(32), primary_key=True),
+    Column("role", String(8), primary_key=True),
+    Column("verdict", String(16), nullable=False),
+    Column("bundle", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# The TTP's decisions: inserted once per cid, never updated (primary key = exactly once).
+ttp_decisions = Table(
+    "ttp_decisions",
+    metadata,
+    Column("cid", LargeBinary(32), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("answer", LargeBinary, nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("by", String(1), nullable=False),
+    Column("sender", String(254), nullable=False),
+    Column("recipient", String(254), nullable=False),
+)
+
+# Append-only, hash-chained log of every decision and state change.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", BigInteger, nullable=False),
+    Column("actor", String(254), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("cid", String(64), nullable=True, index=True),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    UniqueConstraint("hash"),
+)
