@@ -1,0 +1,218 @@
+"""The ``tcms`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tcms import config as config_mod
+from tcms import evidence
+from tcms.keystore import Keystore, KeystoreError
+
+log = logging.getLogger("tcms")
+
+
+def _settings(ctx: click.Context) -> config_mod.Settings:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        try:
+            obj["settings"] = config_mod.load(obj.get("config"))
+        except config_mod.ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    settings: config_mod.Settings = obj["settings"]
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+              envvar="TCMS_CONFIG", help="TOML configuration file (env TCMS_CONFIG).")
+@click.version_option(package_name="tcms")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """TCMS, the certified-mail gateway: fair exchange of mail for a signed receipt."""
+    ctx.ensure_object(dict)["config"] = config_path
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+
+
+# --- config -------------------------------------------------------------------------------
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@click.pass_context
+def config_check(ctx: click.Context) -> None:
+    """Validate the configuration and print it (secrets hidden)."""
+    settings = _settings(ctx)
+    data = settings.model_dump(mode="json")
+    if data["keys"].get("passphrase"):
+        data["keys"]["passphrase"] = "***"  # noqa: S105 - masking, not a password
+    click.echo(json.dumps(data, indent=1))
+    click.echo("configuration OK", err=True)
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+def _keystore(ctx: click.Context, need_secret: bool) -> Keystore:
+    settings = _settings(ctx)
+    passphrase = None
+    if need_secret:
+        try:
+            passphrase = settings.keys.get_passphrase()
+        except config_mod.ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    return Keystore(settings.keys.dir, passphrase)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and export identities (Ed25519 signing + X25519 encryption keys)."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["user", "gateway", "tss", "ttp", "dc"]),
+              default="user", show_default=True, help="What the identity is for.")
+@click.option("--force", is_flag=True, help="Replace an existing identity of that name.")
+@click.pass_context
+def keys_create(ctx: click.Context, name: str, kind: str, force: bool) -> None:
+    """Create the identity NAME (an e-mail address or a service name)."""
+    store = _keystore(ctx, need_secret=True)
+    try:
+        ident = store.create(name, kind, overwrite=force)
+    except (KeystoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {kind} {ident.name}  fingerprint {ident.party.fingerprint}")
+
+
+@keys.command("list")
+@click.pass_context
+def keys_list(ctx: click.Context) -> None:
+    """List the identities in the key directory with their fingerprints."""
+    store = _keystore(ctx, need_secret=False)
+    rows = store.list()
+    if not rows:
+        click.echo(f"no identities in {store.dir}")
+    for kind, party in rows:
+        click.echo(f"{kind:8} {party.name:32} {party.fingerprint}")
+
+
+@keys.command("export")
+@click.argument("name")
+@click.option("--output", "-o", type=click.File("w"), default="-",
+              help="Where to write the public keys (default: standard output).")
+@click.pass_context
+def keys_export(ctx: click.Context, name: str, output: Any) -> None:
+    """Export the PUBLIC keys of NAME as JSON (private keys never leave the keystore)."""
+    store = _keystore(ctx, need_secret=False)
+    try:
+        kind, party = store.public(name)
+    except (KeystoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    output.write(json.dumps({"kind": kind, **party.to_json()}, indent=1) + "\n")
+
+
+# --- verify -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("bundle", type=click.File("rb"))
+@click.option("--trust", "-t", "trust_file", type=click.File("rb"), required=True,
+              help="Trust file: the TTP's public keys and the TSA's CA certificate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@click.option("--extract", type=click.Path(dir_okay=False, writable=True),
+              help="Write the certified original mail (m0) to this file.")
+def verify(bundle: Any, trust_file: Any, as_json: bool, extract: str | None) -> None:
+    """Verify an evidence BUNDLE offline and say what it proves.
+
+    Exit status 0: the evidence is valid (receipt, origin, abort...); 1: it is invalid,
+    and the failing check is named; 2: the files cannot be read."""
+    try:
+        trust = evidence.trust_from_json(json.load(trust_file))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise click.ClickException(f"cannot read the trust file: {exc}") from None
+    try:
+        data = json.load(bundle)
+    except ValueError as exc:
+        raise click.ClickException(f"the bundle is not JSON: {exc}") from None
+    try:
+        verdict = evidence.verify(data, trust)
+    except evidence.EvidenceInvalid as exc:
+        if as_json:
+            click.echo(json.dumps({"valid": False, "check": exc.check, "reason": exc.reason}))
+        else:
+            click.echo(f"INVALID evidence: check {exc.check} failed: {exc.reason}")
+        sys.exit(1)
+    if extract and verdict.m0 is not None:
+        Path(extract).write_bytes(verdict.m0)
+    if as_json:
+        click.echo(json.dumps(verdict.to_json(), indent=1))
+        return
+    click.echo(f"VALID evidence ({verdict.kind}) for exchange {verdict.tx}")
+    for s in verdict.statements:
+        click.echo(f"  - {s}")
+    if verdict.m0_sha256:
+        click.echo(f"  m0 SHA-256: {verdict.m0_sha256}")
+    click.echo(f"  checks passed: {', '.join(verdict.checks)}")
+
+
+# --- db -----------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Manage the SQL database (SQLite by default, PostgreSQL by URL)."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Create or migrate the schema to the newest revision."""
+    from tcms.store import Store
+
+    settings = _settings(ctx)
+
+    async def go() -> None:
+        store = Store(settings.database.url)
+        try:
+            await store.upgrade()
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    click.echo("database schema is up to date")
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--scenario", type=click.Choice(
+    ["accept", "refuse", "silent-recipient", "sender-stalls", "recipient-stalls", "all"]),
+    default="all", show_default=True, help="Which exchange to play.")
+@click.option("--out", type=click.Path(file_okay=False), default="demo-out",
+              show_default=True, help="Where keys, database and evidence files go.")
+def demo(scenario: str, out: str) -> None:
+    """Run certified exchanges between two in-process parties and verify the evidence."""
+    from tcms import demo as demo_mod
+
+    logging.getLogger().setLevel(logging.WARNING)
+    scenarios = demo_mod.SCENARIOS if scenario == "all" else (scenario,)
+    for name in scenarios:
+        click.echo(f"\n=== scenario: {name} " + "=" * (50 - len(name)))
+        asyncio.run(demo_mod.run(Path(out) / name, name, say=click.echo))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Configuration: one TOML file, every value overridable by an environment variable.
+
+Lookup order (first wins): environment (``TCMS_<SECTION>__<KEY>``, e.g.
+``TCMS_DATABASE__URL``), the TOML file (``--config`` or ``TCMS_CONFIG``, default
+``config/tcms.toml`` when it exists), built-in defaults.  Everything is validated at start;
+each wrong value gets its own line in the error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_FILE = Path("config/tcms.toml")
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message lists every problem, one per line."""
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds from an int or a string like ``90``, ``15m``, ``12h``, ``3d``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError("must be a duration such as 90, 15m, 12h or 3d")
+    if seconds <= 0:
+        raise ValueError("must be positive")
+    return seconds
+
+
+class DatabaseConfig(BaseModel):
+    url: str = "sqlite:///var/tcms.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not v.startswith(("sqlite", "postgresql", "postgres://")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return v
+
+
+class KeysConfig(BaseModel):
+    dir: Path = Path("var/keys")
+    passphrase: str | None = Field(default=None, repr=False)
+    passphrase_file: Path | None = None
+
+    def get_passphrase(self) -> bytes:
+        if self.passphrase:
+            return self.passphrase.encode()
+        if self.passphrase_file:
+            return self.passphrase_file.read_bytes().strip()
+        raise ConfigError("keys: no passphrase: set TCMS_KEYS__PASSPHRASE or "
+                          "keys.passphrase_file (private keys are encrypted at rest)")
+
+
+class ProtocolConfig(BaseModel):
+    """Windows from the time of submission: how long R has to accept, and the later
+    deadlines of the exchange (each counted from the previous one)."""
+
+    accept_window: int = 3 * 86400
+    m5_window: int = 3600
+    m6_window: int = 3600
+    resolve_window: int = 7 * 86400
+    cipher: str = "aes256gcm"
+
+    @field_validator("accept_window", "m5_window", "m6_window", "resolve_window",
+                     mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> int:
+        return parse_duration(v)
+
+
+class LoggingConfig(BaseModel):
+    level: str = "INFO"
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TCMS_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    database: DatabaseConfig = DatabaseConfig()
+    keys: KeysConfig = KeysConfig()
+    protocol: ProtocolConfig = ProtocolConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        p = self.protocol
+        if p.resolve_window < p.m5_window:
+            raise ValueError("protocol.resolve_window must be at least protocol.m5_window")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get("_TCMS_CONFIG_FILE")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def _format(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        env = "TCMS_" + "__".join(str(p).upper() for p in err["loc"])
+        lines.append(f"  {where}: {msg} (got {err.get('input')!r:.60}; env {env})")
+    return "\n".join(lines)
+
+
+def load(path: str | Path | None = None) -> Settings:
+    """Load and validate the configuration; raise ConfigError with every problem listed."""
+    file = Path(path) if path else (
+        Path(os.environ["TCMS_CONFIG"]) if os.environ.get("TCMS_CONFIG") else None)
+    if file is None and DEFAULT_FILE.exists():
+        file = DEFAULT_FILE
+    if file is not None and not file.exists():
+        raise ConfigError(f"configuration file {file} does not exist")
+    source = str(file) if file else "defaults and environment"
+    old = os.environ.get("_TCMS_CONFIG_FILE")
+    try:
+        if file:
+            os.environ["_TCMS_CONFIG_FILE"] = str(file)
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, source)) from None
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"invalid configuration ({source}): {exc}") from None
+    finally:
+        if old is None:
+            os.environ.pop("_TCMS_CONFIG_FILE", None)
+        else:
+            os.environ["_TCMS_CONFIG_FILE"] = old
