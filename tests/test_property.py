@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from conftest import ALICE, BOB, DEADLINES, T0, TRUST, TTP, known, start_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conftest import ALICE, BOB, DEADLINES, T0, TRUST, TTP, known, start_run
 from tcms import evidence
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.checks import ProtocolError
@@ -57,7 +57,7 @@ def _transcript(p: Pristine) -> list[bytes]:
     m6 = next(a.data for a in r.handle(Received(m5), T0 + 4) if isinstance(a, Send))
     _, resolved = ttp_role.handle(TTP, TRUST, resolve, None, DEADLINES.m5_by + 1)
     _, aborted = ttp_role.handle(TTP, TRUST, abort, None, DEADLINES.m5_by + 1)
-    return out + [m4, m5, m6, resolve, abort, resolved, aborted]
+    return [*out, m4, m5, m6, resolve, abort, resolved, aborted]
 
 
 def _pool(n: int) -> list[Pristine]:
