@@ -127,6 +127,9 @@ def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
         if info["content_type"].native != "signed_data":
             raise TimestampError("token is not CMS SignedData")
         sd = info["content"]
+        if sd["version"].native != "v3":
+            raise TimestampError("SignedData version must be 3 (RFC 5652 for id-ct-TSTInfo)")
+        listed = {_digest_name(a) for a in sd["digest_algorithms"]}
         encap = sd["encap_content_info"]
         if encap["content_type"].native != "tst_info":
             raise TimestampError("token does not hold a TSTInfo")
@@ -138,9 +141,13 @@ def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
         if len(signer_infos) != 1:
             raise TimestampError("token must have exactly one signer")
         si = signer_infos[0]
-        digest = si["digest_algorithm"]["algorithm"].native
+        if si["version"].native != "v1":
+            raise TimestampError("SignerInfo version must be 1 (issuerAndSerialNumber)")
+        digest = _digest_name(si["digest_algorithm"])
+        if digest not in listed:
+            raise TimestampError("the signer's digest is not listed in digestAlgorithms")
         sig_alg = si["signature_algorithm"].signature_algo
-        hash_alg = tst["message_imprint"]["hash_algorithm"]["algorithm"].native
+        hash_alg = _digest_name(tst["message_imprint"]["hash_algorithm"])
         hashed = tst["message_imprint"]["hashed_message"].native
         gen_time = tst["gen_time"].native
         serial = tst["serial_number"].native
@@ -154,6 +161,9 @@ def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
         attrs = {a["type"].native: a["values"] for a in signed_attrs}
         signed_der = signed_attrs.untag().dump()
         signature = si["signature"].native
+        if sd["crls"].native or si["unsigned_attrs"].native:
+            raise TimestampError("token carries CRLs or unsigned attributes")
+        check_der_lengths(token)
     except TimestampError:
         raise
     except Exception as exc:
@@ -203,6 +213,47 @@ def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
         hash_alg=hash_alg,
         imprint=hashed,
     )
+
+
+def _digest_name(alg: object) -> str:
+    """A digest AlgorithmIdentifier's name; its parameters must be absent or NULL."""
+    params = alg["parameters"]  # type: ignore[index]
+    if params.dump() not in (b"", b"\x05\x00"):
+        raise TimestampError("digest algorithm parameters must be absent or NULL")
+    return str(alg["algorithm"].native)  # type: ignore[index]
+
+
+def check_der_lengths(data: bytes) -> None:
+    """Every TLV in ``data`` has a definite, minimal (DER) length and nothing trails.
+
+    With the version and algorithm fields checked explicitly, this leaves no second
+    encoding of a token, even in the CMS fields that the TSA's signature does not cover."""
+    stack = [(0, len(data))]
+    while stack:
+        pos, end = stack.pop()
+        while pos < end:
+            if end - pos < 2:
+                raise TimestampError("token is not DER: truncated element")
+            tag = data[pos]
+            if tag & 0x1F == 0x1F:
+                raise TimestampError("token is not DER: multi-byte tags are not used")
+            first = data[pos + 1]
+            pos += 2
+            if first < 0x80:
+                length = first
+            else:
+                n = first & 0x7F
+                if n == 0 or n > 4 or pos + n > end:
+                    raise TimestampError("token is not DER: indefinite or oversized length")
+                length = int.from_bytes(data[pos:pos + n], "big")
+                if length < 0x80 or data[pos] == 0:
+                    raise TimestampError("token is not DER: length not in shortest form")
+                pos += n
+            if pos + length > end:
+                raise TimestampError("token is not DER: element overruns its container")
+            if tag & 0x20:  # constructed: walk its contents too
+                stack.append((pos, pos + length))
+            pos += length
 
 
 def check_tsa_certificate(cert: x509.Certificate, trusted_ca: x509.Certificate,
