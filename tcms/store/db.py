@@ -97,6 +97,7 @@ class Store:
             self.engine: AsyncEngine = create_async_engine(
                 self.url, echo=echo, connect_args={"timeout": 30})
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
         else:
             self.engine = create_async_engine(self.url, echo=echo, pool_size=10,
                                               max_overflow=20)
@@ -313,8 +314,17 @@ class Store:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the driver, issue BEGIN (see _sqlite_begin_immediate).
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _sqlite_begin_immediate(conn: Any) -> None:
+    """SQLite transactions take the write lock at BEGIN, so a read-then-write transaction
+    (the audit chain, optimistic updates) cannot lose a race half-way; writers queue on
+    the busy timeout instead of failing."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,155 @@
+"""Configuration loading and validation; identities, the keystore and `tcms keys`."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tcms import config
+from tcms.identity import Identity, Party
+from tcms.keystore import Keystore, KeystoreError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "tcms.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_example_file_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TCMS_CONFIG", raising=False)
+    s = config.load(ROOT / "config" / "tcms.example.toml")
+    assert s.database.url == "sqlite:///var/tcms.db"
+    assert s.protocol.accept_window == 3 * 86400 and s.protocol.m5_window == 3600
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = write(tmp_path, '[database]\nurl = "sqlite:///a.db"\n[protocol]\naccept_window = "2h"\n')
+    monkeypatch.setenv("TCMS_DATABASE__URL", "postgresql://u@h/db")
+    monkeypatch.setenv("TCMS_PROTOCOL__M5_WINDOW", "15m")
+    s = config.load(f)
+    assert s.database.url == "postgresql://u@h/db"
+    assert s.protocol.accept_window == 7200 and s.protocol.m5_window == 900
+
+
+def test_every_wrong_value_is_reported(tmp_path: Path) -> None:
+    f = write(tmp_path, '[database]\nurl = "mysql://x"\n[protocol]\naccept_window = "soon"\n'
+                        'm6_window = -5\n[logging]\nlevel = "LOUD"\n')
+    with pytest.raises(config.ConfigError) as e:
+        config.load(f)
+    msg = str(e.value)
+    for where in ("database.url", "protocol.accept_window", "protocol.m6_window",
+                  "logging.level"):
+        assert where in msg
+    assert "TCMS_PROTOCOL__ACCEPT_WINDOW" in msg  # says how to override it
+
+
+def test_unknown_keys_and_bad_toml_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="databse"):
+        config.load(write(tmp_path, '[databse]\nurl = "sqlite:///x"\n'))
+    with pytest.raises(config.ConfigError, match="invalid configuration"):
+        config.load(write(tmp_path, "[database\nurl=\n"))
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.load(tmp_path / "missing.toml")
+
+
+def test_inconsistent_windows(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="resolve_window"):
+        config.load(write(tmp_path, '[protocol]\nm5_window = "2d"\nresolve_window = "1d"\n'))
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("15m", 900), ("12h", 43200),
+                                               ("3d", 259200), (42, 42)])
+def test_durations(text: str | int, seconds: int) -> None:
+    assert config.parse_duration(text) == seconds
+
+
+# --- identities and keystore ---------------------------------------------------------------
+
+
+def test_identity_names_and_fingerprints() -> None:
+    a = Identity.from_seed("Alice@A.Test ", b"s" * 32)
+    assert a.name == "alice@a.test"
+    assert a.party.fingerprint == Identity.from_seed("alice@a.test", b"s" * 32).party.fingerprint
+    assert a.party.fingerprint != Identity.from_seed("alice@a.test", b"t" * 32).party.fingerprint
+    assert Party.from_json(a.party.to_json()) == a.party
+    with pytest.raises(ValueError, match="fingerprint"):
+        Party.from_json({**a.party.to_json(), "fingerprint": "00"})
+    with pytest.raises(ValueError):
+        Identity.generate("has space@a.test")
+
+
+def test_keystore_encrypts_private_keys_at_rest(tmp_path: Path) -> None:
+    ks = Keystore(tmp_path, b"correct horse battery")
+    ident = ks.create("alice@a.test")
+    path = tmp_path / "alice@a.test.json"
+    data = json.loads(path.read_text())
+    assert "ENCRYPTED PRIVATE KEY" in data["sig_key"] and "ENCRYPTED" in data["enc_key"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert ks.load("ALICE@a.test").party == ident.party
+    with pytest.raises(KeystoreError, match="wrong passphrase"):
+        Keystore(tmp_path, b"wrong passphrase!").load("alice@a.test")
+    with pytest.raises(KeystoreError, match="already exists"):
+        ks.create("alice@a.test")
+    with pytest.raises(ValueError, match="at least 8"):
+        Keystore(tmp_path, b"short").create("bob@b.test")
+    # a file whose public part was swapped for another key is refused
+    other = Identity.generate("alice@a.test").party.to_json()
+    path.write_text(json.dumps({**data, "sig_pk": other["sig_pk"], "fingerprint": None}))
+    with pytest.raises(KeystoreError, match=r"inconsistent|fingerprint"):
+        ks.load("alice@a.test")
+
+
+def tcms(tmp_path: Path, *args: str, passphrase: str | None = "test passphrase 1") -> (
+        subprocess.CompletedProcess[str]):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
+    env["TCMS_KEYS__DIR"] = str(tmp_path / "keys")
+    if passphrase:
+        env["TCMS_KEYS__PASSPHRASE"] = passphrase
+    return subprocess.run([sys.executable, "-m", "tcms.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=60)
+
+
+def test_tcms_keys_cli(tmp_path: Path) -> None:
+    res = tcms(tmp_path, "keys", "create", "alice@a.test")
+    assert res.returncode == 0, res.stderr
+    fp = res.stdout.split("fingerprint ")[1].strip()
+    assert tcms(tmp_path, "keys", "create", "ttp@tcms.test", "--kind", "ttp").returncode == 0
+    listing = tcms(tmp_path, "keys", "list", passphrase=None).stdout
+    assert "alice@a.test" in listing and fp in listing and "ttp" in listing
+    exported = json.loads(tcms(tmp_path, "keys", "export", "alice@a.test",
+                               passphrase=None).stdout)
+    assert exported["fingerprint"] == fp and "sig_key" not in exported
+    res = tcms(tmp_path, "keys", "create", "alice@a.test")
+    assert res.returncode == 1 and "already exists" in res.stderr
+    res = tcms(tmp_path, "keys", "create", "bob@b.test", passphrase=None)
+    assert res.returncode == 1 and "TCMS_KEYS__PASSPHRASE" in res.stderr
+    # the passphrase never appears in output
+    out = tcms(tmp_path, "config", "check")
+    assert "test passphrase 1" not in out.stdout + out.stderr and "***" in out.stdout
+
+
+@pytest.mark.parametrize("args", [[], ["keys"], ["keys", "create"], ["keys", "list"],
+                                  ["keys", "export"], ["verify"], ["demo"], ["db"],
+                                  ["db", "upgrade"], ["config"], ["config", "check"]])
+def test_help_everywhere(tmp_path: Path, args: list[str]) -> None:
+    res = tcms(tmp_path, *args, "--help")
+    assert res.returncode == 0 and "Usage:" in res.stdout, res.stderr
+
+
+def test_tcms_db_upgrade_on_sqlite(tmp_path: Path) -> None:
+    env_db = f"sqlite:///{tmp_path / 'x.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
+    env["TCMS_DATABASE__URL"] = env_db
+    res = subprocess.run([sys.executable, "-m", "tcms.cli", "db", "upgrade"], env=env,
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "x.db").exists()
