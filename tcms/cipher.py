@@ -1,8 +1,9 @@
 """The message encryption E_k used for c in m3, as a pluggable interface.
 
-The default is AES-256-GCM from ``cryptography`` with a random 96-bit nonce; the TSRG
-cryptosystem (package ``tsrg``) registers itself here under its own algorithm id.  The
-algorithm id is part of the signed protocol header, so a downgrade changes H(core).
+The default is the TSRG cryptosystem (package ``tsrg``, algorithm id ``tsrg-modern``),
+loaded on first use; AES-256-GCM from ``cryptography`` (``aes256gcm``) is the plain AEAD
+alternative.  The algorithm id is part of the signed protocol header, so a downgrade
+changes H(core).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class AesGcmCipher:
 
 
 _REGISTRY: dict[str, MessageCipher] = {AesGcmCipher.alg_id: AesGcmCipher()}
-DEFAULT_ALG = AesGcmCipher.alg_id
+DEFAULT_ALG = "tsrg-modern"
 
 
 def register(cipher: MessageCipher, *, default: bool = False) -> None:
@@ -53,7 +54,15 @@ def register(cipher: MessageCipher, *, default: bool = False) -> None:
         DEFAULT_ALG = cipher.alg_id
 
 
+def _load_builtins() -> None:
+    import tsrg
+
+    tsrg.register()
+
+
 def get(alg_id: str) -> MessageCipher:
+    if alg_id not in _REGISTRY:
+        _load_builtins()
     try:
         return _REGISTRY[alg_id]
     except KeyError:
@@ -61,4 +70,4 @@ def get(alg_id: str) -> MessageCipher:
 
 
 def default() -> MessageCipher:
-    return _REGISTRY[DEFAULT_ALG]
+    return get(DEFAULT_ALG)

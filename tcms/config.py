@@ -76,7 +76,14 @@ class ProtocolConfig(BaseModel):
     m5_window: int = 3600
     m6_window: int = 3600
     resolve_window: int = 7 * 86400
-    cipher: str = "aes256gcm"
+    cipher: str = "tsrg-modern"
+
+    @field_validator("cipher")
+    @classmethod
+    def _known_cipher(cls, v: str) -> str:
+        if v not in ("tsrg-modern", "aes256gcm"):
+            raise ValueError("must be tsrg-modern or aes256gcm")
+        return v
 
     @field_validator("accept_window", "m5_window", "m6_window", "resolve_window",
                      mode="before")
