@@ -69,8 +69,9 @@ def run_nist(name: str, sequences: int, tests: tuple[str, ...] | None = None) ->
     for r in results:
         good = r.acceptable()
         ok &= good
+        verdict = "ok" if good else ("did not run" if r.sequences == 0 else "REJECTED")
         say(f"    {r.test:26s} {r.passed:4d}/{r.sequences:<4d} pass  min p={r.min_p:.2e}  "
-            f"{'ok' if good else 'REJECTED'}")
+            f"{verdict}")
     say(f"  NIST {name}: {'all tests acceptable' if ok else 'some tests rejected'} "
         f"({sequences * 125_000 / 1e6:.1f} MB, {time.time() - t0:.0f} s)")
     return ok

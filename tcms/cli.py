@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -39,6 +40,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     ctx.ensure_object(dict)["config"] = config_path
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 # --- config -------------------------------------------------------------------------------
@@ -192,6 +194,147 @@ def db_upgrade(ctx: click.Context) -> None:
 
     asyncio.run(go())
     click.echo("database schema is up to date")
+
+
+# --- services -------------------------------------------------------------------------------
+
+
+def _passphrase(settings: config_mod.Settings) -> bytes:
+    try:
+        return settings.keys.get_passphrase()
+    except config_mod.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def tss() -> None:
+    """The Time Stamping Server's credentials and log."""
+
+
+@tss.command("init")
+@click.option("--force", is_flag=True, help="Replace existing credentials.")
+@click.pass_context
+def tss_init(ctx: click.Context, force: bool) -> None:
+    """Create the TSA's CA and its time-stamping certificate (keys encrypted at rest)."""
+    import datetime as dt
+
+    from tss import credentials
+
+    settings = _settings(ctx)
+    try:
+        creds = credentials.init(settings.keys.dir, settings.tss.name, _passphrase(settings),
+                                 now=dt.datetime.now(dt.UTC), force=force)
+    except credentials.CredentialsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"TSA certificate {creds.tsa_cert.subject.rfc4514_string()} in "
+               f"{settings.keys.dir} (CA: {credentials.FILES['ca']})")
+
+
+def _listeners(settings: config_mod.Settings, which: str) -> list[Any]:
+    import time
+
+    from tcms.store import Store
+    from tcms.web import Listener
+    from tss import credentials
+    from tss.authority import TimeStampAuthority
+
+    store = Store(settings.database.url)
+    asyncio.run(_upgrade(store))
+    store = Store(settings.database.url)  # a fresh engine for the serving loop
+    out: list[Listener] = []
+    passphrase = _passphrase(settings)
+    try:
+        if which in ("tss", "all"):
+            from tss.service import create_app as tss_app
+
+            tsa = TimeStampAuthority(credentials.load(settings.keys.dir, passphrase))
+            s = settings.tss
+            out.append(Listener(tss_app(store, tsa), s.host, s.port, s.tls_cert, s.tls_key))
+        if which in ("ttp", "all"):
+            from tcms.protocol.checks import Trust
+            from ttp.service import create_app as ttp_app
+
+            me = Keystore(settings.keys.dir, passphrase).load(settings.ttp.identity)
+            trust = Trust(me.party, credentials.load_ca(settings.keys.dir))
+            t = settings.ttp
+            out.append(Listener(ttp_app(store, me, trust, time.time), t.host, t.port,
+                                t.tls_cert, t.tls_key))
+    except (credentials.CredentialsError, KeystoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    return out
+
+
+async def _upgrade(store: Any) -> None:
+    try:
+        await store.upgrade()
+    finally:
+        await store.close()
+
+
+@main.command()
+@click.argument("service", type=click.Choice(["all", "tss", "ttp"]), default="all")
+@click.pass_context
+def serve(ctx: click.Context, service: str) -> None:
+    """Run TCMS services: the TSS, the TTP, or all of them in one process.
+
+    Addresses, TLS files and the database come from the configuration ([tss], [ttp],
+    [database]); state is in SQL, so a restart continues where it stopped."""
+    from tcms.web import serve as serve_all
+
+    listeners = _listeners(_settings(ctx), service)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_all(listeners))
+
+
+@main.group()
+def ttp() -> None:
+    """The Trusted Third Party's audit log and disputes."""
+
+
+@ttp.command("audit")
+@click.pass_context
+def ttp_audit(ctx: click.Context) -> None:
+    """Check the hash chain of the append-only audit log."""
+    from tcms.store import Store
+
+    settings = _settings(ctx)
+
+    async def go() -> tuple[int, str | None, dict[str, int]]:
+        store = Store(settings.database.url)
+        try:
+            await store.upgrade()
+            n, bad = await store.verify_audit_chain()
+            return n, bad, await store.count_decisions()
+        finally:
+            await store.close()
+
+    n, bad, counts = asyncio.run(go())
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no decisions"
+    if bad:
+        click.echo(f"audit log BROKEN after {n - 1} good entries: {bad}")
+        sys.exit(1)
+    click.echo(f"audit log intact: {n} entries; decisions: {summary}")
+
+
+@ttp.command("dispute")
+@click.argument("bundle", type=click.File("rb"))
+@click.option("--url", default=None, help="The TTP's URL (default: [ttp] url).")
+@click.pass_context
+def ttp_dispute(ctx: click.Context, bundle: Any, url: str | None) -> None:
+    """Submit an evidence BUNDLE to the TTP and print its signed verdict."""
+    import httpx
+
+    target = (url or _settings(ctx).ttp.url).rstrip("/") + "/dispute"
+    try:
+        res = httpx.post(target, content=bundle.read(),
+                         headers={"Content-Type": "application/json"}, timeout=60)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach the TTP at {target}: {exc}") from None
+    if res.status_code != 200:
+        raise click.ClickException(f"the TTP answered {res.status_code}: {res.text}")
+    verdict = res.json()
+    click.echo(json.dumps(verdict, indent=1))
+    sys.exit(0 if verdict.get("valid") else 1)
 
 
 # --- tsrg -----------------------------------------------------------------------------------

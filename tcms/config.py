@@ -92,6 +92,51 @@ class ProtocolConfig(BaseModel):
         return parse_duration(v)
 
 
+class ServiceConfig(BaseModel):
+    """Where a service listens; TLS when both a certificate and a key are given."""
+
+    listen: str = "127.0.0.1:0"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("must be HOST:PORT")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServiceConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        for p in (self.tls_cert, self.tls_key):
+            if p is not None and not p.exists():
+                raise ValueError(f"{p} does not exist")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class TssConfig(ServiceConfig):
+    listen: str = "127.0.0.1:8301"
+    name: str = "TCMS Time Stamping Server"
+    url: str = "http://127.0.0.1:8301"
+
+
+class TtpConfig(ServiceConfig):
+    listen: str = "127.0.0.1:8302"
+    identity: str = "ttp@tcms.local"
+    url: str = "http://127.0.0.1:8302"
+
+
 class LoggingConfig(BaseModel):
     level: str = "INFO"
 
@@ -111,6 +156,8 @@ class Settings(BaseSettings):
     database: DatabaseConfig = DatabaseConfig()
     keys: KeysConfig = KeysConfig()
     protocol: ProtocolConfig = ProtocolConfig()
+    tss: TssConfig = TssConfig()
+    ttp: TtpConfig = TtpConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -28,8 +28,9 @@ BOB = Identity.from_seed("bob@b.test", b"bob" * 10 + b"xx")
 CAROL = Identity.from_seed("carol@b.test", b"carol" * 6 + b"xx")
 TTP = Identity.from_seed("ttp@tcms.test", b"ttp" * 10 + b"xx", kind="ttp")
 MALLORY_TTP = Identity.from_seed("ttp@evil.test", b"evil" * 8, kind="ttp")
-TSA = TimeStampAuthority(create_credentials(
-    "Test TSA", now=dt.datetime.fromtimestamp(T0 - 86400, dt.UTC)))
+# valid from 2026-01-01 for ten years: covers both today (OpenSSL checks against its own
+# clock) and T0 (the protocol tests' fixed time)
+TSA = TimeStampAuthority(create_credentials("Test TSA", now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)))
 TRUST = Trust(TTP.party, TSA.creds.ca_cert)
 DEADLINES = Deadlines(T0 + 100, T0 + 200, T0 + 300, T0 + 1000)
 PARTIES = {p.name: p for p in (ALICE.party, BOB.party, CAROL.party)}

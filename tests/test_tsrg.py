@@ -234,6 +234,15 @@ def test_nist_quick_subset(name: str, good: bool) -> None:
         assert len(failed) >= 5, f"{name} should fail most tests, failed only {failed}"
 
 
+def test_nist_template_files_are_nists() -> None:
+    counts = [len(stats.aperiodic_templates(m)) for m in range(2, 11)]
+    assert counts == [2, 4, 6, 12, 20, 40, 74, 148, 284]  # NIST's numOfTemplates table
+    [r] = stats.nist(stats.source("modern"), 1, tests=("non_overlapping_template",))
+    assert r.sequences == 1 and r.passed == 1
+    [r] = stats.nist(stats.source("minstd"), 1, tests=("non_overlapping_template",))
+    assert r.sequences == 1 and r.passed == 0
+
+
 def test_paper_profile_leaks_the_lehmer_top_bit() -> None:
     bias_paper = stats.msb_bias(stats.source("paper")(400_000))
     bias_modern = stats.msb_bias(stats.source("modern")(400_000))

@@ -1,7 +1,8 @@
 """Statistical batteries written by others, run on TSRG output.
 
 - NIST SP 800-22 through ``sp80022suite`` (NIST's C code; one byte per bit; multi-p tests
-  return their minimum p).  A sequence passes a test at p >= ALPHA.
+  return their minimum p, which is corrected for the number of sub-tests).  A sequence
+  passes a test at p >= ALPHA.
 - Debian's ``dieharder`` reading raw bytes from standard input (``-g 200``).
 
 Sources: the modern and paper profiles, each stage on its own, and two controls that make
@@ -11,12 +12,16 @@ the harness trustworthy: ChaCha20 (must pass) and raw MINSTD words (must fail).
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -92,6 +97,10 @@ def _nist_tests() -> list[tuple[str, Callable[[bytes], float]]]:
     ]
 
 
+# Tests that report the minimum of k p-values (sp80022suite): judged after Sidak's correction,
+# p = 1 - (1 - min_p) ** k, so that each test keeps the level ALPHA.
+SUBTESTS = {"non_overlapping_template": 148, "serial": 2, "cumulative_sums": 2}
+
 QUICK = ("frequency", "block_frequency", "runs", "longest_run", "rank", "dft",
          "approximate_entropy", "serial", "cumulative_sums")
 
@@ -109,12 +118,37 @@ class NistResult:
 
     def acceptable(self) -> bool:
         """NIST's proportion criterion: within 3 sigma of 1 - ALPHA (for >= 10 sequences,
-        or all passing for fewer)."""
+        or all passing for fewer).  A test that ran on no sequence is not acceptable."""
         n = self.sequences
+        if n == 0:
+            return False
         if n < 10:
             return self.passed == n
         p_hat = 1 - ALPHA
         return bool(self.proportion >= p_hat - 3 * (p_hat * (1 - p_hat) / n) ** 0.5)
+
+
+def aperiodic_templates(m: int) -> list[tuple[int, ...]]:
+    """The binary words of length m that overlap no shift of themselves, in lexicographic
+    order: the contents of NIST's templates/template<m> (148 words for m = 9)."""
+    return [bits for bits in itertools.product((0, 1), repeat=m)
+            if all(bits[:k] != bits[m - k:] for k in range(1, m))]
+
+
+@contextlib.contextmanager
+def _templates_dir(m: int = 9) -> Iterator[None]:
+    """sp80022suite reads ``templates/template<m>`` from the working directory (NIST's
+    files are not in the package): write it to a temporary directory and work there."""
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "templates").mkdir()
+        (Path(tmp) / "templates" / f"template{m}").write_text(
+            "\n".join(" ".join(map(str, t)) for t in aperiodic_templates(m)) + "\n")
+        os.chdir(tmp)
+        try:
+            yield
+        finally:
+            os.chdir(old)
 
 
 def nist(src: Source, sequences: int, bits: int = 1_000_000,
@@ -122,11 +156,20 @@ def nist(src: Source, sequences: int, bits: int = 1_000_000,
          progress: Callable[[int], None] | None = None) -> list[NistResult]:
     chosen = [(n, f) for n, f in _nist_tests() if tests is None or n in tests]
     results = {n: NistResult(n, 0, 0, 1.0) for n, _ in chosen}
+    with _templates_dir():
+        _run_nist(src, sequences, bits, chosen, results, progress)
+    return list(results.values())
+
+
+def _run_nist(src: Source, sequences: int, bits: int,
+              chosen: list[tuple[str, Callable[[bytes], float]]],
+              results: dict[str, NistResult],
+              progress: Callable[[int], None] | None) -> None:
     for i in range(sequences):
         seq = to_bits(src(bits // 8))
         for name, fn in chosen:
             try:
-                p = float(fn(seq))
+                p = 1 - (1 - float(fn(seq))) ** SUBTESTS.get(name, 1)
             except Exception:  # noqa: S112 - "insufficient cycles": the test does not apply
                 continue
             r = results[name]
@@ -135,7 +178,6 @@ def nist(src: Source, sequences: int, bits: int = 1_000_000,
             r.min_p = min(r.min_p, p)
         if progress:
             progress(i + 1)
-    return list(results.values())
 
 
 # --- dieharder -------------------------------------------------------------------------------
@@ -171,8 +213,8 @@ def dieharder(src: Source, test: int, *, psamples: int | None = None,
         cmd += ["-p", str(psamples)]
     if tsamples:
         cmd += ["-t", str(tsamples)]
-    proc = subprocess.Popen(cmd,  # noqa: S603 - fixed argv, no shell stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     sent = [0]
 
     def feed() -> None:

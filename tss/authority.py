@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 from asn1crypto import cms, tsp
 from asn1crypto import x509 as asn1_x509
@@ -46,7 +47,20 @@ def _name(cn: str) -> x509.Name:
     )
 
 
-def create_credentials(name: str, *, now: dt.datetime, years: int = 10) -> TsaCredentials:
+@overload
+def create_credentials(name: str, *, now: dt.datetime, years: int = 10,
+                       with_ca_key: Literal[False] = False) -> TsaCredentials: ...
+
+
+@overload
+def create_credentials(name: str, *, now: dt.datetime, years: int = 10,
+                       with_ca_key: Literal[True]) -> tuple[TsaCredentials,
+                                                            ec.EllipticCurvePrivateKey]: ...
+
+
+def create_credentials(name: str, *, now: dt.datetime, years: int = 10,
+                       with_ca_key: bool = False) -> (
+        TsaCredentials | tuple[TsaCredentials, ec.EllipticCurvePrivateKey]):
     """A new CA and a TSA certificate it issues, both ECDSA P-256."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     tsa_key = ec.generate_private_key(ec.SECP256R1())
@@ -88,7 +102,8 @@ def create_credentials(name: str, *, now: dt.datetime, years: int = 10) -> TsaCr
         )
         .sign(ca_key, hashes.SHA256())
     )
-    return TsaCredentials(ca_cert, tsa_cert, tsa_key)
+    creds = TsaCredentials(ca_cert, tsa_cert, tsa_key)
+    return (creds, ca_key) if with_ca_key else creds
 
 
 class RequestRejected(Exception):

@@ -99,6 +99,22 @@ ttp_decisions = Table(
     Column("recipient", String(254), nullable=False),
 )
 
+# The TSS's log: one row per time stamp; the serial number is the row's key, so serials are
+# unique and increasing across restarts and processes (AUTOINCREMENT on SQLite).
+tss_log = Table(
+    "tss_log",
+    metadata,
+    Column("serial", Integer, primary_key=True, autoincrement=True),
+    Column("at", BigInteger, nullable=False),
+    Column("hash_alg", String(16), nullable=False),
+    Column("imprint", LargeBinary, nullable=False),
+    Column("nonce", String(40), nullable=True),
+    Column("requester", String(254), nullable=True),
+    Column("requester_fp", String(64), nullable=True),
+    Column("token", LargeBinary, nullable=True),
+    sqlite_autoincrement=True,
+)
+
 # Append-only, hash-chained log of every decision and state change.
 audit_log = Table(
     "audit_log",

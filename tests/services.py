@@ -1,0 +1,110 @@
+"""Run real `tcms serve` processes for tests: ports, environment, start, wait, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from conftest import TSA, TTP
+
+from tcms.keystore import Keystore
+from tss import credentials
+
+PASSPHRASE = "service-test-passphrase"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_keys(directory: Path) -> None:
+    """The test TTP identity and the test TSA, as the services load them from disk."""
+    Keystore(directory, PASSPHRASE.encode()).save(TTP)
+    credentials.save(directory, TSA.creds, PASSPHRASE.encode())
+
+
+@dataclass
+class Services:
+    """One `tcms serve` process (TSS and/or TTP) with its own ports."""
+
+    workdir: Path
+    db_url: str
+    which: str = "all"
+    tls: tuple[Path, Path] | None = None
+    tss_port: int = field(default_factory=free_port)
+    ttp_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def tss(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.tss_port}"
+
+    @property
+    def ttp(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.ttp_port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
+        env.update({
+            "TCMS_KEYS__DIR": str(self.workdir / "keys"),
+            "TCMS_KEYS__PASSPHRASE": PASSPHRASE,
+            "TCMS_DATABASE__URL": self.db_url,
+            "TCMS_TSS__LISTEN": f"127.0.0.1:{self.tss_port}",
+            "TCMS_TTP__LISTEN": f"127.0.0.1:{self.ttp_port}",
+            "TCMS_TTP__IDENTITY": TTP.name,
+            "TCMS_TTP__URL": self.ttp,
+        })
+        if self.tls:
+            for svc in ("TSS", "TTP"):
+                env[f"TCMS_{svc}__TLS_CERT"] = str(self.tls[0])
+                env[f"TCMS_{svc}__TLS_KEY"] = str(self.tls[1])
+        return env
+
+    def start(self) -> Services:
+        log = open(self.workdir / f"serve-{self.ttp_port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "tcms.cli", "serve", self.which],
+                                     env=self.env(), cwd=self.workdir, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        urls = {"all": [self.tss, self.ttp], "tss": [self.tss], "ttp": [self.ttp]}[self.which]
+        verify: bool | ssl.SSLContext = (ssl.create_default_context(cafile=str(self.tls[0]))
+                                         if self.tls else True)
+        deadline = time.time() + 30
+        for url in urls:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"tcms serve exited: {self.log_text()}")
+                try:
+                    if httpx.get(url + "/health", verify=verify, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.time() > deadline:
+                    raise RuntimeError(f"tcms serve did not start: {self.log_text()}")
+                time.sleep(0.1)
+        return self
+
+    def log_text(self) -> str:
+        return (self.workdir / f"serve-{self.ttp_port}.log").read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

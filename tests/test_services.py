@@ -1,0 +1,263 @@
+"""The TSS and TTP as real network services (`tcms serve`), driven by standard clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import (
+    BOB,
+    DEADLINES,
+    T0,
+    TRUST,
+    TTP,
+    known,
+    one,
+    pg_database,
+    receive,
+    start_run,
+)
+from services import Services, prepare_keys
+
+from tcms import evidence
+from tcms.crypto import verify
+from tcms.protocol.events import Accept, Tick, TimestampReply
+from tcms.protocol.messages import M1, Description, decode_ttp_answer
+from tcms.protocol.receiver import Receiver
+from tcms.protocol.sender import Sender
+from tcms.store import Store
+from tcms.timestamp import token_from_reply, verify_token
+
+CBOR = {"Content-Type": "application/cbor"}
+RACES = 1000
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    prepare_keys(tmp_path / "keys")
+    return tmp_path
+
+
+@pytest.fixture
+def services(workdir: Path) -> Iterator[Services]:
+    svc = Services(workdir, f"sqlite:///{workdir / 'tcms.db'}").start()
+    yield svc
+    svc.stop()
+
+
+def sh(cmd: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+# --- TSS ----------------------------------------------------------------------------------------
+
+
+def test_openssl_and_curl_against_the_tss(services: Services, workdir: Path) -> None:
+    (workdir / "data.txt").write_text("certified mail\n")
+    chain = httpx.get(services.tss + "/certs").text
+    ca, tsa = ("-----BEGIN" + part for part in chain.split("-----BEGIN")[1:])
+    (workdir / "ca.pem").write_text(ca)
+    (workdir / "tsa.pem").write_text(tsa)
+    res = sh("openssl ts -query -data data.txt -sha256 -cert -out req.tsq", workdir)
+    assert res.returncode == 0, res.stderr
+    res = sh(f"curl -sS -H 'Content-Type: application/timestamp-query' --data-binary @req.tsq "
+             f"{services.tss}/tsa -o resp.tsr", workdir)
+    assert res.returncode == 0, res.stderr
+    res = sh("openssl ts -verify -queryfile req.tsq -in resp.tsr -CAfile ca.pem "
+             "-untrusted tsa.pem", workdir)
+    assert "Verification: OK" in res.stdout, res.stdout + res.stderr
+
+
+def test_tss_rejections_and_bad_input(services: Services) -> None:
+    r = httpx.post(services.tss + "/tsa", content=b"not DER",
+                   headers={"Content-Type": "application/timestamp-query"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/timestamp-reply"
+    with pytest.raises(Exception, match="bad_data_format"):
+        token_from_reply(r.content)
+    r = httpx.post(services.tss + "/tsa", content=b"x", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"] == "request"
+    r = httpx.post(services.tss + "/tsa", content=b"x" * 20000,
+                   headers={"Content-Type": "application/timestamp-query"})
+    assert r.status_code == 413
+    r = httpx.post(services.tss + "/m1", content=b"\x00", headers=CBOR)
+    assert r.status_code == 400 and r.json()["error"] == "format"
+
+
+def _m1(at: int = T0) -> tuple[Sender, bytes]:
+    from conftest import ALICE
+
+    s, acts = Sender.start(ALICE, TRUST, BOB.party, b"m0", Description("t", 2, "<x>"),
+                           DEADLINES)
+    return s, one(acts, "m1")
+
+
+def test_m1_over_http_and_serials_survive_a_restart(services: Services) -> None:
+    sender, m1 = _m1()
+    r = httpx.post(services.tss + "/m1", content=m1, headers=CBOR)
+    assert r.status_code == 200
+    token = token_from_reply(r.content)
+    first = verify_token(token, sender.cid, TRUST.tsa_ca).serial
+    assert sender.handle(TimestampReply(r.content), T0)  # the sender accepts it: m3 goes out
+    assert sender.phase == "await-m4"
+    # a forged signature is refused, by name
+    msg = M1.decode(m1)
+    forged = M1(msg.sender, msg.cid, msg.tsq, bytes(64)).encode()
+    r = httpx.post(services.tss + "/m1", content=forged, headers=CBOR)
+    assert r.status_code == 400 and r.json()["error"] == "m1.sig"
+    services.stop()
+    services.start()
+    _, m1b = _m1()
+    r = httpx.post(services.tss + "/m1", content=m1b, headers=CBOR)
+    later = verify_token(token_from_reply(r.content), M1.decode(m1b).cid, TRUST.tsa_ca).serial
+    assert later > first
+
+
+# --- TTP ----------------------------------------------------------------------------------------
+
+
+def accepted_run() -> tuple[Sender, Receiver]:
+    run = start_run(b"Subject: ttp\r\n\r\nbody")
+    r, _ = Receiver.from_m3(BOB, TRUST, run.m3, T0 + 1, known)
+    one(r.handle(Accept(), T0 + 2), "m4")
+    return run.sender, r
+
+
+def test_r1r_and_r1s_through_the_ttp_service(services: Services) -> None:
+    sender, receiver = accepted_run()
+    cid = sender.cid.hex()
+    assert httpx.get(f"{services.ttp}/status/{cid}").json()["state"] == "none"
+    assert httpx.get(f"{services.ttp}/release/{cid}").status_code == 404
+    req = one(receiver.handle(Tick(), DEADLINES.m5_by + 1), "resolve")
+    answer = httpx.post(services.ttp + "/resolve", content=req, headers=CBOR).content
+    assert receive(receiver, answer, DEADLINES.m5_by + 1)
+    assert receiver.phase == "done"
+    status = httpx.get(f"{services.ttp}/status/{cid}").json()
+    assert status["state"] == "resolved" and status["requested_by"] == "R"
+    assert httpx.get(f"{services.ttp}/release/{cid}").content == answer
+    # the sender's late abort gets the very same signed resolution, after a restart too
+    services.stop()
+    services.start()
+    abort = one(sender.handle(Tick(), DEADLINES.accept_by + 1), "abort")
+    again = httpx.post(services.ttp + "/abort", content=abort, headers=CBOR).content
+    assert again == answer
+    receive(sender, again, DEADLINES.accept_by + 1)
+    assert sender.phase == "done" and sender.has_receipt
+    res = subprocess.run(["tcms", "ttp", "audit"], env=services.env(), capture_output=True,
+                         text=True, cwd=services.workdir, timeout=60)
+    assert res.returncode == 0 and "audit log intact" in res.stdout, res.stdout + res.stderr
+
+
+def test_ttp_refuses_forged_and_foreign_requests(services: Services) -> None:
+    sender, receiver = accepted_run()
+    req = bytearray(one(receiver.handle(Tick(), DEADLINES.m5_by + 1), "resolve"))
+    req[-5] ^= 1
+    r = httpx.post(services.ttp + "/resolve", content=bytes(req), headers=CBOR)
+    assert r.status_code == 400 and r.json()["error"] == "resolve.sig"
+    assert httpx.get(f"{services.ttp}/status/{sender.cid.hex()}").json()["state"] == "none"
+    for path in ("/abort", "/resolve"):
+        assert httpx.post(services.ttp + path, content=b"", headers=CBOR).status_code == 400
+        r = httpx.post(services.ttp + path, content=b"\xa0", headers=CBOR)
+        assert r.status_code == 400
+        r = httpx.post(services.ttp + path, content=b"x", headers={"Content-Type": "text/x"})
+        assert r.status_code == 415
+    for bad in ("zz", "00" * 31, "00" * 33):
+        assert httpx.get(f"{services.ttp}/status/{bad}").status_code == 400
+        assert httpx.get(f"{services.ttp}/release/{bad}").status_code == 400
+
+
+def test_dispute_gives_a_signed_verdict(services: Services, workdir: Path) -> None:
+    sender, receiver = accepted_run()
+    m5 = one(receive(sender, receiver.state.m4 or b"", T0 + 3), "m5")
+    m6 = one(receive(receiver, m5, T0 + 4), "m6")
+    receive(sender, m6, T0 + 5)
+    bundle = evidence.from_sender(sender)
+    path = workdir / "bundle.json"
+    path.write_text(json.dumps(bundle))
+    res = subprocess.run(["tcms", "ttp", "dispute", str(path)], env=services.env(),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    verdict = json.loads(res.stdout)
+    assert verdict["valid"] and verdict["verdict"] == "received"
+    sig = base64.b64decode(verdict.pop("signature"))
+    canonical = json.dumps(verdict, sort_keys=True, separators=(",", ":")).encode()
+    verify(TTP.party.sig_pk, sig, "VERDICT", canonical)  # raises if forged
+    bundle["m6"] = base64.b64encode(bytes(64)).decode()
+    r = httpx.post(services.ttp + "/dispute", content=json.dumps(bundle),
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["valid"] is False
+    assert r.json()["check"] == "format"
+    trust = httpx.get(services.ttp + "/identity").json()
+    assert evidence.trust_from_json(trust).ttp == TTP.party
+
+
+# --- 1000 exchanges, each raced by an abort and a resolve, on two TTP processes, one PostgreSQL --
+
+
+@pytest.mark.postgres
+async def test_abort_resolve_races_across_two_ttp_processes(workdir: Path) -> None:
+    pairs = []
+    for _ in range(RACES):
+        sender, receiver = accepted_run()
+        abort = one(sender.handle(Tick(), DEADLINES.accept_by + 1), "abort")
+        resolve = one(receiver.handle(Tick(), DEADLINES.m5_by + 1), "resolve")
+        pairs.append((sender.cid, abort, resolve))
+    async with pg_database() as url:
+        a = Services(workdir, url, which="ttp").start()
+        b = Services(workdir, url, which="ttp").start()
+        try:
+            limits = httpx.Limits(max_connections=64)
+            async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+                async def post(base: str, path: str, data: bytes) -> bytes:
+                    r = await client.post(base + path, content=data, headers=CBOR)
+                    assert r.status_code == 200, r.text
+                    return r.content
+
+                tasks = []
+                for i, (_, abort, resolve) in enumerate(pairs):
+                    first, second = (a, b) if i % 2 else (b, a)
+                    tasks.append(post(first.ttp, "/abort", abort))
+                    tasks.append(post(second.ttp, "/resolve", resolve))
+                answers = await asyncio.gather(*tasks)
+        finally:
+            a.stop()
+            b.stop()
+        store = Store(url)
+        try:
+            outcomes = {"aborted": 0, "resolved": 0}
+            for i, (cid, _, _) in enumerate(pairs):
+                d = await store.get_decision(cid)
+                assert d is not None
+                outcomes[d.state] += 1
+                # both racers got the one stored answer, byte for byte
+                assert answers[2 * i] == answers[2 * i + 1] == d.answer
+                assert decode_ttp_answer(d.answer).cid == cid
+            assert sum(outcomes.values()) == RACES
+            assert sum((await store.count_decisions()).values()) == RACES
+            assert (await store.verify_audit_chain()) == (RACES, None)
+        finally:
+            await store.close()
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+def test_services_speak_tls_when_given_a_certificate(workdir: Path) -> None:
+    res = sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+             "-keyout tls.key -out tls.crt -days 2 -subj /CN=127.0.0.1 "
+             "-addext subjectAltName=IP:127.0.0.1", workdir)
+    assert res.returncode == 0, res.stderr
+    svc = Services(workdir, f"sqlite:///{workdir / 'tls.db'}",
+                   tls=(workdir / "tls.crt", workdir / "tls.key")).start()
+    try:
+        res = sh(f"curl -sS --cacert tls.crt {svc.ttp}/health", workdir)
+        assert res.returncode == 0 and '"status":"ok"' in res.stdout, res.stderr
+        res = sh(f"curl -sS {svc.tss}/health", workdir)  # an untrusted certificate is refused
+        assert res.returncode != 0
+    finally:
+        svc.stop()
