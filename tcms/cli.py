@@ -259,6 +259,13 @@ def _listeners(settings: config_mod.Settings, which: str) -> list[Any]:
             t = settings.ttp
             out.append(Listener(ttp_app(store, me, trust, time.time), t.host, t.port,
                                 t.tls_cert, t.tls_key))
+        if which in ("dc", "all"):
+            from dc.service import create_app as dc_app
+
+            dc_me = Keystore(settings.keys.dir, passphrase).load(settings.dc.identity)
+            d = settings.dc
+            out.append(Listener(dc_app(store, dc_me, time.time), d.host, d.port, d.tls_cert,
+                                d.tls_key))
     except (credentials.CredentialsError, KeystoreError) as exc:
         raise click.ClickException(str(exc)) from None
     return out
@@ -272,12 +279,12 @@ async def _upgrade(store: Any) -> None:
 
 
 @main.command()
-@click.argument("service", type=click.Choice(["all", "tss", "ttp"]), default="all")
+@click.argument("service", type=click.Choice(["all", "tss", "ttp", "dc"]), default="all")
 @click.pass_context
 def serve(ctx: click.Context, service: str) -> None:
-    """Run TCMS services: the TSS, the TTP, or all of them in one process.
+    """Run TCMS services: the TSS, the TTP, the DC, or all of them in one process.
 
-    Addresses, TLS files and the database come from the configuration ([tss], [ttp],
+    Addresses, TLS files and the database come from the configuration ([tss], [ttp], [dc],
     [database]); state is in SQL, so a restart continues where it stopped."""
     from tcms.web import serve as serve_all
 
@@ -335,6 +342,145 @@ def ttp_dispute(ctx: click.Context, bundle: Any, url: str | None) -> None:
     verdict = res.json()
     click.echo(json.dumps(verdict, indent=1))
     sys.exit(0 if verdict.get("valid") else 1)
+
+
+# --- dc -------------------------------------------------------------------------------------
+
+
+@main.group()
+def dc() -> None:
+    """The Distribution Center: register gateways, publish, revoke and look up keys."""
+
+
+def _dc_client(ctx: click.Context, url: str | None) -> Any:
+    from dc.client import DirectoryClient
+
+    settings = _settings(ctx)
+    try:
+        _, dc_party = Keystore(settings.keys.dir).public(settings.dc.identity)
+    except (KeystoreError, ValueError) as exc:
+        raise click.ClickException(f"the DC's public keys: {exc}") from None
+    return DirectoryClient(url or settings.dc.url, dc_party)
+
+
+@dc.command("register")
+@click.argument("domain")
+@click.argument("gateway_keys", type=click.File("r"))
+@click.pass_context
+def dc_register(ctx: click.Context, domain: str, gateway_keys: Any) -> None:
+    """Allow the gateway whose public keys are in GATEWAY_KEYS (`tcms keys export`) to
+    publish and revoke keys for DOMAIN (run on the DC's host: writes its database)."""
+    import time
+
+    from dc import store as dc_store
+    from tcms.identity import Party
+    from tcms.store import Store
+
+    try:
+        gateway = Party.from_json(json.load(gateway_keys))
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(f"not a public key file: {exc}") from None
+    settings = _settings(ctx)
+
+    async def go() -> None:
+        store = Store(settings.database.url)
+        try:
+            await store.upgrade()
+            await dc_store.register_gateway(store, domain.lower(), gateway, int(time.time()))
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    click.echo(f"{gateway.name} [{gateway.fingerprint}] may now publish keys for {domain}")
+
+
+@dc.command("publish")
+@click.argument("address")
+@click.option("--gateway", required=True, help="The local gateway identity that signs.")
+@click.option("--days", type=int, default=365, show_default=True, help="Validity.")
+@click.option("--url", default=None, help="The DC's URL (default: [dc] url).")
+@click.pass_context
+def dc_publish(ctx: click.Context, address: str, gateway: str, days: int,
+               url: str | None) -> None:
+    """Publish the public keys of the local identity ADDRESS, signed by GATEWAY."""
+    from dc.records import DirectoryError
+
+    settings = _settings(ctx)
+    keys = Keystore(settings.keys.dir, _passphrase(settings))
+    try:
+        gw = keys.load(gateway)
+        _, party = keys.public(address)
+    except KeystoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    client = _dc_client(ctx, url)
+
+    async def go() -> int:
+        try:
+            return int(await client.publish(gw, party, days=days))
+        finally:
+            await client.aclose()
+
+    try:
+        version = asyncio.run(go())
+    except DirectoryError as exc:
+        raise click.ClickException(f"the DC refused: {exc}") from None
+    click.echo(f"published {party.name} version {version} [{party.fingerprint}]")
+
+
+@dc.command("revoke")
+@click.argument("address")
+@click.argument("fingerprint")
+@click.option("--gateway", required=True, help="The local gateway identity that signs.")
+@click.option("--reason", default="key compromised", show_default=True)
+@click.option("--url", default=None, help="The DC's URL (default: [dc] url).")
+@click.pass_context
+def dc_revoke(ctx: click.Context, address: str, fingerprint: str, gateway: str, reason: str,
+              url: str | None) -> None:
+    """Revoke the key FINGERPRINT of ADDRESS, signed by GATEWAY."""
+    from dc.records import DirectoryError
+
+    settings = _settings(ctx)
+    try:
+        gw = Keystore(settings.keys.dir, _passphrase(settings)).load(gateway)
+    except KeystoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    client = _dc_client(ctx, url)
+
+    async def go() -> None:
+        try:
+            await client.revoke(gw, address, fingerprint, reason)
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(go())
+    except DirectoryError as exc:
+        raise click.ClickException(f"the DC refused: {exc}") from None
+    click.echo(f"revoked {address} [{fingerprint}]")
+
+
+@dc.command("lookup")
+@click.argument("address")
+@click.option("--url", default=None, help="The DC's URL (default: [dc] url).")
+@click.pass_context
+def dc_lookup(ctx: click.Context, address: str, url: str | None) -> None:
+    """Look ADDRESS up at the DC and verify the DC's signed answer."""
+    from dc.records import DirectoryError
+
+    client = _dc_client(ctx, url)
+
+    async def go() -> Any:
+        try:
+            return await client.lookup(address)
+        finally:
+            await client.aclose()
+
+    try:
+        rec = asyncio.run(go())
+    except DirectoryError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(rec.to_json(), indent=1))
+    sys.exit(0 if rec.status == "active" else 1)
 
 
 # --- tsrg -----------------------------------------------------------------------------------

@@ -137,6 +137,12 @@ class TtpConfig(ServiceConfig):
     url: str = "http://127.0.0.1:8302"
 
 
+class DcConfig(ServiceConfig):
+    listen: str = "127.0.0.1:8303"
+    identity: str = "dc@tcms.local"
+    url: str = "http://127.0.0.1:8303"
+
+
 class LoggingConfig(BaseModel):
     level: str = "INFO"
 
@@ -158,6 +164,7 @@ class Settings(BaseSettings):
     protocol: ProtocolConfig = ProtocolConfig()
     tss: TssConfig = TssConfig()
     ttp: TtpConfig = TtpConfig()
+    dc: DcConfig = DcConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -15,10 +15,12 @@ from pathlib import Path
 import httpx
 from conftest import TSA, TTP
 
+from tcms.identity import Identity
 from tcms.keystore import Keystore
 from tss import credentials
 
 PASSPHRASE = "service-test-passphrase"
+DC = Identity.from_seed("dc@tcms.test", b"dc" * 16, kind="dc")
 
 
 def free_port() -> int:
@@ -30,6 +32,7 @@ def free_port() -> int:
 def prepare_keys(directory: Path) -> None:
     """The test TTP identity and the test TSA, as the services load them from disk."""
     Keystore(directory, PASSPHRASE.encode()).save(TTP)
+    Keystore(directory, PASSPHRASE.encode()).save(DC)
     credentials.save(directory, TSA.creds, PASSPHRASE.encode())
 
 
@@ -43,6 +46,7 @@ class Services:
     tls: tuple[Path, Path] | None = None
     tss_port: int = field(default_factory=free_port)
     ttp_port: int = field(default_factory=free_port)
+    dc_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,6 +61,10 @@ class Services:
     def ttp(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.ttp_port}"
 
+    @property
+    def dc(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.dc_port}"
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
         env.update({
@@ -67,9 +75,12 @@ class Services:
             "TCMS_TTP__LISTEN": f"127.0.0.1:{self.ttp_port}",
             "TCMS_TTP__IDENTITY": TTP.name,
             "TCMS_TTP__URL": self.ttp,
+            "TCMS_DC__LISTEN": f"127.0.0.1:{self.dc_port}",
+            "TCMS_DC__IDENTITY": DC.name,
+            "TCMS_DC__URL": self.dc,
         })
         if self.tls:
-            for svc in ("TSS", "TTP"):
+            for svc in ("TSS", "TTP", "DC"):
                 env[f"TCMS_{svc}__TLS_CERT"] = str(self.tls[0])
                 env[f"TCMS_{svc}__TLS_KEY"] = str(self.tls[1])
         return env
@@ -79,7 +90,8 @@ class Services:
         self.proc = subprocess.Popen([sys.executable, "-m", "tcms.cli", "serve", self.which],
                                      env=self.env(), cwd=self.workdir, stdout=log,
                                      stderr=subprocess.STDOUT)
-        urls = {"all": [self.tss, self.ttp], "tss": [self.tss], "ttp": [self.ttp]}[self.which]
+        urls = {"all": [self.tss, self.ttp, self.dc], "tss": [self.tss], "ttp": [self.ttp],
+                "dc": [self.dc]}[self.which]
         verify: bool | ssl.SSLContext = (ssl.create_default_context(cafile=str(self.tls[0]))
                                          if self.tls else True)
         deadline = time.time() + 30

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,8 +149,9 @@ def test_r1r_and_r1s_through_the_ttp_service(services: Services) -> None:
     assert again == answer
     receive(sender, again, DEADLINES.accept_by + 1)
     assert sender.phase == "done" and sender.has_receipt
-    res = subprocess.run(["tcms", "ttp", "audit"], env=services.env(), capture_output=True,
-                         text=True, cwd=services.workdir, timeout=60)
+    res = subprocess.run([sys.executable, "-m", "tcms.cli", "ttp", "audit"],
+                         env=services.env(), capture_output=True, text=True,
+                         cwd=services.workdir, timeout=60)
     assert res.returncode == 0 and "audit log intact" in res.stdout, res.stdout + res.stderr
 
 
@@ -179,8 +181,8 @@ def test_dispute_gives_a_signed_verdict(services: Services, workdir: Path) -> No
     bundle = evidence.from_sender(sender)
     path = workdir / "bundle.json"
     path.write_text(json.dumps(bundle))
-    res = subprocess.run(["tcms", "ttp", "dispute", str(path)], env=services.env(),
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-m", "tcms.cli", "ttp", "dispute", str(path)],
+                         env=services.env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     verdict = json.loads(res.stdout)
     assert verdict["valid"] and verdict["verdict"] == "received"

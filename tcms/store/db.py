@@ -170,7 +170,7 @@ class Store:
                     cid=run.cid, role=run.role, direction="out", destination=msg.destination,
                     kind=msg.kind, data=msg.data, at=now))
             for actor, ev, detail in audit:
-                await self._append_audit(conn, now, actor, ev, run.cid.hex(), detail)
+                await self.append_audit(conn, now, actor, ev, run.cid.hex(), detail)
         return RunRecord(**{**run.__dict__, "version": run.version + 1,
                             "created_at": created, "updated_at": now})
 
@@ -259,7 +259,7 @@ class Store:
         try:
             async with self.transaction() as conn:
                 await conn.execute(insert(m.ttp_decisions).values(**d.__dict__))
-                await self._append_audit(conn, d.at, actor, f"ttp.{d.state}", d.cid.hex(),
+                await self.append_audit(conn, d.at, actor, f"ttp.{d.state}", d.cid.hex(),
                                          f"requested by {d.by}; S={d.sender} R={d.recipient}")
             return d
         except IntegrityError:
@@ -300,7 +300,7 @@ class Store:
 
     # --- audit log -------------------------------------------------------------------
 
-    async def _append_audit(self, conn: AsyncConnection, at: int, actor: str, ev: str,
+    async def append_audit(self, conn: AsyncConnection, at: int, actor: str, ev: str,
                             cid: str | None, detail: str) -> None:
         if self.is_postgres:
             await conn.execute(select(func.pg_advisory_xact_lock(AUDIT_LOCK)))
@@ -314,7 +314,7 @@ class Store:
     async def audit(self, actor: str, ev: str, detail: str, *, now: int,
                     cid: bytes | None = None) -> None:
         async with self.transaction() as conn:
-            await self._append_audit(conn, now, actor, ev, cid.hex() if cid else None, detail)
+            await self.append_audit(conn, now, actor, ev, cid.hex() if cid else None, detail)
 
     async def audit_entries(self) -> list[AuditEntry]:
         async with self.engine.connect() as conn:

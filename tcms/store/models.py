@@ -115,6 +115,40 @@ tss_log = Table(
     sqlite_autoincrement=True,
 )
 
+# The Distribution Center: gateways registered for their domains, published keys (every
+# version kept: rotation supersedes, revocation marks), and the requests already seen.
+dc_gateways = Table(
+    "dc_gateways",
+    metadata,
+    Column("domain", String(254), primary_key=True),
+    Column("gateway", String(254), nullable=False),
+    Column("sig_pk", LargeBinary(32), nullable=False),
+    Column("registered_at", BigInteger, nullable=False),
+)
+
+dc_keys = Table(
+    "dc_keys",
+    metadata,
+    Column("address", String(254), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("sig_pk", LargeBinary(32), nullable=False),
+    Column("enc_pk", LargeBinary(32), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("not_before", BigInteger, nullable=False),
+    Column("not_after", BigInteger, nullable=False),
+    Column("published_at", BigInteger, nullable=False),
+    Column("changed_at", BigInteger, nullable=False),
+    Column("reason", Text, nullable=True),
+)
+
+dc_requests = Table(
+    "dc_requests",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("at", BigInteger, nullable=False),
+)
+
 # Append-only, hash-chained log of every decision and state change.
 audit_log = Table(
     "audit_log",

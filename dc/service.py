@@ -1,0 +1,128 @@
+"""The Distribution Center over HTTP: the key directory.
+
+- ``POST /keys``   a registered gateway publishes or rotates an address's keys (DC-PUBLISH);
+- ``POST /revoke`` it revokes one (DC-REVOKE);
+- ``GET /keys/{address}``: the DC-signed record of the address's newest key
+  (``application/cbor``; ``?format=json`` for people), whose status may be ``revoked``;
+- ``GET /keys/{address}/{fingerprint}``: the record of one particular key;
+- ``GET /identity``: the DC's public keys.
+
+Only the gateway registered for a domain (``tcms dc register``) may publish or revoke keys
+in it; requests must be fresh (5 minutes) and are refused when replayed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from dc import records
+from dc import store as dc_store
+from dc.records import DirectoryError, KeyRecord, Publish, Revoke
+from tcms.identity import Identity, normalise_name
+from tcms.store import Store
+from tcms.web import CBOR, ERROR_RESPONSES, error, install_error_handlers, read_body
+
+MAX_REQUEST = 16 * 1024
+
+
+def _binary_body() -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        CBOR: {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.time) -> FastAPI:
+    app = FastAPI(title="TCMS Distribution Center", version="1",
+                  description="Key directory for TCMS users and gateways.")
+    install_error_handlers(app)
+
+    @app.exception_handler(DirectoryError)
+    async def _directory(_: Request, exc: DirectoryError) -> JSONResponse:
+        status = 403 if exc.check in ("gateway", "gateway.sig", "domain") else 400
+        return error(status, exc.check, exc.reason)
+
+    async def authorised(req: Publish | Revoke, now: int) -> None:
+        pk = await dc_store.gateway_key(store, req.domain)
+        if pk is None:
+            raise DirectoryError("gateway", f"no gateway is registered for {req.domain}")
+        records.check_gateway_request(req, pk, now)
+
+    def answer(rec: KeyRecord, now: int, fmt: str) -> Response:
+        signed = replace(rec, issued_at=now,
+                         expires_at=now + records.ANSWER_LIFETIME).signed_by(me)
+        if fmt == "json":
+            return JSONResponse({**signed.to_json(), "record": signed.encode().hex()})
+        return Response(signed.encode(), media_type=CBOR)
+
+    @app.post("/keys", responses={200: {"description": "published"}, 403: {
+        "description": "not the domain's gateway"}, **ERROR_RESPONSES},
+        openapi_extra=_binary_body())
+    async def publish(request: Request) -> dict[str, Any]:
+        """Publish (or rotate) the keys of an address, signed by its domain's gateway."""
+        data = await read_body(request, [CBOR], MAX_REQUEST)
+        req = Publish.decode(data)
+        now = int(clock())
+        await authorised(req, now)
+        version = await dc_store.publish(store, req.party, req.not_before, req.not_after,
+                                         data, now)
+        return {"address": req.party.name, "version": version,
+                "fingerprint": req.party.fingerprint}
+
+    @app.post("/revoke", responses={200: {"description": "revoked"}, 403: {
+        "description": "not the domain's gateway"}, **ERROR_RESPONSES},
+        openapi_extra=_binary_body())
+    async def revoke(request: Request) -> dict[str, Any]:
+        """Revoke one key of an address, signed by its domain's gateway."""
+        data = await read_body(request, [CBOR], MAX_REQUEST)
+        req = Revoke.decode(data)
+        now = int(clock())
+        await authorised(req, now)
+        await dc_store.revoke(store, normalise_name(req.address), req.fingerprint, req.reason,
+                              data, now)
+        return {"address": req.address, "fingerprint": req.fingerprint, "status": "revoked"}
+
+    @app.get("/keys/{address}", response_class=Response, responses={
+        200: {"content": {CBOR: {}, "application/json": {}}}, 404: {"description": "unknown"},
+        **ERROR_RESPONSES})
+    async def lookup(address: str, format: str = "cbor") -> Response:
+        """The DC-signed record of the address's newest key."""
+        rec = await dc_store.current(store, _address(address))
+        if rec is None:
+            return error(404, "unknown", f"no keys are published for {address}")
+        return answer(rec, int(clock()), format)
+
+    @app.get("/keys/{address}/{fingerprint}", response_class=Response, responses={
+        200: {"content": {CBOR: {}, "application/json": {}}}, 404: {"description": "unknown"},
+        **ERROR_RESPONSES})
+    async def lookup_key(address: str, fingerprint: str,
+                         format: str = "cbor") -> Response:
+        """The DC-signed record of one key of the address (e.g. to check a revocation)."""
+        rec = await dc_store.by_fingerprint(store, _address(address), fingerprint)
+        if rec is None:
+            return error(404, "unknown", "no such key")
+        return answer(rec, int(clock()), format)
+
+    @app.get("/identity")
+    async def identity() -> dict[str, str]:
+        """The DC's public keys (to verify its answers)."""
+        return me.party.to_json()
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "dc": me.name, "fingerprint": me.party.fingerprint}
+
+    return app
+
+
+def _address(address: str) -> str:
+    try:
+        name = normalise_name(address)
+    except ValueError as exc:
+        raise DirectoryError("address", str(exc)) from None
+    records.domain_of(name)
+    return name
