@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from dc import records
@@ -29,6 +29,8 @@ from tcms.store import Store
 from tcms.web import CBOR, ERROR_RESPONSES, error, install_error_handlers, read_body
 
 MAX_REQUEST = 16 * 1024
+ADDRESS = Path(pattern="^[^@\\s/]+@[^@\\s/]+$", max_length=254, description="e-mail address")
+FINGERPRINT = Path(pattern="^[0-9a-f:]{49}$", description="key fingerprint")
 
 
 def _binary_body() -> dict[str, Any]:
@@ -89,7 +91,7 @@ def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.tim
     @app.get("/keys/{address}", response_class=Response, responses={
         200: {"content": {CBOR: {}, "application/json": {}}}, 404: {"description": "unknown"},
         **ERROR_RESPONSES})
-    async def lookup(address: str, format: str = "cbor") -> Response:
+    async def lookup(address: str = ADDRESS, format: str = "cbor") -> Response:
         """The DC-signed record of the address's newest key."""
         rec = await dc_store.current(store, _address(address))
         if rec is None:
@@ -99,7 +101,7 @@ def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.tim
     @app.get("/keys/{address}/{fingerprint}", response_class=Response, responses={
         200: {"content": {CBOR: {}, "application/json": {}}}, 404: {"description": "unknown"},
         **ERROR_RESPONSES})
-    async def lookup_key(address: str, fingerprint: str,
+    async def lookup_key(address: str = ADDRESS, fingerprint: str = FINGERPRINT,
                          format: str = "cbor") -> Response:
         """The DC-signed record of one key of the address (e.g. to check a revocation)."""
         rec = await dc_store.by_fingerprint(store, _address(address), fingerprint)

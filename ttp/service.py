@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from tcms import evidence
@@ -33,6 +33,7 @@ from tcms.store import Store
 from tcms.web import CBOR, ERROR_RESPONSES, error, install_error_handlers, parse_hex, read_body
 
 MAX_REQUEST = 256 * 1024  # requests never carry c, only the core and the escrow
+CID = Path(pattern="^[0-9a-fA-F]{64}$", description="cid = H(core), 64 hex digits")
 MAX_BUNDLE = 64 * 1024 * 1024
 
 
@@ -84,7 +85,7 @@ def create_app(store: Store, me: Identity, trust: Trust,
     @app.get("/release/{cid}", response_class=Response, responses={
         200: {"content": {CBOR: {}}, "description": "the signed resolution"},
         404: {"description": "not resolved"}, **ERROR_RESPONSES})
-    async def release(cid: str) -> Response:
+    async def release(cid: str = CID) -> Response:
         """The resolution of a resolved exchange: k_T wrapped to R (only R can open it)."""
         d = await store.get_decision(parse_hex(cid, 32, "cid"))
         if d is None or d.state != ttp_role.RESOLVED:
@@ -92,7 +93,7 @@ def create_app(store: Store, me: Identity, trust: Trust,
         return Response(d.answer, media_type=CBOR)
 
     @app.get("/status/{cid}", responses=ERROR_RESPONSES)
-    async def status(cid: str) -> dict[str, Any]:
+    async def status(cid: str = CID) -> dict[str, Any]:
         """The TTP's decision about an exchange, if any."""
         d = await store.get_decision(parse_hex(cid, 32, "cid"))
         if d is None:
