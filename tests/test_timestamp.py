@@ -106,3 +106,20 @@ def test_bad_requests_get_an_rfc3161_rejection(tsa: TimeStampAuthority, tmp_path
     (tmp_path / "bad.tsr").write_bytes(stamp.reply)
     text = openssl("ts", "-reply", "-in", "bad.tsr", "-text", cwd=tmp_path).stdout
     assert "Status: Rejected." in text
+
+
+def test_hand_assembled_tokens_are_canonical_der(tsa: TimeStampAuthority) -> None:
+    """The TSA writes tokens from cached DER fragments; asn1crypto, re-encoding every field
+    from scratch, must produce exactly the same bytes (DER: minimal lengths, sorted SETs)."""
+    from asn1crypto import cms as asn1_cms
+
+    for nonce, when in ((None, NOW), (2**70 + 5, NOW.replace(microsecond=120000)),
+                        (1, NOW.replace(microsecond=1))):
+        req, _ = make_request(hashlib.sha256(b"der").digest(), nonce=nonce)
+        if nonce is None:
+            req = tsp.TimeStampReq({"version": "v1", "message_imprint": tsp.TimeStampReq.load(
+                req)["message_imprint"], "cert_req": True}).dump()
+        token = token_from_reply(tsa.stamp(req, now=when, serial=2**64 + 3).reply)
+        assert asn1_cms.ContentInfo.load(token).dump(force=True) == token
+        info = verify_token(token, hashlib.sha256(b"der").digest(), tsa.creds.ca_cert)
+        assert info.gen_time == when and info.serial == 2**64 + 3 and info.nonce == nonce

@@ -21,6 +21,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tcms.timestamp import TimeStampResp
+from tss import der
+
+OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
+OID_TST_INFO = "1.2.840.113549.1.9.16.1.4"
+OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
+OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
+OID_SIGNING_TIME = "1.2.840.113549.1.9.5"
+OID_SIGNING_CERT_V2 = "1.2.840.113549.1.9.16.2.47"
+OID_SHA256 = "2.16.840.1.101.3.4.2.1"
+OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2"
 
 # A UUID-derived OID (ITU-T X.667, arc 2.25) naming the TCMS time-stamping policy.
 POLICY_OID = "2.25.142144126307827040010324908873667743154"
@@ -131,23 +141,26 @@ class TimeStampAuthority:
         self.creds = creds
         self.policy = policy
         self.accuracy_ms = accuracy_ms
-        der = creds.tsa_cert.public_bytes(serialization.Encoding.DER)
-        self._cert = asn1_x509.Certificate.load(der)
+        cert_der = creds.tsa_cert.public_bytes(serialization.Encoding.DER)
+        self._cert = asn1_x509.Certificate.load(cert_der)
         self._ess = tsp.SigningCertificateV2(
-            {"certs": [{"cert_hash": hashlib.sha256(der).digest()}]}
+            {"certs": [{"cert_hash": hashlib.sha256(cert_der).digest()}]}
         )
-        # Encoded once: asn1crypto re-serialises a certificate placed in a new structure,
-        # which costs more than the signature itself.  A freshly loaded copy is reused as is.
-        self._certset_der = cms.CertificateSet(
-            [cms.CertificateChoices({"certificate": self._cert})]).dump()
-        self._sid = cms.SignerIdentifier(
-            {
-                "issuer_and_serial_number": {
-                    "issuer": self._cert.issuer,
-                    "serial_number": self._cert.serial_number,
-                }
-            }
-        )
+        # Everything that does not change from one token to the next is encoded once.
+        self._certset_der = b"\xa0" + cms.CertificateSet(
+            [cms.CertificateChoices({"certificate": self._cert})]).dump()[1:]
+        self._sid_der = der.seq(self._cert.issuer.dump(), der.integer(self._cert.serial_number))
+        self._sha256_der = der.seq(der.oid(OID_SHA256), b"\x05\x00")
+        self._ecdsa_der = der.seq(der.oid(OID_ECDSA_SHA256))
+        self._policy_der = der.oid(policy)
+        secs, ms = divmod(accuracy_ms, 1000)
+        self._accuracy_der = der.seq(
+            (der.integer(secs) if secs else b"") + (der.tlv(0x80, der.integer(ms)[2:])
+                                                    if ms else b""))
+        self._tsa_name_der = der.explicit(0, der.explicit(4, self._cert.subject.dump()))
+        self._attr_content_type = der.seq(der.oid(OID_CONTENT_TYPE),
+                                          der.set_of(der.oid(OID_TST_INFO)))
+        self._attr_ess = der.seq(der.oid(OID_SIGNING_CERT_V2), der.set_of(self._ess.dump()))
 
     def parse_request(self, request: bytes) -> tsp.TimeStampReq:
         try:
@@ -199,51 +212,29 @@ class TimeStampAuthority:
         )
 
     def issue(self, req: tsp.TimeStampReq, *, now: dt.datetime, serial: int) -> bytes:
-        secs, ms = divmod(self.accuracy_ms, 1000)
-        accuracy = {k: v for k, v in (("seconds", secs), ("millis", ms)) if v}
-        fields: dict[str, object] = {
-            "version": "v1",
-            "policy": self.policy,
-            "message_imprint": req["message_imprint"],
-            "serial_number": serial,
-            "gen_time": now.astimezone(dt.UTC),
-            "accuracy": accuracy,
-            "tsa": {"directory_name": self._cert.subject},
-        }
-        if req["nonce"].native is not None:
-            fields["nonce"] = req["nonce"].native
-        tst_der = tsp.TSTInfo(fields).dump()
-        signed_attrs = cms.CMSAttributes(
-            [
-                {"type": "content_type", "values": ["tst_info"]},
-                {"type": "signing_time", "values": [cms.Time({"utc_time": now})]},
-                {"type": "message_digest", "values": [hashlib.sha256(tst_der).digest()]},
-                {"type": "signing_certificate_v2", "values": [self._ess]},
-            ]
-        )
-        signature = self.creds.tsa_key.sign(signed_attrs.dump(), ec.ECDSA(hashes.SHA256()))
-        certificates = (cms.CertificateSet.load(self._certset_der) if req["cert_req"].native
-                        else None)
-        signed_data = cms.SignedData(
-            {
-                "version": "v3",
-                "digest_algorithms": [{"algorithm": "sha256"}],
-                "encap_content_info": {
-                    "content_type": "tst_info",
-                    "content": cms.ParsableOctetString(tst_der),
-                },
-                **({"certificates": certificates} if certificates is not None else {}),
-                "signer_infos": [
-                    {
-                        "version": "v1",
-                        "sid": self._sid,
-                        "digest_algorithm": {"algorithm": "sha256"},
-                        "signed_attrs": signed_attrs,
-                        "signature_algorithm": {"algorithm": "sha256_ecdsa"},
-                        "signature": signature,
-                    }
-                ],
-            }
-        )
-        info = cms.ContentInfo({"content_type": "signed_data", "content": signed_data})
-        return bytes(info.dump())
+        """A token (DER ContentInfo) for a parsed request: cached DER fragments around a
+        fresh TSTInfo, signed attributes and signature (see tss/der.py)."""
+        tst_der = der.seq(
+            der.integer(1), self._policy_der, req["message_imprint"].dump(),
+            der.integer(serial), der.generalized_time(now), self._accuracy_der,
+            req["nonce"].dump() if req["nonce"].native is not None else b"",
+            self._tsa_name_der)
+        attrs = [
+            self._attr_content_type,
+            der.seq(der.oid(OID_SIGNING_TIME), der.set_of(der.utc_time(now))),
+            der.seq(der.oid(OID_MESSAGE_DIGEST),
+                    der.set_of(der.octets(hashlib.sha256(tst_der).digest()))),
+            self._attr_ess,
+        ]
+        signed_attrs = der.set_of(*attrs)  # signed as a SET (tag 0x31) ...
+        signature = self.creds.tsa_key.sign(signed_attrs, ec.ECDSA(hashes.SHA256()))
+        signer_info = der.seq(
+            der.integer(1), self._sid_der, self._sha256_der,
+            b"\xa0" + signed_attrs[1:],  # ... and carried as [0] IMPLICIT
+            self._ecdsa_der, der.octets(signature))
+        signed_data = der.seq(
+            der.integer(3), der.set_of(self._sha256_der),
+            der.seq(der.oid(OID_TST_INFO), der.explicit(0, der.octets(tst_der))),
+            self._certset_der if req["cert_req"].native else b"",
+            der.set_of(signer_info))
+        return der.seq(der.oid(OID_SIGNED_DATA), der.explicit(0, signed_data))
