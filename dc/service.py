@@ -5,7 +5,9 @@
 - ``GET /keys/{address}``: the DC-signed record of the address's newest key
   (``application/cbor``; ``?format=json`` for people), whose status may be ``revoked``;
 - ``GET /keys/{address}/{fingerprint}``: the record of one particular key;
-- ``GET /identity``: the DC's public keys.
+- ``GET /identity``: the DC's public keys;
+- ``GET /updates/{metadata|targets}/{name}``: the TUF repository of signed security modules
+  (see ``dc/updates.py``).
 
 Only the gateway registered for a domain (``tcms dc register``) may publish or revoke keys
 in it; requests must be fresh (5 minutes) and are refused when replayed.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path as FsPath
 from typing import Any
 
 from fastapi import FastAPI, Path, Request, Response
@@ -38,7 +41,11 @@ def _binary_body() -> dict[str, Any]:
         CBOR: {"schema": {"type": "string", "format": "binary"}}}}}
 
 
-def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.time) -> FastAPI:
+FILE_NAME = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="file name")
+
+
+def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.time,
+               updates_dir: FsPath | None = None) -> FastAPI:
     app = FastAPI(title="TCMS Distribution Center", version="1",
                   description="Key directory for TCMS users and gateways.")
     install_error_handlers(app)
@@ -108,6 +115,19 @@ def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.tim
         if rec is None:
             return error(404, "unknown", "no such key")
         return answer(rec, int(clock()), format)
+
+    @app.get("/updates/{kind}/{name}", response_class=Response, responses={
+        200: {"content": {"application/octet-stream": {}}}, 404: {"description": "no such file"},
+        **ERROR_RESPONSES})
+    async def updates(kind: str, name: str = FILE_NAME) -> Response:
+        """The TUF repository of signed security modules (``kind``: metadata or targets)."""
+        if updates_dir is None or kind not in ("metadata", "targets"):
+            return error(404, "unknown", "no such update file")
+        path = updates_dir / kind / name
+        if not path.is_file():
+            return error(404, "unknown", "no such update file")
+        media = "application/json" if kind == "metadata" else "application/octet-stream"
+        return Response(path.read_bytes(), media_type=media)
 
     @app.get("/identity")
     async def identity() -> dict[str, str]:

@@ -264,8 +264,8 @@ def _listeners(settings: config_mod.Settings, which: str) -> list[Any]:
 
             dc_me = Keystore(settings.keys.dir, passphrase).load(settings.dc.identity)
             d = settings.dc
-            out.append(Listener(dc_app(store, dc_me, time.time), d.host, d.port, d.tls_cert,
-                                d.tls_key))
+            out.append(Listener(dc_app(store, dc_me, time.time, d.updates_dir), d.host, d.port,
+                                d.tls_cert, d.tls_key))
     except (credentials.CredentialsError, KeystoreError) as exc:
         raise click.ClickException(str(exc)) from None
     return out
@@ -481,6 +481,95 @@ def dc_lookup(ctx: click.Context, address: str, url: str | None) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(rec.to_json(), indent=1))
     sys.exit(0 if rec.status == "active" else 1)
+
+
+@dc.group("updates")
+def dc_updates() -> None:
+    """Signed security-module updates (The Update Framework)."""
+
+
+def _repo(ctx: click.Context) -> Any:
+    from dc.updates import UpdateError, UpdateRepository
+
+    settings = _settings(ctx)
+    try:
+        return UpdateRepository.load(settings.dc.updates_dir, _passphrase(settings))
+    except UpdateError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@dc_updates.command("init")
+@click.pass_context
+def dc_updates_init(ctx: click.Context) -> None:
+    """Create the update repository and its four role keys (encrypted at rest)."""
+    import datetime as dt
+
+    from dc.updates import UpdateError, UpdateRepository
+
+    settings = _settings(ctx)
+    try:
+        UpdateRepository.init(settings.dc.updates_dir, _passphrase(settings),
+                              now=dt.datetime.now(dt.UTC))
+    except UpdateError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"update repository created in {settings.dc.updates_dir}; give gateways "
+               "its root: tcms dc updates root > root.json")
+
+
+@dc_updates.command("root")
+@click.pass_context
+def dc_updates_root(ctx: click.Context) -> None:
+    """Print the trusted root metadata that gateways pin."""
+    sys.stdout.buffer.write(_repo(ctx).trusted_root())
+
+
+@dc_updates.command("publish")
+@click.argument("name")
+@click.argument("module", type=click.File("rb"))
+@click.pass_context
+def dc_updates_publish(ctx: click.Context, name: str, module: Any) -> None:
+    """Publish the security MODULE (JSON) under NAME, signed by the repository's keys."""
+    import datetime as dt
+
+    from dc.updates import UpdateError
+
+    try:
+        version = _repo(ctx).publish(name, module.read(), now=dt.datetime.now(dt.UTC))
+    except UpdateError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"published {name} (targets version {version})")
+
+
+@dc_updates.command("refresh")
+@click.pass_context
+def dc_updates_refresh(ctx: click.Context) -> None:
+    """Re-sign the timestamp role (run daily: clients refuse an expired timestamp)."""
+    import datetime as dt
+
+    _repo(ctx).refresh_timestamp(dt.datetime.now(dt.UTC))
+    click.echo("timestamp re-signed")
+
+
+@dc_updates.command("apply")
+@click.argument("name")
+@click.option("--root", "root_file", type=click.File("rb"), required=True,
+              help="The pinned trusted root (from `tcms dc updates root`).")
+@click.option("--cache", type=click.Path(file_okay=False), default="var/update-cache",
+              show_default=True, help="Where TUF keeps its trusted metadata.")
+@click.option("--url", default=None, help="The DC's URL (default: [dc] url).")
+@click.pass_context
+def dc_updates_apply(ctx: click.Context, name: str, root_file: Any, cache: str,
+                     url: str | None) -> None:
+    """Fetch the module NAME through TUF, verify it and apply it (a gateway's step)."""
+    from dc.updater import ModuleUpdater
+    from dc.updates import UpdateError
+
+    updater = ModuleUpdater(url or _settings(ctx).dc.url, root_file.read(), Path(cache))
+    try:
+        module = updater.apply(name)
+    except UpdateError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(module))
 
 
 # --- tsrg -----------------------------------------------------------------------------------

@@ -141,6 +141,7 @@ class DcConfig(ServiceConfig):
     listen: str = "127.0.0.1:8303"
     identity: str = "dc@tcms.local"
     url: str = "http://127.0.0.1:8303"
+    updates_dir: Path = Path("var/updates")
 
 
 class LoggingConfig(BaseModel):

@@ -78,6 +78,7 @@ class Services:
             "TCMS_DC__LISTEN": f"127.0.0.1:{self.dc_port}",
             "TCMS_DC__IDENTITY": DC.name,
             "TCMS_DC__URL": self.dc,
+            "TCMS_DC__UPDATES_DIR": str(self.workdir / "updates"),
         })
         if self.tls:
             for svc in ("TSS", "TTP", "DC"):
