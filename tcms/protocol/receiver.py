@@ -33,20 +33,19 @@ from tcms.protocol.events import (
     Send,
     Tick,
 )
+from tcms.protocol.machine import RoleMachine
 from tcms.protocol.messages import (
     M3,
     M5,
     Aborted,
     BadEscrow,
     Core,
-    MessageError,
     Rejection,
     Resolved,
     ResolveRequest,
     decode_ttp_answer,
     message_type,
 )
-from tcms.protocol.state import dump_state, load_state
 
 RETRY_SECONDS = 60
 TERMINAL = ("done", "refused", "expired", "aborted", "rejected", "cheated", "failed")
@@ -68,11 +67,12 @@ class ReceiverState:
     reason: str = ""
 
 
-class Receiver:
+class Receiver(RoleMachine[ReceiverState]):
+    STATE = ReceiverState
+    TERMINAL = TERMINAL
+
     def __init__(self, me: Identity, trust: Trust, state: ReceiverState) -> None:
-        self.me = me
-        self.trust = trust
-        self.state = state
+        super().__init__(me, trust, state)
         self.msg = M3.decode(state.m3)
 
     @classmethod
@@ -95,13 +95,6 @@ class Receiver:
                 f"refuse by {checks.utc(hdr.deadlines.accept_by)}")
         return cls(me, trust, state), [Notify("notice", text)]
 
-    def dump(self) -> bytes:
-        return dump_state(self.state)
-
-    @classmethod
-    def load(cls, me: Identity, trust: Trust, data: bytes) -> Receiver:
-        return cls(me, trust, load_state(ReceiverState, data))
-
     # -- queries --------------------------------------------------------------------------
 
     @property
@@ -111,14 +104,6 @@ class Receiver:
     @property
     def cid(self) -> bytes:
         return self.msg.cid
-
-    @property
-    def phase(self) -> str:
-        return self.state.phase
-
-    @property
-    def terminal(self) -> bool:
-        return self.state.phase in TERMINAL
 
     @property
     def has_message(self) -> bool:
@@ -143,22 +128,16 @@ class Receiver:
 
     # -- transitions ----------------------------------------------------------------------
 
-    def _set(self, **changes: object) -> None:
-        self.state = replace(self.state, **changes)  # type: ignore[arg-type]
-
-    def handle(self, event: Event, now: int) -> list[Action]:
-        try:
-            if isinstance(event, Accept):
-                return self._on_accept(now)
-            if isinstance(event, Refuse):
-                return self._on_refuse()
-            if isinstance(event, Tick):
-                return self._on_tick(now)
-            if isinstance(event, Received):
-                return self._on_received(event.data, now)
-            return [Ignored(f"receiver: event {type(event).__name__} does not apply")]
-        except (ProtocolError, MessageError) as exc:
-            return [Ignored(str(exc))]
+    def _dispatch(self, event: Event, now: int) -> list[Action]:
+        if isinstance(event, Accept):
+            return self._on_accept(now)
+        if isinstance(event, Refuse):
+            return self._on_refuse()
+        if isinstance(event, Tick):
+            return self._on_tick(now)
+        if isinstance(event, Received):
+            return self._on_received(event.data, now)
+        return [Ignored(f"receiver: event {type(event).__name__} does not apply")]
 
     def _on_accept(self, now: int) -> list[Action]:
         if self.state.phase != "pending":

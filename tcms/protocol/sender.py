@@ -33,6 +33,7 @@ from tcms.protocol.events import (
     TimestampFailed,
     TimestampReply,
 )
+from tcms.protocol.machine import RoleMachine
 from tcms.protocol.messages import (
     M1,
     M3,
@@ -44,7 +45,6 @@ from tcms.protocol.messages import (
     Core,
     Deadlines,
     Description,
-    MessageError,
     Refusal,
     Rejection,
     Resolved,
@@ -52,7 +52,6 @@ from tcms.protocol.messages import (
     decode_ttp_answer,
     message_type,
 )
-from tcms.protocol.state import dump_state, load_state
 from tcms.timestamp import TimestampError, make_request, token_from_reply, verify_token
 
 RETRY_SECONDS = 60
@@ -83,11 +82,12 @@ class SenderState:
     reason: str = ""
 
 
-class Sender:
+class Sender(RoleMachine[SenderState]):
+    STATE = SenderState
+    TERMINAL = TERMINAL
+
     def __init__(self, me: Identity, trust: Trust, state: SenderState) -> None:
-        self.me = me
-        self.trust = trust
-        self.state = state
+        super().__init__(me, trust, state)
         self.core = Core.decode(state.core)
 
     # -- creation and persistence -------------------------------------------------------
@@ -115,26 +115,11 @@ class Sender:
         m1 = M1(me.party, sealed.core.cid, tsq, sign(me.sig_key, "M1", sealed.core.cid, h(tsq)))
         return sender, [Send("tss", "m1", m1.encode())]
 
-    def dump(self) -> bytes:
-        return dump_state(self.state)
-
-    @classmethod
-    def load(cls, me: Identity, trust: Trust, data: bytes) -> Sender:
-        return cls(me, trust, load_state(SenderState, data))
-
     # -- queries --------------------------------------------------------------------------
 
     @property
     def cid(self) -> bytes:
         return self.core.cid
-
-    @property
-    def phase(self) -> str:
-        return self.state.phase
-
-    @property
-    def terminal(self) -> bool:
-        return self.state.phase in TERMINAL
 
     @property
     def has_receipt(self) -> bool:
@@ -159,22 +144,16 @@ class Sender:
 
     # -- transitions ----------------------------------------------------------------------
 
-    def _set(self, **changes: object) -> None:
-        self.state = replace(self.state, **changes)  # type: ignore[arg-type]
-
-    def handle(self, event: Event, now: int) -> list[Action]:
-        try:
-            if isinstance(event, TimestampReply):
-                return self._on_timestamp(event.reply, now)
-            if isinstance(event, TimestampFailed):
-                return self._on_timestamp_failed(event.reason)
-            if isinstance(event, Tick):
-                return self._on_tick(now)
-            if isinstance(event, Received):
-                return self._on_received(event.data, now)
-            return [Ignored(f"sender: event {type(event).__name__} does not apply")]
-        except (ProtocolError, MessageError, TimestampError) as exc:
-            return [Ignored(str(exc))]
+    def _dispatch(self, event: Event, now: int) -> list[Action]:
+        if isinstance(event, TimestampReply):
+            return self._on_timestamp(event.reply, now)
+        if isinstance(event, TimestampFailed):
+            return self._on_timestamp_failed(event.reason)
+        if isinstance(event, Tick):
+            return self._on_tick(now)
+        if isinstance(event, Received):
+            return self._on_received(event.data, now)
+        return [Ignored(f"sender: event {type(event).__name__} does not apply")]
 
     def _on_timestamp(self, reply: bytes, now: int) -> list[Action]:
         st = self.state

@@ -1,0 +1,63 @@
+"""What every role machine shares: its state, persistence, and the rule that an input
+failing a check is ignored with its reason and changes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+
+from tcms.identity import Identity
+from tcms.protocol.checks import ProtocolError, Trust
+from tcms.protocol.events import Action, Event, Ignored
+from tcms.protocol.messages import MessageError
+from tcms.protocol.state import dump_state, load_state
+from tcms.timestamp import TimestampError
+
+
+class PhasedState(Protocol):
+    @property
+    def phase(self) -> str: ...
+
+
+StateT = TypeVar("StateT", bound=PhasedState)
+
+
+class RoleMachine(Generic[StateT]):
+    STATE: ClassVar[type[Any]]
+    TERMINAL: ClassVar[tuple[str, ...]]
+
+    def __init__(self, me: Identity, trust: Trust, state: StateT) -> None:
+        self.me = me
+        self.trust = trust
+        self.state = state
+
+    def dump(self) -> bytes:
+        return dump_state(self.state)
+
+    @classmethod
+    def load(cls, me: Identity, trust: Trust, data: bytes) -> Self:
+        return cls(me, trust, load_state(cls.STATE, data))
+
+    @property
+    def phase(self) -> str:
+        return self.state.phase
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.phase in self.TERMINAL
+
+    def _set(self, **changes: object) -> None:
+        self.state = replace(self.state, **changes)  # type: ignore[type-var]
+
+    def handle(self, event: Event, now: int) -> list[Action]:
+        """Apply one event at time ``now``; return what to do.  A message or event that
+        fails a check yields one ``Ignored`` naming the check, and the state is unchanged."""
+        saved = self.state
+        try:
+            return self._dispatch(event, now)
+        except (ProtocolError, MessageError, TimestampError) as exc:
+            self.state = saved
+            return [Ignored(str(exc))]
+
+    def _dispatch(self, event: Event, now: int) -> list[Action]:
+        raise NotImplementedError
