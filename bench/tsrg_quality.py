@@ -52,7 +52,7 @@ def run_dieharder(name: str, tests: list[int], min_bytes: int = 0, short: bool =
             failed += r.assessment == "FAILED"
             weak += r.assessment == "WEAK"
     say(f"  dieharder {name}: {count} results, {failed} FAILED, {weak} WEAK, "
-        f"{total / 1e6:.0f} MB consumed, {time.time() - t0:.0f} s")
+        f"{total / 1e6:.0f} MB fed to dieharder, {time.time() - t0:.0f} s")
     return failed == 0
 
 

@@ -205,7 +205,8 @@ def dieharder(src: Source, test: int, *, psamples: int | None = None,
               tsamples: int | None = None, timeout: float = 1800) -> tuple[list[DieharderResult],
                                                                            int]:
     """Run one dieharder test on raw bytes from ``src`` streamed to its stdin.
-    Returns the result rows and the number of bytes dieharder consumed."""
+    Returns the result rows and the number of bytes fed to it (dieharder reads what it
+    needs; at most about one 1 MiB chunk per test goes unread)."""
     cmd = [dieharder_path(), "-g", "200", "-d", str(test)]
     if test == 201:
         cmd += ["-n", "2"]  # rgb_minimum_distance alone gives a false failure
