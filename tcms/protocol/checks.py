@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography import x509
 
@@ -41,6 +41,7 @@ from tcms.protocol.messages import (
     MessageError,
     Refusal,
     Resolved,
+    ResolveRequest,
     TTPAnswer,
     parse_plaintext,
     plaintext,
@@ -235,6 +236,13 @@ def open_m5(me: Identity, core: Core, m5: M5) -> bytes:
     except CryptoError as exc:
         raise ProtocolError("m5.key", str(exc)) from None
     return k_t
+
+
+def sign_resolve_request(me: Identity, by: str, core: Core, token: bytes, eoo: bytes,
+                         m4: bytes, e_t: bytes, m5: bytes | None, now: int) -> ResolveRequest:
+    """R1R (by="R", no m5) or R2S (by="S", with m5), signed by the requester."""
+    unsigned = ResolveRequest(by, core, token, eoo, m4, e_t, m5, now, b"")
+    return replace(unsigned, sig=sign(me.sig_key, "RESOLVE-REQ", *unsigned.signed_fields()))
 
 
 def check_m6(core: Core, m5: bytes, m6: M6) -> None:

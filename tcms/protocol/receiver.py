@@ -15,9 +15,8 @@ open c (R holds the proof).  ``failed``: the TTP rejected R's request.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from tcms.crypto import sign
 from tcms.identity import Identity, Party
 from tcms.protocol import checks
 from tcms.protocol.checks import ProtocolError, Trust
@@ -159,9 +158,8 @@ class Receiver(RoleMachine[ReceiverState]):
         st = self.state
         assert st.m4 is not None
         m3 = self.msg
-        req = ResolveRequest("R", self.core, m3.token, m3.eoo, st.m4, m3.e_t, None, now,
-                             b"\0" * 64)
-        return replace(req, sig=sign(self.me.sig_key, "RESOLVE-REQ", *req.signed_fields()))
+        return checks.sign_resolve_request(self.me, "R", self.core, m3.token, m3.eoo, st.m4,
+                                           m3.e_t, None, now)
 
     def _on_tick(self, now: int) -> list[Action]:
         st = self.state

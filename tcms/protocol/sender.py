@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from tcms.crypto import h, sign
 from tcms.identity import Identity, Party
@@ -193,9 +193,8 @@ class Sender(RoleMachine[SenderState]):
     def _resolve_request(self, now: int) -> ResolveRequest:
         st = self.state
         assert st.token and st.eoo and st.m4 and st.m5
-        req = ResolveRequest("S", self.core, st.token, st.eoo, st.m4, st.e_t, st.m5, now,
-                             b"\0" * 64)
-        return replace(req, sig=sign(self.me.sig_key, "RESOLVE-REQ", *req.signed_fields()))
+        return checks.sign_resolve_request(self.me, "S", self.core, st.token, st.eoo, st.m4,
+                                           st.e_t, st.m5, now)
 
     def _on_tick(self, now: int) -> list[Action]:
         st = self.state
