@@ -1,0 +1,210 @@
+"""A real Postfix and a real Dovecot on this machine, for end-to-end tests.
+
+Two mail domains (a.test, b.test) share one Postfix (SMTP on a high port, relaying by LMTP)
+and one Dovecot (IMAP and LMTP on high ports, users from a passwd-file, a master user so
+a service can open any mailbox).  Facts and settings: ../shared/reference/real-mail-stack.md.
+Needs root and Debian's postfix, dovecot-imapd, dovecot-lmtpd (installed by .ci/run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASE = Path("/tmp/tcms-mailstack")  # fixed: /etc/postfix/main.cf must name the config dir
+DOMAINS = ("a.test", "b.test")
+MASTER = ("gateway", "gateway-master-secret")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, seconds: float = 20) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+@dataclass
+class MailStack:
+    users: dict[str, str]  # address -> password
+    smtp_port: int = field(default_factory=free_port)
+    imap_port: int = field(default_factory=free_port)
+    lmtp_port: int = field(default_factory=free_port)
+
+    @property
+    def dovecot_dir(self) -> Path:
+        return BASE / "dovecot"
+
+    @property
+    def postfix_dir(self) -> Path:
+        return BASE / "postfix"
+
+    # --- Dovecot ---------------------------------------------------------------------
+
+    def _dovecot_conf(self) -> str:
+        d = self.dovecot_dir
+        return f"""
+protocols = imap lmtp
+listen = 127.0.0.1
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+default_login_user = dovenull
+default_internal_user = dovecot
+default_internal_group = dovecot
+mail_uid = dovecot
+mail_gid = dovecot
+first_valid_uid = 0
+first_valid_gid = 0
+mail_location = maildir:~/Maildir
+auth_master_user_separator = *
+passdb {{
+  driver = passwd-file
+  args = {d}/masters
+  master = yes
+}}
+passdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.lmtp_port}
+  }}
+}}
+protocol lmtp {{
+  postmaster_address = postmaster@a.test
+}}
+"""
+
+    def _start_dovecot(self) -> None:
+        d = self.dovecot_dir
+        for sub in ("run", "state", "mail"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "dovecot.conf").write_text(self._dovecot_conf())
+        lines = [f"{addr}:{{PLAIN}}{pw}::::{d}/mail/{addr}" for addr, pw in self.users.items()]
+        (d / "users").write_text("\n".join(lines) + "\n")
+        (d / "masters").write_text(f"{MASTER[0]}:{{PLAIN}}{MASTER[1]}\n")
+        subprocess.run(["chown", "-R", "dovecot:dovecot", str(d / "mail")], check=True)
+        with open(d / "start.log", "wb") as log:  # the daemon keeps its stdio: not a pipe
+            res = subprocess.run(["dovecot", "-c", str(d / "dovecot.conf")], stdout=log,
+                                 stderr=subprocess.STDOUT, timeout=30)
+        if res.returncode != 0:
+            raise RuntimeError(f"dovecot did not start: {(d / 'start.log').read_text()}")
+        _wait_port(self.imap_port)
+        _wait_port(self.lmtp_port)
+
+    # --- Postfix ---------------------------------------------------------------------
+
+    def _start_postfix(self) -> None:
+        p = self.postfix_dir
+        p.mkdir(parents=True, exist_ok=True)
+        for sub in ("queue", "data"):
+            (p / sub).mkdir(exist_ok=True)
+        subprocess.run(["chown", "postfix", str(p / "data")], check=True)
+        master = Path("/etc/postfix/master.cf").read_text().splitlines()
+        out = []
+        for line in master:
+            fields = line.split()
+            if len(fields) >= 8 and not line.startswith((" ", "\t", "#")):
+                if fields[0] == "smtp" and fields[1] == "inet":
+                    fields[0] = str(self.smtp_port)
+                fields[4] = "n"  # no chroot
+                line = " ".join(fields)
+            out.append(line)
+        (p / "master.cf").write_text("\n".join(out) + "\n")
+        transport = ", ".join(f"{dom}=lmtp:inet:127.0.0.1:{self.lmtp_port}" for dom in DOMAINS)
+        (p / "main.cf").write_text(f"""
+compatibility_level = 3.6
+queue_directory = {p}/queue
+data_directory = {p}/data
+mail_owner = postfix
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+myhostname = mx.tcms.test
+mydestination =
+relay_domains = {" ".join(DOMAINS)}
+transport_maps = inline:{{ {transport} }}
+smtpd_relay_restrictions = permit_mynetworks, reject
+alias_maps =
+local_recipient_maps =
+message_size_limit = 52428800
+maillog_file = {p}/maillog
+maillog_file_prefixes = {BASE}
+""")
+        main = Path("/etc/postfix/main.cf")
+        wanted = (f"alternate_config_directories = {p}\n"
+                  f"maillog_file_prefixes = {BASE}, /var\n")
+        if not main.exists() or str(p) not in main.read_text():
+            main.write_text(wanted)
+        with open(p / "start.log", "wb") as log:
+            res = subprocess.run(["script", "-qc", f"postfix -c {p} start", "/dev/null"],
+                                 stdout=log, stderr=subprocess.STDOUT, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"postfix did not start: {(p / 'start.log').read_text()}")
+        _wait_port(self.smtp_port)
+
+    # --- life cycle --------------------------------------------------------------------
+
+    def start(self) -> MailStack:
+        self.stop()
+        if BASE.exists():
+            shutil.rmtree(BASE)
+        BASE.mkdir(parents=True)
+        os.chmod(BASE, 0o755)
+        self._start_dovecot()
+        self._start_postfix()
+        return self
+
+    def stop(self) -> None:
+        if (self.postfix_dir / "main.cf").exists():
+            subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} stop",
+                            "/dev/null"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=60)
+        pid = self.dovecot_dir / "run" / "master.pid"
+        if pid.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid.read_text().strip()), 15)
+            for _ in range(50):
+                if not pid.exists():
+                    break
+                time.sleep(0.1)
+
+    def maillog(self) -> str:
+        path = self.postfix_dir / "maillog"
+        return path.read_text(errors="replace") if path.exists() else ""
