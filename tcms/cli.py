@@ -280,7 +280,8 @@ async def _upgrade(store: Any) -> None:
 
 
 @main.command()
-@click.argument("service", type=click.Choice(["all", "tss", "ttp", "dc"]), default="all")
+@click.argument("service", type=click.Choice(["all", "tss", "ttp", "dc", "gateway"]),
+                default="all")
 @click.pass_context
 def serve(ctx: click.Context, service: str) -> None:
     """Run TCMS services: the TSS, the TTP, the DC, or all of them in one process.
@@ -289,9 +290,40 @@ def serve(ctx: click.Context, service: str) -> None:
     [database]); state is in SQL, so a restart continues where it stopped."""
     from tcms.web import serve as serve_all
 
-    listeners = _listeners(_settings(ctx), service)
+    settings = _settings(ctx)
+    listeners = _listeners(settings, service) if service != "gateway" else []
+
+    async def run() -> None:
+        if service == "gateway":
+            await _start_gateway(settings)
+            await asyncio.Event().wait()
+        else:
+            await serve_all(listeners)
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_all(listeners))
+        asyncio.run(run())
+
+
+async def _start_gateway(settings: config_mod.Settings) -> None:
+    """The gateway's SMTP listeners (the protocol workers and IMAP proxy come next)."""
+    from gateway import submission
+    from tcms.store import Store
+
+    g = settings.gateway
+    if not (g.tls_cert and g.tls_key):
+        raise click.ClickException("the gateway needs [gateway] tls_cert and tls_key: "
+                                   "every listener speaks TLS")
+    store = Store(settings.database.url)
+    await store.upgrade()
+    store = Store(settings.database.url)
+    up_smtp, up_imap = g.split(g.upstream_smtp), g.split(g.upstream_imap)
+    upstream = submission.Upstream(up_smtp[0], up_smtp[1], up_imap[0], up_imap[1])
+    await submission.start(store, upstream, tag=g.tag,
+                           tls=submission.tls_context(str(g.tls_cert), str(g.tls_key)),
+                           submission=g.split(g.submission), smtps=g.split(g.smtps),
+                           max_size=g.max_message_size)
+    log.info("gateway SMTP listening: submission %s (STARTTLS), smtps %s (TLS)",
+             g.submission, g.smtps)
 
 
 @main.group()

@@ -144,6 +144,29 @@ class DcConfig(ServiceConfig):
     updates_dir: Path = Path("var/updates")
 
 
+class GatewayConfig(BaseModel):
+    """The gateway's listeners (TLS on every one) and the real mail servers behind it."""
+
+    submission: str = "127.0.0.1:8587"  # STARTTLS required
+    smtps: str = "127.0.0.1:8465"  # implicit TLS
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    upstream_smtp: str = "127.0.0.1:25"
+    upstream_imap: str = "127.0.0.1:143"
+    max_message_size: int = 50 * 1024 * 1024
+    tag: str = "[certified]"
+
+    @field_validator("submission", "smtps", "upstream_smtp", "upstream_imap")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        return ServiceConfig._host_port(v)
+
+    @staticmethod
+    def split(v: str) -> tuple[str, int]:
+        host, _, port = v.rpartition(":")
+        return host, int(port)
+
+
 class LoggingConfig(BaseModel):
     level: str = "INFO"
 
@@ -166,6 +189,7 @@ class Settings(BaseSettings):
     tss: TssConfig = TssConfig()
     ttp: TtpConfig = TtpConfig()
     dc: DcConfig = DcConfig()
+    gateway: GatewayConfig = GatewayConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -164,6 +164,8 @@ smtpd_relay_restrictions = permit_mynetworks, reject
 alias_maps =
 local_recipient_maps =
 message_size_limit = 52428800
+local_header_rewrite_clients =
+always_add_missing_headers = no
 maillog_file = {p}/maillog
 maillog_file_prefixes = {BASE}
 """)

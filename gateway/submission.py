@@ -1,0 +1,180 @@
+"""The SMTP submission side of the gateway (aiosmtpd).
+
+- STARTTLS on the submission port (TLS required before AUTH) and implicit TLS on another;
+- SMTP AUTH (PLAIN, LOGIN) checked against the upstream IMAP server: users keep the
+  credentials they have (pass-through); nothing about the password is kept;
+- MAIL FROM must be the authenticated user's own address;
+- untagged mail is relayed to the upstream MTA byte for byte (aiosmtplib) and answered
+  with the upstream's answer, so a 250 means the upstream has taken the message;
+- mail whose Subject carries the tag (``[certified]`` by default, any case, RFC 2047
+  encoded too) is stored in SQL before the 250 and is never relayed uncertified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.parser
+import email.policy
+import logging
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aioimaplib
+import aiosmtplib
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from tcms.store import Store
+
+log = logging.getLogger("tcms.gateway.smtp")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    smtp_host: str
+    smtp_port: int
+    imap_host: str
+    imap_port: int
+
+
+def is_tagged(content: bytes, tag: str) -> bool:
+    """Whether the Subject carries ``tag`` (case-insensitive, decoded from RFC 2047)."""
+    headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(content)
+    subject = str(headers.get("Subject", ""))
+    return re.search(re.escape(tag), subject, re.IGNORECASE) is not None
+
+
+async def imap_login_ok(up: Upstream, user: str, password: str) -> bool:
+    """Try the credentials on the upstream IMAP server."""
+    client = aioimaplib.IMAP4(host=up.imap_host, port=up.imap_port, timeout=15)
+    try:
+        await client.wait_hello_from_server()
+        response = await client.login(user, password)
+        ok = bool(response.result == "OK")
+        if ok:
+            await client.logout()
+        return ok
+    except (TimeoutError, OSError, aioimaplib.Abort) as exc:
+        log.warning("upstream IMAP unavailable for AUTH of %s: %s", user, exc)
+        return False
+
+
+class SubmissionHandler:
+    def __init__(self, store: Store, upstream: Upstream, tag: str) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.tag = tag
+
+    # --- AUTH (handler methods override aiosmtpd's built-ins, and may await) -----------
+
+    async def _check(self, server: SMTP, user: str, password: str) -> AuthResult:
+        if user and password and await imap_login_ok(self.upstream, user, password):
+            log.info("AUTH ok for %s", user)
+            return AuthResult(success=True, auth_data=user.lower())
+        log.info("AUTH failed for %r", user)
+        return AuthResult(success=False, handled=False)
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        raw: Any = args[1] if len(args) > 1 else await server.challenge_auth("")
+        if raw is None or not isinstance(raw, (str, bytes)):
+            return AuthResult(success=False, handled=True)
+        try:
+            data = base64.b64decode(raw, validate=True) if isinstance(raw, str) else raw
+            _, user, password = data.decode().split("\0")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            return AuthResult(success=False, handled=False, message="501 5.5.2 Bad PLAIN data")
+        return await self._check(server, user, password)
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        try:
+            if len(args) > 1:
+                user = base64.b64decode(args[1], validate=True).decode()
+            else:
+                got = await server.challenge_auth("Username:")
+                if not isinstance(got, bytes):
+                    return AuthResult(success=False, handled=True)
+                user = got.decode()
+            got = await server.challenge_auth("Password:")
+            if not isinstance(got, bytes):
+                return AuthResult(success=False, handled=True)
+            password = got.decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return AuthResult(success=False, handled=False, message="501 5.5.2 Bad LOGIN data")
+        return await self._check(server, user, password)
+
+    # --- the transaction ---------------------------------------------------------------
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        user = session.auth_data
+        if not isinstance(user, str) or address.lower() != user:
+            return "553 5.7.1 You may only send as your own address"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session,
+                          envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        sender = envelope.mail_from or ""
+        recipients = list(envelope.rcpt_tos)
+        if is_tagged(content, self.tag):
+            headers = email.parser.BytesHeaderParser(
+                policy=email.policy.default).parsebytes(content)
+            sid = await self.store.add_submission(
+                message_id=str(headers.get("Message-ID", "")), sender=sender,
+                recipients=recipients, subject=str(headers.get("Subject", "")), raw=content,
+                now=int(time.time()))
+            log.info("certified submission #%d from %s to %d recipient(s) stored", sid, sender,
+                     len(recipients))
+            return f"250 2.0.0 Queued for certification as #{sid}"
+        try:
+            errors, reply = await aiosmtplib.send(
+                content, sender=sender, recipients=recipients,
+                hostname=self.upstream.smtp_host, port=self.upstream.smtp_port, timeout=60,
+                start_tls=False, use_tls=False)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return f"550 5.1.1 Upstream refused every recipient: {exc.recipients[0].message}"
+        except aiosmtplib.SMTPResponseException as exc:
+            return f"{exc.code} {exc.message}"
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            log.warning("upstream SMTP unavailable: %s", exc)
+            return "451 4.4.1 The upstream mail server is unavailable; try again later"
+        if errors:  # accepted for some recipients only: say which were refused
+            refused = ", ".join(f"{r} ({e.code})" for r, e in errors.items())
+            log.warning("upstream refused %s for mail from %s", refused, sender)
+            return f"250 2.0.0 Relayed, but the upstream refused: {refused}"
+        log.info("relayed untagged mail from %s to %d recipient(s)", sender, len(recipients))
+        return f"250 2.0.0 Relayed: {reply}"
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def start(store: Store, upstream: Upstream, *, tag: str, tls: ssl.SSLContext,
+                submission: tuple[str, int], smtps: tuple[str, int] | None,
+                max_size: int) -> list[asyncio.Server]:
+    """Listen for submissions: STARTTLS on ``submission``, implicit TLS on ``smtps``."""
+    handler = SubmissionHandler(store, upstream, tag)
+    loop = asyncio.get_running_loop()
+
+    def factory(implicit: bool) -> SMTP:
+        # On the implicit-TLS listener the transport itself is TLS, which aiosmtpd does not
+        # see (it only tracks STARTTLS): AUTH needs no further TLS check there.
+        return SMTP(handler, data_size_limit=max_size, hostname="tcms-gateway",
+                    tls_context=None if implicit else tls, require_starttls=not implicit,
+                    auth_required=True, auth_require_tls=not implicit,
+                    auth_exclude_mechanism=["CRAM-MD5"])
+
+    servers = [await loop.create_server(lambda: factory(False), *submission)]
+    if smtps:
+        servers.append(await loop.create_server(lambda: factory(True), *smtps, ssl=tls))
+    return servers
