@@ -1,0 +1,122 @@
+"""Protocol messages as ordinary e-mail, and back (pure: no I/O).
+
+A protocol message (m3, m4, m5, m6, a refusal) travels between gateways through the real
+MTAs as a ``multipart/mixed`` mail:
+
+- a ``text/plain`` part telling a person what the mail is (their TCMS gateway handles it);
+- exactly one ``application/vnd.tcms.protocol+cbor`` part, base64, holding the message's
+  exact bytes.
+
+Headers: ``TCMS-Message`` (the step: m3, m4, m5, m6, refusal), ``TCMS-Transaction`` (the
+transaction id in hex), ``Auto-Submitted: auto-generated`` (RFC 3834: no auto-replies).
+``parse`` returns None for mail that is not TCMS's, and raises ``MailFormatError`` naming
+the defect for TCMS mail that is malformed; the protocol core then checks the bytes.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email.policy
+import email.utils
+from dataclasses import dataclass
+from email import message_from_bytes
+from email.message import EmailMessage
+
+from tcms.protocol.messages import MessageError, message_type
+
+MEDIA_MAIN, MEDIA_SUB = "application", "vnd.tcms.protocol+cbor"
+KINDS = {"M3": "m3", "M4": "m4", "M5": "m5", "M6": "m6", "REFUSE": "refusal"}
+EXPLAIN = {
+    "m3": "a certified mail for you, sealed until you accept it",
+    "m4": "the recipient's acknowledgement that the sealed mail arrived",
+    "m5": "the key that opens the certified mail",
+    "m6": "the recipient's signed receipt",
+    "refusal": "the recipient's signed refusal",
+}
+MAX_PROTOCOL_BYTES = 64 * 1024 * 1024
+
+
+class MailFormatError(ValueError):
+    """A mail that claims to carry a TCMS protocol message is malformed."""
+
+
+@dataclass(frozen=True)
+class ProtocolMail:
+    kind: str
+    tx: str
+    data: bytes
+    sender: str
+    recipient: str
+    message_id: str
+
+
+def build(data: bytes, *, sender: str, recipient: str, tx: str, domain: str,
+          description: str = "") -> bytes:
+    """The e-mail carrying one protocol message from ``sender`` to ``recipient``."""
+    try:
+        kind = KINDS[message_type(data)]
+    except (MessageError, KeyError):
+        raise MailFormatError("not a protocol message that travels by mail") from None
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = sender
+    msg["To"] = recipient
+    msg["Subject"] = f"[TCMS] certified mail protocol ({kind})"
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Message-ID"] = email.utils.make_msgid(idstring=f"tcms-{kind}", domain=domain)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["TCMS-Message"] = kind
+    msg["TCMS-Transaction"] = tx
+    text = (f"This message carries {EXPLAIN[kind]}.\n"
+            + (f"About: {description}\n" if description else "")
+            + "\nYour organisation's TCMS gateway processes it automatically; you do not need"
+              " to open it.\nTCMS gives sender and recipient signed, time-stamped evidence"
+              " of certified mail.\n")
+    msg.set_content(text)
+    msg.add_attachment(data, maintype=MEDIA_MAIN, subtype=MEDIA_SUB,
+                       filename=f"tcms-{kind}.cbor")
+    return msg.as_bytes()
+
+
+def is_protocol_mail(raw: bytes) -> bool:
+    """A cheap look at the headers: is this TCMS protocol mail (to hide from users)?"""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    return any(line.lower().startswith(b"tcms-message:") for line in head.splitlines())
+
+
+def parse(raw: bytes) -> ProtocolMail | None:
+    if not is_protocol_mail(raw):
+        return None
+    try:
+        msg = message_from_bytes(raw, policy=email.policy.default)
+    except Exception:
+        raise MailFormatError("unparseable MIME") from None
+    kind = str(msg.get("TCMS-Message", "")).strip().lower()
+    if kind not in EXPLAIN:
+        raise MailFormatError(f"unknown TCMS-Message {kind!r}")
+    tx = str(msg.get("TCMS-Transaction", "")).strip().lower()
+    if len(tx) != 32 or any(c not in "0123456789abcdef" for c in tx):
+        raise MailFormatError("TCMS-Transaction must be 32 hex digits")
+    parts = [p for p in msg.walk()
+             if p.get_content_maintype() == MEDIA_MAIN and p.get_content_subtype() == MEDIA_SUB]
+    if len(parts) != 1:
+        raise MailFormatError(f"expected one protocol part, found {len(parts)}")
+    part = parts[0]
+    if str(part.get("Content-Transfer-Encoding", "")).lower() != "base64":
+        raise MailFormatError("the protocol part must be base64")
+    payload = part.get_payload()
+    if not isinstance(payload, str):
+        raise MailFormatError("the protocol part is not a leaf")
+    try:
+        data = binascii.a2b_base64(payload.encode("ascii"), strict_mode=False)
+    except (binascii.Error, UnicodeEncodeError):
+        raise MailFormatError("the protocol part is not valid base64") from None
+    if not data or len(data) > MAX_PROTOCOL_BYTES:
+        raise MailFormatError("the protocol part is empty or too large")
+    try:
+        actual = KINDS.get(message_type(data))
+    except MessageError as exc:
+        raise MailFormatError(f"the attachment is not a protocol message: {exc}") from None
+    if actual != kind:
+        raise MailFormatError(f"TCMS-Message says {kind} but the attachment is {actual}")
+    return ProtocolMail(kind, tx, data, str(msg.get("From", "")), str(msg.get("To", "")),
+                        str(msg.get("Message-ID", "")))

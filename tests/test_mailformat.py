@@ -1,0 +1,98 @@
+"""Protocol messages as e-mail: round trips, malformed mail, and the real MTAs in between."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+from collections.abc import Iterator
+
+import pytest
+from conftest import BOB, TRUST, known, one, receive, start_run
+from mailstack import MailStack
+from test_mailstack import USERS, wait_for
+
+from gateway import mailformat
+from gateway.mailformat import MailFormatError
+from tcms import codec
+from tcms.protocol.events import Accept
+from tcms.protocol.receiver import Receiver
+
+
+def messages() -> dict[str, bytes]:
+    run = start_run(b"Subject: x\r\n\r\n" + os.urandom(2000))
+    r, _ = Receiver.from_m3(BOB, TRUST, run.m3, 1_800_000_001, known)
+    m4 = one(r.handle(Accept(), 1_800_000_002), "m4")
+    m5 = one(receive(run.sender, m4, 1_800_000_003), "m5")
+    m6 = one(receive(r, m5, 1_800_000_004), "m6")
+    return {"m3": run.m3, "m4": m4, "m5": m5, "m6": m6}
+
+
+MSGS = messages()
+TX = "00112233445566778899aabbccddeeff"
+
+
+def mail(kind: str) -> bytes:
+    return mailformat.build(MSGS[kind], sender="alice@a.test", recipient="bob@b.test", tx=TX,
+                            domain="a.test", description="Contract")
+
+
+@pytest.mark.parametrize("kind", ["m3", "m4", "m5", "m6"])
+def test_round_trip(kind: str) -> None:
+    raw = mail(kind)
+    assert mailformat.is_protocol_mail(raw)
+    got = mailformat.parse(raw)
+    assert got is not None and got.kind == kind and got.tx == TX and got.data == MSGS[kind]
+    assert b"Auto-Submitted: auto-generated" in raw
+    assert b"processes it automatically" in raw  # a person can read what it is
+
+
+def test_a_20_mb_payload_round_trips() -> None:
+    blob = codec.encode(["TCMS1/M4", os.urandom(32), os.urandom(20 * 1024 * 1024)])
+    raw = mailformat.build(blob, sender="a@a.test", recipient="b@b.test", tx=TX,
+                           domain="a.test")
+    got = mailformat.parse(raw)
+    assert got is not None and got.data == blob
+
+
+def test_ordinary_mail_is_not_protocol_mail() -> None:
+    plain = b"From: a@a.test\r\nSubject: TCMS-Message: m3\r\n\r\nTCMS-Message: m4\r\n"
+    assert not mailformat.is_protocol_mail(plain)
+    assert mailformat.parse(plain) is None
+
+
+@pytest.mark.parametrize(("mutate", "why"), [
+    (lambda r: r.replace(b"TCMS-Message: m3", b"TCMS-Message: m9"), "unknown TCMS-Message"),
+    (lambda r: r.replace(b"TCMS-Message: m3", b"TCMS-Message: m4"), "says m4"),
+    (lambda r: r.replace(b"TCMS-Transaction: " + TX.encode(), b"TCMS-Transaction: zz"),
+     "32 hex"),
+    (lambda r: r.replace(b"vnd.tcms.protocol+cbor", b"octet-stream"), "found 0"),
+    (lambda r: r.replace(b"Content-Transfer-Encoding: base64", b"Content-Transfer-Encoding: 7bit"),
+     "must be base64"),
+    (lambda r: r[: r.index(b"filename") + 200], "not a protocol message|found 0|base64"),
+])
+def test_malformed_protocol_mail_names_the_defect(mutate: object, why: str) -> None:
+    raw = mutate(mail("m3"))  # type: ignore[operator]
+    with pytest.raises(MailFormatError, match=why):
+        mailformat.parse(raw)
+
+
+def test_only_protocol_messages_travel_by_mail() -> None:
+    with pytest.raises(MailFormatError):
+        mailformat.build(b"not cbor", sender="a@a.test", recipient="b@b.test", tx=TX,
+                         domain="a.test")
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[MailStack]:
+    s = MailStack(USERS).start()
+    yield s
+    s.stop()
+
+
+def test_protocol_bytes_survive_real_mtas(stack: MailStack) -> None:
+    raw = mail("m3")
+    with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as smtp:
+        smtp.sendmail("alice@a.test", ["bob@b.test"], raw)
+    got = wait_for(stack.imap_port, "bob@b.test", "bob-password", b"TCMS-Message: m3")
+    parsed = mailformat.parse(got)
+    assert parsed is not None and parsed.data == MSGS["m3"] and parsed.kind == "m3"
