@@ -22,6 +22,7 @@ from tcms.identity import Party
 from tcms.protocol import checks
 from tcms.protocol.checks import ProtocolError, Trust
 from tcms.protocol.messages import (
+    M3,
     M4,
     M5,
     M6,
@@ -34,8 +35,9 @@ from tcms.protocol.messages import (
     Resolved,
     decode_ttp_answer,
 )
-from tcms.protocol.receiver import Receiver
-from tcms.protocol.sender import Sender
+from tcms.protocol.receiver import Receiver, ReceiverState
+from tcms.protocol.sender import Sender, SenderState
+from tcms.protocol.state import load_state
 from tcms.timestamp import TimestampError, verify_token
 
 FORMAT = "tcms-evidence/1"
@@ -89,7 +91,23 @@ def _tsa_pem(trust: Trust) -> str:
 
 
 def from_sender(sender: Sender) -> dict[str, Any]:
-    st = sender.state
+    return sender_bundle(sender.state)
+
+
+def from_receiver(receiver: Receiver) -> dict[str, Any]:
+    return receiver_bundle(receiver.state)
+
+
+def from_stored(role: str, state: bytes) -> dict[str, Any]:
+    """The bundle of a stored run (no private key needed: it only reads the state)."""
+    if role == "sender":
+        return sender_bundle(load_state(SenderState, state))
+    if role == "receiver":
+        return receiver_bundle(load_state(ReceiverState, state))
+    raise ValueError(f"unknown role {role!r}")
+
+
+def sender_bundle(st: SenderState) -> dict[str, Any]:
     items = {"core": st.core, "token": st.token, "eoo": st.eoo, "m4": st.m4, "m5": st.m5,
              "m6": st.m6, "refusal": st.refusal, "ttp_answer": st.ttp_answer,
              "receipt_token": st.receipt_token, "k_r": st.k_r, "k_t": st.k_t, "c": st.c}
@@ -97,8 +115,8 @@ def from_sender(sender: Sender) -> dict[str, Any]:
             **{k: _b64(v) for k, v in items.items()}}
 
 
-def from_receiver(receiver: Receiver) -> dict[str, Any]:
-    st, m3 = receiver.state, receiver.msg
+def receiver_bundle(st: ReceiverState) -> dict[str, Any]:
+    m3 = M3.decode(st.m3)
     items = {"core": m3.core.encoded, "token": m3.token, "eoo": m3.eoo, "m4": st.m4,
              "m5": st.m5, "m6": st.m6, "refusal": st.refusal, "ttp_answer": st.ttp_answer,
              "receipt_token": None, "k_r": st.k_r, "k_t": st.k_t, "c": m3.c}

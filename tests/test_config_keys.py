@@ -140,7 +140,11 @@ def test_tcms_keys_cli(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [[], ["keys"], ["keys", "create"], ["keys", "list"],
                                   ["keys", "export"], ["verify"], ["demo"], ["db"],
                                   ["db", "upgrade"], ["config"], ["config", "check"],
-                                  ["tsrg"], ["tsrg", "stream"]])
+                                  ["tsrg"], ["tsrg", "stream"], ["serve"], ["tss", "init"],
+                                  ["ttp", "audit"], ["ttp", "dispute"], ["dc", "register"],
+                                  ["dc", "publish"], ["dc", "revoke"], ["dc", "lookup"],
+                                  ["dc", "updates", "init"], ["dc", "updates", "apply"],
+                                  ["tx", "list"], ["tx", "show"], ["tx", "export"]])
 def test_help_everywhere(tmp_path: Path, args: list[str]) -> None:
     res = tcms(tmp_path, *args, "--help")
     assert res.returncode == 0 and "Usage:" in res.stdout, res.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,29 @@ def test_tcms_verify_cli(tmp_path: Path) -> None:
     (tmp_path / "junk.json").write_text("{not json")
     res = tcms("verify", str(tmp_path / "junk.json"), "--trust", str(trust))
     assert res.returncode != 0 and "not JSON" in res.stderr
+
+
+def test_tcms_tx_list_show_export(tmp_path: Path) -> None:
+    """The admin's view of a real store (the demo's), and an exported bundle that verifies."""
+    res = tcms("demo", "--scenario", "recipient-stalls", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    env_db = f"sqlite:///{tmp_path / 'recipient-stalls' / 'demo.db'}"
+
+    def tx(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
+        env["TCMS_DATABASE__URL"] = env_db
+        return subprocess.run([sys.executable, "-m", "tcms.cli", "tx", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    listing = tx("list").stdout.splitlines()
+    assert len(listing) == 2 and all(" done " in line for line in listing)
+    tx_id = listing[0].split()[0]
+    shown = tx("show", tx_id[:8]).stdout
+    assert f"exchange {tx_id} (sender side)" in shown and "(receiver side)" in shown
+    bundle = tmp_path / "bundle.json"
+    assert tx("export", tx_id, "--role", "sender", "-o", str(bundle)).returncode == 0
+    trust = tmp_path / "recipient-stalls" / "trust.json"
+    res = tcms("verify", str(bundle), "--trust", str(trust))
+    assert res.returncode == 0 and "made available" in res.stdout, res.stdout
+    assert tx("export", tx_id).returncode == 1  # both sides stored: --role is needed
+    assert tx("show", "ffffffff").returncode == 1
