@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,7 +180,3 @@ def validate_module(data: bytes) -> dict[str, Any]:
             raise UpdateError(f"{field} must be one of {', '.join(allowed)}")
     return module
 
-
-def copy_metadata(src: Path, dst: Path) -> None:
-    """Snapshot a repository's metadata (tests and backups)."""
-    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -26,7 +26,6 @@ Session record (both ends share a 32-byte key; each direction has its own stream
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from collections.abc import Iterator
 
@@ -255,6 +254,3 @@ class TsrgSession:
         self._received += 1
         return payload
 
-
-def random_key() -> bytes:
-    return os.urandom(32)

@@ -225,9 +225,9 @@ class Sender(RoleMachine[SenderState]):
             if now > self.core.header.deadlines.accept_by:
                 # too late: the abort has priority; treat like the deadline
                 return self._abort(now, "m4 arrived after the accept deadline")
-            m5 = checks.make_m5(self.me, self.core, st.k_t)
-            self._set(m4=data, m5=m5.encode(), phase="await-m6")
-            return [Send("peer", "m5", m5.encode())]
+            m5 = checks.make_m5(self.me, self.core, st.k_t).encode()
+            self._set(m4=data, m5=m5, phase="await-m6")
+            return [Send("peer", "m5", m5)]
         if kind == "REFUSE":
             refusal = Refusal.decode(data)
             if st.phase != "await-m4":

@@ -292,12 +292,6 @@ class Store:
                                .values(token=token))
         return serial, token
 
-    async def tss_entries(self, limit: int = 100) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(m.tss_log).order_by(
-                m.tss_log.c.serial.desc()).limit(limit))).mappings().all()
-            return [dict(r) for r in rows]
-
     # --- audit log -------------------------------------------------------------------
 
     async def append_audit(self, conn: AsyncConnection, at: int, actor: str, ev: str,
