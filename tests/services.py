@@ -29,6 +29,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def distinct_ports(n: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
+
+
 def prepare_keys(directory: Path) -> None:
     """The test TTP identity and the test TSA, as the services load them from disk."""
     Keystore(directory, PASSPHRASE.encode()).save(TTP)
@@ -44,10 +51,15 @@ class Services:
     db_url: str
     which: str = "all"
     tls: tuple[Path, Path] | None = None
-    tss_port: int = field(default_factory=free_port)
-    ttp_port: int = field(default_factory=free_port)
-    dc_port: int = field(default_factory=free_port)
+    tss_port: int = 0
+    ttp_port: int = 0
+    dc_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    _log_path: Path = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.tss_port, self.ttp_port, self.dc_port = distinct_ports(3)
+        self._log_path = self.workdir / "serve.log"
 
     @property
     def scheme(self) -> str:
@@ -87,7 +99,20 @@ class Services:
         return env
 
     def start(self) -> Services:
-        log = open(self.workdir / f"serve-{self.ttp_port}.log", "ab")  # noqa: SIM115
+        """Start `tcms serve` and wait until every service answers.  A port chosen by
+        free_port() can be taken by another socket before the server binds it; then the
+        server exits with "address already in use" and is started again on fresh ports."""
+        for attempt in range(3):
+            if self._start_once():
+                return self
+            if "address already in use" not in self.log_text().lower() or attempt == 2:
+                break
+            self.tss_port, self.ttp_port, self.dc_port = distinct_ports(3)
+        raise RuntimeError(f"tcms serve exited: {self.log_text()}")
+
+    def _start_once(self) -> bool:
+        self._log_path = self.workdir / f"serve-{self.ttp_port}.log"
+        log = open(self._log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "tcms.cli", "serve", self.which],
                                      env=self.env(), cwd=self.workdir, stdout=log,
                                      stderr=subprocess.STDOUT)
@@ -99,7 +124,7 @@ class Services:
         for url in urls:
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"tcms serve exited: {self.log_text()}")
+                    return False
                 try:
                     if httpx.get(url + "/health", verify=verify, timeout=2).status_code == 200:
                         break
@@ -108,10 +133,10 @@ class Services:
                 if time.time() > deadline:
                     raise RuntimeError(f"tcms serve did not start: {self.log_text()}")
                 time.sleep(0.1)
-        return self
+        return True
 
     def log_text(self) -> str:
-        return (self.workdir / f"serve-{self.ttp_port}.log").read_text(errors="replace")
+        return self._log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
