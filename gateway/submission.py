@@ -7,7 +7,10 @@
 - untagged mail is relayed to the upstream MTA byte for byte (aiosmtplib) and answered
   with the upstream's answer, so a 250 means the upstream has taken the message;
 - mail whose Subject carries the tag (``[certified]`` by default, any case, RFC 2047
-  encoded too) is stored in SQL before the 250 and is never relayed uncertified.
+  encoded too) is stored in SQL before the 250 and is never relayed uncertified;
+- mail to ``tcms+accept-TX@DOMAIN`` or ``tcms+refuse-TX@DOMAIN`` (the reply address of a
+  notice) accepts or refuses the authenticated user's own certified mail TX; it is never
+  relayed.
 """
 
 from __future__ import annotations
@@ -21,31 +24,22 @@ import logging
 import re
 import ssl
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aioimaplib
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from gateway.context import Upstream
+from gateway.subject import is_tagged
+from tcms.protocol.events import Accept, Event, Refuse
 from tcms.store import Store
 
 log = logging.getLogger("tcms.gateway.smtp")
-
-
-@dataclass(frozen=True)
-class Upstream:
-    smtp_host: str
-    smtp_port: int
-    imap_host: str
-    imap_port: int
-
-
-def is_tagged(content: bytes, tag: str) -> bool:
-    """Whether the Subject carries ``tag`` (case-insensitive, decoded from RFC 2047)."""
-    headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(content)
-    subject = str(headers.get("Subject", ""))
-    return re.search(re.escape(tag), subject, re.IGNORECASE) is not None
+CONTROL = re.compile(r"^tcms\+(accept|refuse)-([0-9a-f]{32})@(.+)$", re.IGNORECASE)
+# (user, tx, event) -> "done" or why not
+Answer = Callable[[str, str, Event], Awaitable[str]]
 
 
 async def imap_login_ok(up: Upstream, user: str, password: str) -> bool:
@@ -64,16 +58,28 @@ async def imap_login_ok(up: Upstream, user: str, password: str) -> bool:
 
 
 class SubmissionHandler:
-    def __init__(self, store: Store, upstream: Upstream, tag: str) -> None:
+    def __init__(self, store: Store, upstream: Upstream, tag: str, *,
+                 on_login: Callable[[str], Awaitable[object]] | None = None,
+                 on_submit: Callable[[], None] | None = None,
+                 answer: Answer | None = None, domains: tuple[str, ...] = ()) -> None:
         self.store = store
         self.upstream = upstream
         self.tag = tag
+        self.on_login = on_login
+        self.on_submit = on_submit
+        self.answer = answer
+        self.domains = domains
 
     # --- AUTH (handler methods override aiosmtpd's built-ins, and may await) -----------
 
     async def _check(self, server: SMTP, user: str, password: str) -> AuthResult:
         if user and password and await imap_login_ok(self.upstream, user, password):
             log.info("AUTH ok for %s", user)
+            if self.on_login is not None:
+                try:
+                    await self.on_login(user.lower())
+                except Exception as exc:  # enrolment is retried at the first certified mail
+                    log.warning("could not enrol %s yet: %s", user, exc)
             return AuthResult(success=True, auth_data=user.lower())
         log.info("AUTH failed for %r", user)
         return AuthResult(success=False, handled=False)
@@ -117,11 +123,45 @@ class SubmissionHandler:
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
+    def _control(self, address: str) -> tuple[str, str] | None:
+        m = CONTROL.match(address)
+        if m is None or self.answer is None or m.group(3).lower() not in self.domains:
+            return None
+        return m.group(1).lower(), m.group(2).lower()
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        controls = [self._control(a) is not None for a in [*envelope.rcpt_tos, address]]
+        if any(controls) and not all(controls):
+            return "452 4.5.3 Send an answer to a certified mail on its own"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def _answer(self, user: str, recipients: list[str]) -> str:
+        assert self.answer is not None
+        results = []
+        for address in recipients:
+            control = self._control(address)
+            assert control is not None
+            verb, tx = control
+            outcome = await self.answer(user, tx, Accept() if verb == "accept" else Refuse())
+            if outcome != "done":
+                log.info("%s could not %s %s: %s", user, verb, tx, outcome)
+                return f"550 5.7.1 Cannot {verb} {tx}: {outcome}"
+            results.append(f"{verb}ed {tx}")
+            log.info("%s %sed certified mail %s by mail", user, verb, tx)
+        if self.on_submit is not None:
+            self.on_submit()
+        return "250 2.0.0 " + ", ".join(results)
+
     async def handle_DATA(self, server: SMTP, session: Session,
                           envelope: Envelope) -> str:
         content = envelope.original_content or b""
         sender = envelope.mail_from or ""
         recipients = list(envelope.rcpt_tos)
+        if recipients and self._control(recipients[0]) is not None:
+            return await self._answer(sender.lower(), recipients)
         if is_tagged(content, self.tag):
             headers = email.parser.BytesHeaderParser(
                 policy=email.policy.default).parsebytes(content)
@@ -131,6 +171,8 @@ class SubmissionHandler:
                 now=int(time.time()))
             log.info("certified submission #%d from %s to %d recipient(s) stored", sid, sender,
                      len(recipients))
+            if self.on_submit is not None:
+                self.on_submit()
             return f"250 2.0.0 Queued for certification as #{sid}"
         try:
             errors, reply = await aiosmtplib.send(
@@ -159,11 +201,10 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     return ctx
 
 
-async def start(store: Store, upstream: Upstream, *, tag: str, tls: ssl.SSLContext,
+async def start(handler: SubmissionHandler, *, tls: ssl.SSLContext,
                 submission: tuple[str, int], smtps: tuple[str, int] | None,
                 max_size: int) -> list[asyncio.Server]:
     """Listen for submissions: STARTTLS on ``submission``, implicit TLS on ``smtps``."""
-    handler = SubmissionHandler(store, upstream, tag)
     loop = asyncio.get_running_loop()
 
     def factory(implicit: bool) -> SMTP:

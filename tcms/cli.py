@@ -42,6 +42,8 @@ def main(ctx: click.Context, config_path: str | None) -> None:
                         "%(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    for chatty in ("mail.log", "aioimaplib"):  # aiosmtpd's and aioimaplib's per-line logs
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 # --- config -------------------------------------------------------------------------------
@@ -296,7 +298,6 @@ def serve(ctx: click.Context, service: str) -> None:
     async def run() -> None:
         if service == "gateway":
             await _start_gateway(settings)
-            await asyncio.Event().wait()
         else:
             await serve_all(listeners)
 
@@ -305,25 +306,70 @@ def serve(ctx: click.Context, service: str) -> None:
 
 
 async def _start_gateway(settings: config_mod.Settings) -> None:
-    """The gateway's SMTP listeners (the protocol workers and IMAP proxy come next)."""
-    from gateway import submission
-    from tcms.store import Store
+    """The gateway: its SMTP listeners and its protocol worker, until cancelled."""
+    from gateway import context, submission
+    from gateway.worker import Worker, answer
 
     g = settings.gateway
     if not (g.tls_cert and g.tls_key):
         raise click.ClickException("the gateway needs [gateway] tls_cert and tls_key: "
                                    "every listener speaks TLS")
-    store = Store(settings.database.url)
-    await store.upgrade()
-    store = Store(settings.database.url)
-    up_smtp, up_imap = g.split(g.upstream_smtp), g.split(g.upstream_imap)
-    upstream = submission.Upstream(up_smtp[0], up_smtp[1], up_imap[0], up_imap[1])
-    await submission.start(store, upstream, tag=g.tag,
-                           tls=submission.tls_context(str(g.tls_cert), str(g.tls_key)),
+    try:
+        ctx = context.create(settings)
+    except config_mod.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    await ctx.store.upgrade()
+    worker = Worker(ctx)
+
+    async def answer_by_mail(user: str, tx: str, event: Any) -> str:
+        return await answer(ctx, user, tx, event, worker.clock())
+
+    handler = submission.SubmissionHandler(
+        ctx.store, ctx.upstream, g.tag, on_login=ctx.enroll, on_submit=worker.kick.set,
+        answer=answer_by_mail, domains=tuple(g.domains))
+    await submission.start(handler, tls=submission.tls_context(str(g.tls_cert), str(g.tls_key)),
                            submission=g.split(g.submission), smtps=g.split(g.smtps),
                            max_size=g.max_message_size)
     log.info("gateway SMTP listening: submission %s (STARTTLS), smtps %s (TLS)",
              g.submission, g.smtps)
+    try:
+        await worker.run()
+    finally:
+        await ctx.aclose()
+
+
+@main.group("gateway")
+def gateway_group() -> None:
+    """The gateway's users: enrol them (key pair, published at the DC)."""
+
+
+@gateway_group.command("enroll")
+@click.argument("addresses", nargs=-1, required=True)
+@click.pass_context
+def gateway_enroll(ctx: click.Context, addresses: tuple[str, ...]) -> None:
+    """Create the keys of ADDRESSES (users of the gateway's domains) and publish them at the
+    DC, so that others can send them certified mail.  Users who log in to the gateway's
+    SMTP are enrolled on their own."""
+    from dc.records import DirectoryError
+    from gateway import context
+
+    settings = _settings(ctx)
+
+    async def go() -> None:
+        try:
+            gw = context.create(settings)
+        except config_mod.ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        try:
+            for address in addresses:
+                ident = await gw.enroll(address)
+                click.echo(f"{ident.name}: key {ident.party.fingerprint} published at the DC")
+        except DirectoryError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            await gw.aclose()
+
+    asyncio.run(go())
 
 
 @main.group()

@@ -155,11 +155,47 @@ class GatewayConfig(BaseModel):
     upstream_imap: str = "127.0.0.1:143"
     max_message_size: int = 50 * 1024 * 1024
     tag: str = "[certified]"
+    # who the gateway is and whom it serves
+    identity: str = "gateway@tcms.local"  # its own key: signs DC requests and notices
+    domains: list[str] = Field(default_factory=list)  # the mail domains it certifies for
+    # the upstream IMAP server's master user (Dovecot: user*master), to open users' mailboxes
+    master_user: str = "tcms"
+    master_password: str | None = Field(default=None, repr=False)
+    master_password_file: Path | None = None
+    master_separator: str = "*"
+    # what it trusts: a tcms-trust/1 file (the TTP's /identity) and the DC's public keys
+    # (`tcms keys export`); unset: the public files of [ttp]/[dc] identity in [keys] dir
+    trust_file: Path | None = None
+    dc_key_file: Path | None = None
+    poll_interval: float = 5.0  # seconds between mailbox scans and deadline checks
 
     @field_validator("submission", "smtps", "upstream_smtp", "upstream_imap")
     @classmethod
     def _host_port(cls, v: str) -> str:
         return ServiceConfig._host_port(v)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        out = [d.strip().lower() for d in v]
+        if any(not d or "@" in d or " " in d for d in out):
+            raise ValueError("must be mail domains such as example.org")
+        return out
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if not 0.05 <= v <= 3600:
+            raise ValueError("must be between 0.05 and 3600 seconds")
+        return v
+
+    def get_master_password(self) -> str:
+        if self.master_password:
+            return self.master_password
+        if self.master_password_file:
+            return self.master_password_file.read_text().strip()
+        raise ConfigError("gateway: no master password for the upstream IMAP server: set "
+                          "TCMS_GATEWAY__MASTER_PASSWORD or gateway.master_password_file")
 
     @staticmethod
     def split(v: str) -> tuple[str, int]:

@@ -3,9 +3,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -116,6 +117,26 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await s.upgrade()
         yield s
         await s.close()
+
+
+@pytest.fixture(scope="module")
+def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Two organisations' gateways (a.test on PostgreSQL, b.test on SQLite), the TSS, TTP
+    and DC, over a real Postfix and Dovecot (tests/gateways.py)."""
+    import asyncio
+
+    from gateways import start_orgs
+
+    pg = pg_database()
+    a_db = asyncio.run(pg.__aenter__())
+    work = tmp_path_factory.mktemp("orgs")
+    o = start_orgs(work, f"sqlite:///{work / 'services.db'}", a_db,
+                   f"sqlite:///{work / 'b.db'}")
+    try:
+        yield o
+    finally:
+        o.stop()
+        asyncio.run(pg.__aexit__(None, None, None))
 
 
 class pg_database:

@@ -54,9 +54,11 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class OutMessage:
-    destination: str
+    destination: str  # peer | tss | ttp | mailbox (a mail for the local user to see)
     kind: str
     data: bytes
+    owner: str | None = None
+    peer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,46 +135,86 @@ class Store:
                 select(m.submissions).where(m.submissions.c.id == sid))).mappings().first()
             return dict(row) if row else None
 
+    async def new_submissions(self, limit: int = 20) -> list[dict[str, Any]]:
+        q = (select(m.submissions).where(m.submissions.c.status == "new")
+             .order_by(m.submissions.c.id).limit(limit))
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings().all()]
+
+    async def start_submission(self, sid: int, runs: Sequence[tuple[RunRecord,
+                               Sequence[OutMessage]]], notices: Sequence[OutMessage], *,
+                               now: int, actor: str, status: str = "started",
+                               detail: str = "") -> bool:
+        """Turn a stored submission into its runs (and notices for the recipients that
+        cannot be certified), all in one transaction.  False if another worker already
+        did: the status moves from ``new`` exactly once."""
+        async with self.transaction() as conn:
+            res = await conn.execute(update(m.submissions).where(
+                m.submissions.c.id == sid, m.submissions.c.status == "new"
+            ).values(status=status, detail=detail))
+            if res.rowcount != 1:
+                return False
+            for run, outbox in runs:
+                await self._write_run(conn, run, now, outbox, (),
+                                      [(actor, "run.started", f"submission #{sid}")])
+            await self._queue(conn, h(f"submission:{sid}".encode()), "sender", notices, now)
+        return True
+
     # --- runs ------------------------------------------------------------------------
 
     async def save_run(self, run: RunRecord, *, now: int,
                        outbox: Sequence[OutMessage] = (),
                        received: Sequence[tuple[str, bytes]] = (),
-                       audit: Sequence[tuple[str, str, str]] = ()) -> RunRecord:
+                       audit: Sequence[tuple[str, str, str]] = (),
+                       done: int | None = None) -> RunRecord:
         """Insert (version 0) or update (optimistic) a run, with its messages and audit entries,
-        atomically.  Returns the record as stored (new version)."""
+        atomically; ``done`` marks that outbox message sent in the same transaction.
+        Returns the record as stored (new version)."""
         async with self.transaction() as conn:
-            values = dict(tx=run.tx, owner=run.owner, peer=run.peer, subject=run.subject,
-                          phase=run.phase, terminal=run.terminal, deadline=run.deadline,
-                          state=run.state, updated_at=now)
-            if run.version == 0:
-                try:
-                    await conn.execute(insert(m.runs).values(
-                        cid=run.cid, role=run.role, submission_id=run.submission_id,
-                        version=1, created_at=now, **values))
-                except IntegrityError:
-                    raise ConcurrentUpdate("run already exists") from None
-                created = now
-            else:
-                res = await conn.execute(
-                    update(m.runs)
-                    .where(m.runs.c.cid == run.cid, m.runs.c.role == run.role,
-                           m.runs.c.version == run.version)
-                    .values(version=run.version + 1, **values))
-                if res.rowcount != 1:
-                    raise ConcurrentUpdate(f"run {run.tx}/{run.role} changed concurrently")
-                created = run.created_at
-            for kind, data in received:
-                await conn.execute(insert(m.messages).values(
-                    cid=run.cid, role=run.role, direction="in", kind=kind, data=data, at=now))
-            for msg in outbox:
-                await conn.execute(insert(m.messages).values(
-                    cid=run.cid, role=run.role, direction="out", destination=msg.destination,
-                    kind=msg.kind, data=msg.data, at=now))
-            for actor, ev, detail in audit:
-                await self.append_audit(conn, now, actor, ev, run.cid.hex(), detail)
+            stored = await self._write_run(conn, run, now, outbox, received, audit)
+            if done is not None:
+                await conn.execute(update(m.messages).where(m.messages.c.id == done)
+                                   .values(sent_at=now, claimed_until=None))
+        return stored
+
+    async def _write_run(self, conn: AsyncConnection, run: RunRecord, now: int,
+                         outbox: Sequence[OutMessage], received: Sequence[tuple[str, bytes]],
+                         audit: Sequence[tuple[str, str, str]]) -> RunRecord:
+        values = dict(tx=run.tx, owner=run.owner, peer=run.peer, subject=run.subject,
+                      phase=run.phase, terminal=run.terminal, deadline=run.deadline,
+                      state=run.state, updated_at=now)
+        if run.version == 0:
+            try:
+                await conn.execute(insert(m.runs).values(
+                    cid=run.cid, role=run.role, submission_id=run.submission_id,
+                    version=1, created_at=now, **values))
+            except IntegrityError:
+                raise ConcurrentUpdate("run already exists") from None
+            created = now
+        else:
+            res = await conn.execute(
+                update(m.runs)
+                .where(m.runs.c.cid == run.cid, m.runs.c.role == run.role,
+                       m.runs.c.version == run.version)
+                .values(version=run.version + 1, **values))
+            if res.rowcount != 1:
+                raise ConcurrentUpdate(f"run {run.tx}/{run.role} changed concurrently")
+            created = run.created_at
+        for kind, data in received:
+            await conn.execute(insert(m.messages).values(
+                cid=run.cid, role=run.role, direction="in", kind=kind, data=data, at=now))
+        await self._queue(conn, run.cid, run.role, outbox, now)
+        for actor, ev, detail in audit:
+            await self.append_audit(conn, now, actor, ev, run.cid.hex(), detail)
         return RunRecord(**{**run.__dict__, "version": run.version + 1,
                             "created_at": created, "updated_at": now})
+
+    async def _queue(self, conn: AsyncConnection, cid: bytes, role: str,
+                     outbox: Sequence[OutMessage], now: int) -> None:
+        for msg in outbox:
+            await conn.execute(insert(m.messages).values(
+                cid=cid, role=role, direction="out", destination=msg.destination,
+                kind=msg.kind, data=msg.data, at=now, owner=msg.owner, peer=msg.peer))
 
     async def get_run(self, cid: bytes, role: str) -> RunRecord | None:
         async with self.engine.connect() as conn:
@@ -223,6 +265,39 @@ class Store:
                 m.messages.c.id == message_id, m.messages.c.sent_at.is_(None)
             ).values(sent_at=now))
             return bool(res.rowcount == 1)
+
+    async def claim_outbox(self, now: int, lease: int, limit: int = 50) -> list[dict[str, Any]]:
+        """Claim unsent outbox messages for ``lease`` seconds, oldest first.  A message whose
+        lease ran out (its worker died) is claimed again: delivery is at least once, and
+        every receiver of a protocol message or mailbox copy treats a repeat as a no-op."""
+        free = m.messages.c.claimed_until.is_(None) | (m.messages.c.claimed_until < now)
+        q = (select(m.messages.c.id).where(m.messages.c.direction == "out",
+                                           m.messages.c.sent_at.is_(None), free)
+             .order_by(m.messages.c.id).limit(limit))
+        claimed = []
+        async with self.engine.connect() as conn:
+            ids = [r[0] for r in (await conn.execute(q)).all()]
+        for mid in ids:
+            async with self.transaction() as conn:
+                res = await conn.execute(update(m.messages).where(
+                    m.messages.c.id == mid, m.messages.c.sent_at.is_(None), free
+                ).values(claimed_until=now + lease, attempts=m.messages.c.attempts + 1))
+                if res.rowcount == 1:
+                    row = (await conn.execute(select(m.messages).where(
+                        m.messages.c.id == mid))).mappings().one()
+                    claimed.append(dict(row))
+        return claimed
+
+    async def outbox_done(self, message_id: int, now: int) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(update(m.messages).where(m.messages.c.id == message_id)
+                               .values(sent_at=now, claimed_until=None, last_error=None))
+
+    async def outbox_retry(self, message_id: int, retry_at: int, error: str) -> None:
+        """Leave the message unsent, to be claimed again from ``retry_at``."""
+        async with self.transaction() as conn:
+            await conn.execute(update(m.messages).where(m.messages.c.id == message_id)
+                               .values(claimed_until=retry_at, last_error=error[:1000]))
 
     async def messages_of(self, cid: bytes) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:

@@ -37,6 +37,9 @@ submissions = Table(
     Column("subject", Text, nullable=False),
     Column("raw", LargeBinary, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # new -> started (runs created) | failed (nothing could be certified); see ``detail``
+    Column("status", String(12), nullable=False, server_default="new", index=True),
+    Column("detail", Text, nullable=True),
 )
 
 # One protocol run per (exchange, role): the serialised role machine and its next deadline.
@@ -73,6 +76,12 @@ messages = Table(
     Column("data", LargeBinary, nullable=False),
     Column("at", BigInteger, nullable=False),
     Column("sent_at", BigInteger, nullable=True),  # out: when the outbox delivered it
+    # out, gateway: the local user and the peer address; a worker's lease and its retries
+    Column("owner", String(254), nullable=True),
+    Column("peer", String(254), nullable=True),
+    Column("claimed_until", BigInteger, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
     Index("ix_messages_outbox", "direction", "sent_at"),
 )
 

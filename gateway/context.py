@@ -1,0 +1,147 @@
+"""Everything a gateway's workers share: the store, the identities of the users it serves
+(private keys encrypted at rest, cached once opened), what it trusts, and its clients of
+the DC, the TSS, the TTP and the upstream mail servers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from dc.client import DirectoryClient
+from dc.records import DirectoryError
+from gateway.imap import MasterLogin
+from tcms import evidence
+from tcms.config import ConfigError, Settings
+from tcms.identity import Identity, Party, normalise_name
+from tcms.keystore import Keystore, KeystoreError
+from tcms.protocol.checks import Trust
+from tcms.protocol.messages import Deadlines
+from tcms.store import Store
+
+log = logging.getLogger("tcms.gateway")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    smtp_host: str
+    smtp_port: int
+    imap_host: str
+    imap_port: int
+
+
+@dataclass
+class GatewayContext:
+    settings: Settings
+    store: Store
+    keystore: Keystore
+    me: Identity
+    trust: Trust
+    dc: DirectoryClient
+    upstream: Upstream
+    imap: MasterLogin
+    http: httpx.AsyncClient
+    _identities: dict[str, Identity] = field(default_factory=dict)
+
+    @property
+    def domains(self) -> list[str]:
+        return self.settings.gateway.domains
+
+    @property
+    def tag(self) -> str:
+        return self.settings.gateway.tag
+
+    def serves(self, address: str) -> bool:
+        return address.rsplit("@", 1)[-1].lower() in self.domains
+
+    def deadlines(self, now: int) -> Deadlines:
+        p = self.settings.protocol
+        accept_by = now + p.accept_window
+        m5_by = accept_by + p.m5_window
+        return Deadlines(accept_by, m5_by, m5_by + p.m6_window, m5_by + p.resolve_window)
+
+    # --- the users it serves ------------------------------------------------------------
+
+    def users(self) -> list[str]:
+        """Every enrolled user of the gateway's domains (their keys are in the keystore)."""
+        return sorted(p.name for kind, p in self.keystore.list()
+                      if kind == "user" and self.serves(p.name))
+
+    def identity(self, address: str) -> Identity | None:
+        name = normalise_name(address)
+        if name not in self._identities:
+            try:
+                self._identities[name] = self.keystore.load(name)
+            except KeystoreError:
+                return None
+        return self._identities[name]
+
+    async def enroll(self, address: str) -> Identity:
+        """The user's identity, created and published at the DC on first use."""
+        if not self.serves(address):
+            raise DirectoryError("domain", f"this gateway does not serve {address}")
+        ident = self.identity(address)
+        if ident is None:
+            ident = self.keystore.create(address, "user")
+            self._identities[ident.name] = ident
+            log.info("enrolled %s (key %s)", ident.name, ident.party.fingerprint[:14])
+        current = await self.party_of(ident.name)
+        if current != ident.party:
+            version = await self.dc.publish(self.me, ident.party)
+            log.info("published the key of %s at the DC (version %d)", ident.name, version)
+        return ident
+
+    async def party_of(self, address: str) -> Party | None:
+        """The DC's current key for ``address`` (None: not certifiable)."""
+        return await self.dc.usable_party(normalise_name(address))
+
+    async def aclose(self) -> None:
+        await self.dc.aclose()
+        await self.http.aclose()
+        await self.store.close()
+
+
+def load_trust(settings: Settings, keystore: Keystore) -> tuple[Trust, Party]:
+    """The trust file and the DC's keys, from [gateway] files or the local keystore."""
+    g = settings.gateway
+    try:
+        if g.trust_file:
+            trust = evidence.trust_from_json(json.loads(g.trust_file.read_text()))
+        else:
+            from tss import credentials
+
+            trust = Trust(keystore.public(settings.ttp.identity)[1],
+                          credentials.load_ca(settings.keys.dir))
+        if g.dc_key_file:
+            dc = Party.from_json(json.loads(g.dc_key_file.read_text()))
+        else:
+            dc = keystore.public(settings.dc.identity)[1]
+    except (OSError, ValueError, KeyError, KeystoreError) as exc:
+        raise ConfigError(f"gateway: cannot load what it trusts: {exc}") from None
+    return trust, dc
+
+
+def create(settings: Settings) -> GatewayContext:
+    g = settings.gateway
+    if not g.domains:
+        raise ConfigError("gateway: set gateway.domains (TCMS_GATEWAY__DOMAINS), the mail "
+                          "domains it certifies for")
+    keystore = Keystore(Path(settings.keys.dir), settings.keys.get_passphrase())
+    try:
+        me = keystore.load(g.identity)
+    except KeystoreError as exc:
+        raise ConfigError(f"gateway: its identity {g.identity}: {exc} (create it with "
+                          f"`tcms keys create {g.identity} --kind gateway`)") from None
+    trust, dc_party = load_trust(settings, keystore)
+    up_smtp, up_imap = g.split(g.upstream_smtp), g.split(g.upstream_imap)
+    return GatewayContext(
+        settings=settings, store=Store(settings.database.url), keystore=keystore, me=me,
+        trust=trust, dc=DirectoryClient(settings.dc.url, dc_party, clock=time.time),
+        upstream=Upstream(up_smtp[0], up_smtp[1], up_imap[0], up_imap[1]),
+        imap=MasterLogin(up_imap[0], up_imap[1], g.master_user, g.get_master_password(),
+                         g.master_separator),
+        http=httpx.AsyncClient(timeout=60))

@@ -1,0 +1,203 @@
+"""Carrying out the outbox: protocol messages to the peer as e-mail through the upstream
+MTA, m1 and receipt stamps to the TSS, recovery requests to the TTP (their answers fed
+back to the machine in the same transaction that marks the request done), and mails the
+local user must see APPENDed to their mailbox exactly once."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiosmtplib
+import httpx
+
+from gateway import mailformat, notices
+from gateway.context import GatewayContext
+from gateway.imap import ImapError, Mailbox
+from gateway.runs import apply
+from tcms import evidence
+from tcms.protocol import checks
+from tcms.protocol.events import Ignored, Received, TimestampFailed, TimestampReply
+from tcms.protocol.messages import M3
+from tcms.protocol.receiver import ReceiverState
+from tcms.protocol.state import load_state
+from tcms.store import RunRecord
+from tcms.web import CBOR
+
+log = logging.getLogger("tcms.gateway.outbox")
+LEASE = 300  # seconds a claimed message is ours before another worker may retry it
+MAX_TSS_ATTEMPTS = 8
+
+
+class Retry(Exception):
+    """A temporary failure: try this message again later."""
+
+
+def backoff(attempts: int) -> int:
+    return int(min(300, 2 ** min(attempts, 9)))
+
+
+async def drain(ctx: GatewayContext, now: int) -> int:
+    """Send what is due; returns how many messages were handled."""
+    rows = await ctx.store.claim_outbox(now, LEASE)
+    for row in rows:
+        try:
+            await dispatch(ctx, row, now)
+        except (Retry, ImapError, OSError, httpx.HTTPError, aiosmtplib.SMTPException) as exc:
+            retry_at = now + backoff(row["attempts"])
+            log.warning("outbox #%d (%s to %s): %s; retrying in %ds", row["id"], row["kind"],
+                        row["destination"], exc, retry_at - now)
+            await ctx.store.outbox_retry(row["id"], retry_at, str(exc))
+    return len(rows)
+
+
+async def _run_of(ctx: GatewayContext, row: dict[str, Any]) -> RunRecord | None:
+    return await ctx.store.get_run(row["cid"], row["role"])
+
+
+async def dispatch(ctx: GatewayContext, row: dict[str, Any], now: int) -> None:
+    dest = row["destination"]
+    if dest == "mailbox":
+        await to_mailbox(ctx, row, now)
+        return
+    rec = await _run_of(ctx, row)
+    if rec is None:
+        log.error("outbox #%d belongs to no exchange; dropped", row["id"])
+        await ctx.store.outbox_done(row["id"], now)
+        return
+    if dest == "peer":
+        await to_peer(ctx, rec, row)
+        await ctx.store.outbox_done(row["id"], now)
+        log.info("exchange %s: %s sent to %s", rec.tx, row["kind"], rec.peer)
+    elif dest == "tss":
+        await to_tss(ctx, rec, row, now)
+    elif dest == "ttp":
+        await to_ttp(ctx, rec, row, now)
+    else:
+        log.error("outbox #%d: unknown destination %r; dropped", row["id"], dest)
+        await ctx.store.outbox_done(row["id"], now)
+
+
+async def to_peer(ctx: GatewayContext, rec: RunRecord, row: dict[str, Any]) -> None:
+    mail = mailformat.build(bytes(row["data"]), sender=rec.owner, recipient=rec.peer,
+                            tx=rec.tx, domain=rec.owner.rsplit("@", 1)[-1],
+                            description=rec.subject)
+    up = ctx.upstream
+    try:
+        await aiosmtplib.send(mail, sender=rec.owner, recipients=[rec.peer],
+                              hostname=up.smtp_host, port=up.smtp_port, timeout=120,
+                              start_tls=False, use_tls=False)
+    except aiosmtplib.SMTPResponseException as exc:
+        raise Retry(f"upstream SMTP answered {exc.code} {exc.message}") from None
+
+
+async def _post(ctx: GatewayContext, url: str, data: bytes, media: str) -> httpx.Response:
+    try:
+        return await ctx.http.post(url, content=data, headers={"Content-Type": media})
+    except httpx.HTTPError as exc:
+        raise Retry(f"{url}: {exc!r}") from None
+
+
+async def to_tss(ctx: GatewayContext, rec: RunRecord, row: dict[str, Any], now: int) -> None:
+    base = ctx.settings.tss.url.rstrip("/")
+    data = bytes(row["data"])
+    if row["kind"] == "m1":
+        r = await _post(ctx, base + "/m1", data, CBOR)
+    else:  # receipt-stamp: a plain RFC 3161 query over H(m6)
+        r = await _post(ctx, base + "/tsa", data, "application/timestamp-query")
+    if r.status_code != 200:
+        if row["kind"] == "m1" and (r.status_code < 500 or row["attempts"] >= MAX_TSS_ATTEMPTS):
+            await apply(ctx, rec, TimestampFailed(f"TSS answered {r.status_code}"), now,
+                        done=row["id"])
+            return
+        raise Retry(f"TSS answered {r.status_code}")
+    actions = await apply(ctx, rec, TimestampReply(r.content), now, done=row["id"])
+    if row["kind"] == "m1" and all(isinstance(a, Ignored) for a in actions):
+        reason = "; ".join(a.reason for a in actions if isinstance(a, Ignored))
+        await apply(ctx, rec, TimestampFailed(reason), now)
+
+
+async def to_ttp(ctx: GatewayContext, rec: RunRecord, row: dict[str, Any], now: int) -> None:
+    url = ctx.settings.ttp.url.rstrip("/") + ("/abort" if row["kind"] == "abort"
+                                              else "/resolve")
+    r = await _post(ctx, url, bytes(row["data"]), CBOR)
+    if r.status_code >= 500:
+        raise Retry(f"TTP answered {r.status_code}")
+    if r.status_code != 200:
+        # the TTP refused the request (named check); the machine asks again on its timer
+        log.warning("exchange %s: the TTP refused %s: %s", rec.tx, row["kind"], r.text[:300])
+        await ctx.store.outbox_done(row["id"], now)
+        return
+    log.info("exchange %s: the TTP answered the %s request", rec.tx, row["kind"])
+    await apply(ctx, rec, Received(r.content), now, received=("ttp-answer", r.content),
+                done=row["id"])
+
+
+# --- the local user's mailbox ---------------------------------------------------------------
+
+
+async def to_mailbox(ctx: GatewayContext, row: dict[str, Any], now: int) -> None:
+    owner = row["owner"]
+    rec = await _run_of(ctx, row)
+    delivery_id = f"{bytes(row['cid']).hex()[:32]}.{row['id']}"
+    async with ctx.imap.open(owner) as box:
+        mail = await render(ctx, box, row, rec, delivery_id)
+        if mail is not None:
+            added = await box.append_once("INBOX", mail, notices.DELIVERY_ID, delivery_id,
+                                          flags="" if row["kind"] != "submitted" else "\\Seen")
+            if added:
+                log.info("%s: %s mail for %s", rec.tx if rec else "-", row["kind"], owner)
+    await ctx.store.outbox_done(row["id"], now)
+
+
+async def render(ctx: GatewayContext, box: Mailbox, row: dict[str, Any],
+                 rec: RunRecord | None, delivery_id: str) -> bytes | None:
+    kind, text = row["kind"], bytes(row["data"]).decode()
+    owner, peer = row["owner"], row["peer"]
+    if rec is None:
+        if kind != "uncertifiable":
+            log.error("outbox #%d: %s mail without an exchange; dropped", row["id"], kind)
+            return None
+        info = json.loads(text)
+        return notices.status(kind, owner=owner, peer=peer, subject=info["subject"],
+                              text=info["text"], tx="", delivery_id=delivery_id)
+    if rec.role == "receiver":
+        st = load_state(ReceiverState, rec.state)
+        m3 = M3.decode(st.m3)
+        hdr = m3.core.header
+        if kind == "notice":
+            domain = owner.rsplit("@", 1)[-1]
+            info = notices.NoticeInfo(
+                tx=rec.tx, owner=owner, sender=hdr.sender.name,
+                subject=hdr.description.subject, size=hdr.description.size,
+                stamped=checks.utc(st.sent_at), accept_by=checks.utc(hdr.deadlines.accept_by),
+                accept_folder=await box.folder("Certified", "Accept"),
+                refuse_folder=await box.folder("Certified", "Refuse"),
+                accept_address=f"tcms+accept-{rec.tx}@{domain}",
+                refuse_address=f"tcms+refuse-{rec.tx}@{domain}")
+            return notices.notice(info, ctx.me, delivery_id)
+        if kind == "deliver":
+            if st.k_r is None or st.k_t is None:
+                log.error("exchange %s: nothing to deliver yet", rec.tx)
+                return None
+            m0 = checks.decrypt_payload(m3.core, m3.c, st.k_r, st.k_t)
+            return notices.delivered(m0, tx=rec.tx, stamped=checks.utc(st.sent_at),
+                                     delivered_at=checks.utc(rec.updated_at), how=st.reason,
+                                     delivery_id=delivery_id)
+    bundle = evidence.from_stored(rec.role, rec.state)
+    if kind == "receipt":
+        try:
+            verdict = evidence.verify(bundle, ctx.trust)
+        except evidence.EvidenceInvalid as exc:  # never expected: say so loudly
+            log.error("exchange %s: own evidence does not verify: %s", rec.tx, exc)
+            raise
+        return notices.receipt(owner=owner, peer=peer, subject=rec.subject, tx=rec.tx,
+                               verdict=verdict.kind, statements=verdict.statements,
+                               bundle=evidence.dumps(bundle), delivery_id=delivery_id)
+    if kind not in notices.STATUS_SUBJECTS:
+        log.error("outbox #%d: unknown mail kind %r; dropped", row["id"], kind)
+        return None
+    attach = evidence.dumps(bundle) if kind in ("aborted", "refused") else None
+    return notices.status(kind, owner=owner, peer=peer, subject=rec.subject, text=text,
+                          tx=rec.tx, delivery_id=delivery_id, bundle=attach)

@@ -1,0 +1,128 @@
+"""A small IMAP client for the gateway's mailbox work (aioimaplib): open a user's mailbox
+through the upstream server's master login, find mail by header, fetch, append once,
+move and delete by UID.  Folder names are built with the server's hierarchy delimiter."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from dataclasses import dataclass
+from types import TracebackType
+
+import aioimaplib
+
+log = logging.getLogger("tcms.gateway.imap")
+_QUOTED = re.compile(r'^\(.*?\) (?:"((?:[^"\\]|\\.)*)"|NIL) ')
+
+
+class ImapError(Exception):
+    """The upstream IMAP server refused a command or is unreachable."""
+
+
+@dataclass(frozen=True)
+class MasterLogin:
+    host: str
+    port: int
+    master_user: str
+    master_password: str
+    separator: str = "*"
+
+    def open(self, user: str) -> Mailbox:
+        return Mailbox(self, user)
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Mailbox:
+    """``async with login.open(user) as box:`` — one authenticated session on ``user``'s
+    mailbox.  Every failing command raises ImapError naming the command."""
+
+    def __init__(self, login: MasterLogin, user: str) -> None:
+        self.login = login
+        self.user = user
+        self.client = aioimaplib.IMAP4(host=login.host, port=login.port, timeout=60)
+        self.selected: str | None = None
+        self._delimiter: str | None = None
+
+    async def __aenter__(self) -> Mailbox:
+        try:
+            await self.client.wait_hello_from_server()
+            res = await self.client.login(
+                f"{self.user}{self.login.separator}{self.login.master_user}",
+                self.login.master_password)
+        except (TimeoutError, OSError, aioimaplib.Abort) as exc:
+            raise ImapError(f"upstream IMAP unreachable: {exc}") from None
+        if res.result != "OK":
+            raise ImapError(f"master login to {self.user}'s mailbox refused")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        with contextlib.suppress(TimeoutError, OSError, aioimaplib.Abort,
+                                 aioimaplib.CommandTimeout):
+            await self.client.logout()
+
+    async def _ok(self, what: str, res: aioimaplib.Response) -> list[bytes]:
+        if res.result != "OK":
+            text = b" ".join(bytes(x) for x in res.lines).decode(errors="replace")
+            raise ImapError(f"{what} failed for {self.user}: {text[:200]}")
+        return [bytes(x) for x in res.lines]
+
+    async def delimiter(self) -> str:
+        if self._delimiter is None:
+            lines = await self._ok("LIST", await self.client.list('""', '""'))
+            m = _QUOTED.match(lines[0].decode()) if lines else None
+            self._delimiter = (m.group(1) or ".") if m else "."
+        return self._delimiter
+
+    async def folder(self, *parts: str) -> str:
+        """The folder named by ``parts`` (e.g. Certified, Accept), created if missing."""
+        name = (await self.delimiter()).join(parts)
+        res = await self.client.create(_quote(name))
+        if res.result != "OK" and b"exists" not in b" ".join(bytes(x) for x in res.lines):
+            await self._ok(f"CREATE {name}", res)
+        if res.result == "OK":
+            await self.client.subscribe(_quote(name))
+        return name
+
+    async def select(self, folder: str = "INBOX") -> None:
+        if self.selected != folder:
+            await self._ok(f"SELECT {folder}", await self.client.select(_quote(folder)))
+            self.selected = folder
+
+    async def search_header(self, folder: str, name: str, value: str = "") -> list[str]:
+        """UIDs of the messages in ``folder`` whose header ``name`` contains ``value``."""
+        await self.select(folder)
+        lines = await self._ok("SEARCH", await self.client.uid_search(
+            "HEADER", name, _quote(value), charset=None))
+        return lines[0].decode().split() if lines and lines[0][:1].isdigit() else []
+
+    async def fetch(self, uid: str) -> bytes | None:
+        """The whole message ``uid`` of the selected folder (None if it is gone)."""
+        lines = await self._ok("FETCH", await self.client.uid("fetch", uid, "(BODY.PEEK[])"))
+        for i, line in enumerate(lines[:-1]):
+            if line.endswith(b"}") and b"FETCH" in line:
+                return lines[i + 1]
+        return None
+
+    async def delete(self, uid: str) -> None:
+        await self._ok("STORE", await self.client.uid("store", uid, "+FLAGS.SILENT",
+                                                      "(\\Deleted)"))
+        await self._ok("EXPUNGE", await self.client.uid("expunge", uid))
+
+    async def move(self, uid: str, folder: str) -> None:
+        await self._ok("MOVE", await self.client.uid("move", uid, _quote(folder)))
+
+    async def append_once(self, folder: str, message: bytes, header: str, key: str,
+                          flags: str = "") -> bool:
+        """APPEND ``message`` unless ``folder`` already holds one whose ``header`` is ``key``
+        (so a retried delivery never shows twice).  True if appended now."""
+        if await self.search_header(folder, header, key):
+            return False
+        res = await self.client.append(message, mailbox=_quote(folder), flags=flags or None)
+        await self._ok(f"APPEND to {folder}", res)
+        self.selected = None  # the folder's state changed under us
+        return True

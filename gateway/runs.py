@@ -1,0 +1,95 @@
+"""Role machines kept in SQL: load a run, apply one event, and store the new state together
+with what it must send (the outbox) and what the user must see, in one transaction.
+
+Machine actions become outbox rows: ``Send`` keeps its destination (peer, tss, ttp);
+``Notify`` and ``Deliver`` become ``mailbox`` rows (a mail for the local user).  A lost
+optimistic-locking race reloads the run and applies the event again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from gateway.context import GatewayContext
+from tcms.protocol.events import Action, Deliver, Event, Ignored, Notify, Send
+from tcms.protocol.receiver import Receiver
+from tcms.protocol.sender import Sender
+from tcms.store import ConcurrentUpdate, OutMessage, RunRecord
+
+log = logging.getLogger("tcms.gateway.runs")
+Machine = Sender | Receiver
+
+
+class UnknownRun(Exception):
+    pass
+
+
+def load(ctx: GatewayContext, rec: RunRecord) -> Machine:
+    me = ctx.identity(rec.owner)
+    if me is None:
+        raise UnknownRun(f"no key for {rec.owner}: cannot act on exchange {rec.tx}")
+    cls: type[Machine] = Sender if rec.role == "sender" else Receiver
+    return cls.load(me, ctx.trust, rec.state)
+
+
+def record(machine: Machine, role: str, owner: str, peer: str,
+           prev: RunRecord | None = None, submission_id: int | None = None) -> RunRecord:
+    hdr = machine.core.header
+    return RunRecord(machine.cid, role, hdr.tx.hex(), owner, peer, hdr.description.subject,
+                     machine.phase, machine.terminal, machine.deadline, machine.dump(),
+                     prev.version if prev else 0,
+                     prev.submission_id if prev else submission_id,
+                     prev.created_at if prev else 0)
+
+
+def outbox(actions: Sequence[Action], owner: str, peer: str) -> list[OutMessage]:
+    out = []
+    for a in actions:
+        if isinstance(a, Send):
+            out.append(OutMessage(a.to, a.kind, a.data, owner, peer))
+        elif isinstance(a, Notify):
+            out.append(OutMessage("mailbox", a.kind, a.text.encode(), owner, peer))
+        elif isinstance(a, Deliver):  # m0 is derived again from the state when delivered
+            out.append(OutMessage("mailbox", "deliver", b"", owner, peer))
+    return out
+
+
+def audit(actions: Sequence[Action], role: str, phase: str) -> list[tuple[str, str, str]]:
+    sent = ", ".join(f"{a.kind} to {a.to}" for a in actions if isinstance(a, Send))
+    return [(role, f"phase.{phase}", f"sent {sent}" if sent else "")]
+
+
+async def apply(ctx: GatewayContext, rec: RunRecord, event: Event, now: int, *,
+                received: tuple[str, bytes] | None = None,
+                done: int | None = None) -> list[Action]:
+    """Apply ``event`` to the stored run ``rec``; store state, outbox and audit at once.
+    ``received`` records the incoming message; ``done`` marks an outbox message sent."""
+    for _ in range(10):
+        machine = load(ctx, rec)
+        before = machine.phase
+        actions = machine.handle(event, now)
+        ignored = [a.reason for a in actions if isinstance(a, Ignored)]
+        for reason in ignored:
+            log.info("exchange %s (%s of %s): ignored: %s", rec.tx, rec.role, rec.owner,
+                     reason)
+        if ignored and len(ignored) == len(actions):
+            if done is not None:
+                await ctx.store.outbox_done(done, now)
+            return actions
+        try:
+            await ctx.store.save_run(
+                record(machine, rec.role, rec.owner, rec.peer, rec), now=now,
+                outbox=outbox(actions, rec.owner, rec.peer),
+                received=[received] if received else [],
+                audit=audit(actions, rec.role, machine.phase), done=done)
+        except ConcurrentUpdate:
+            fresh = await ctx.store.get_run(rec.cid, rec.role)
+            if fresh is None:
+                raise UnknownRun(f"exchange {rec.tx} vanished") from None
+            rec = fresh
+            continue
+        if machine.phase != before:
+            log.info("exchange %s: %s %s -> %s", rec.tx, rec.role, before, machine.phase)
+        return actions
+    raise ConcurrentUpdate(f"exchange {rec.tx}: too many concurrent updates")

@@ -1,0 +1,63 @@
+"""The certification tag in a Subject: find it, and strip it from what the recipient sees
+(pure: no I/O).  The tag matches in any case, also inside RFC 2047 encoded-words."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import re
+from email.header import Header
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def subject_of(content: bytes) -> str:
+    """The decoded Subject of a raw mail ("" if none)."""
+    headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(content)
+    return str(headers.get("Subject", ""))
+
+
+def is_tagged(content: bytes, tag: str) -> bool:
+    """Whether the Subject carries ``tag`` (case-insensitive, decoded from RFC 2047)."""
+    return re.search(re.escape(tag), subject_of(content), re.IGNORECASE) is not None
+
+
+def without_tag(subject: str, tag: str) -> str:
+    stripped = re.sub(r"\s*" + re.escape(tag) + r"\s*", " ", subject, flags=re.IGNORECASE)
+    return " ".join(stripped.split())
+
+
+def _split_head(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    m = _HEADER_END.search(raw)
+    if m is None:
+        return raw, b"", b""
+    return raw[: m.start()], raw[m.start(): m.end()], raw[m.end():]
+
+
+def strip_tag(raw: bytes, tag: str) -> bytes:
+    """The mail as the recipient should see it: the tag removed from the Subject, Bcc
+    removed; every other byte (headers, body, attachments) as it was."""
+    head, sep, body = _split_head(raw)
+    eol = b"\r\n" if b"\r\n" in head else b"\n"
+    fields: list[list[bytes]] = []
+    for line in head.split(eol):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    out: list[bytes] = []
+    for field in fields:
+        name = field[0].split(b":", 1)[0].strip().lower()
+        if name == b"bcc":
+            continue
+        if name == b"subject":
+            subject = without_tag(subject_of(eol.join(field) + eol + eol), tag)
+            try:
+                subject.encode("ascii")
+                line = b"Subject: " + subject.encode("ascii")
+            except UnicodeEncodeError:
+                line = b"Subject: " + Header(subject, "utf-8").encode().encode("ascii")
+            out.append(line)
+            continue
+        out.append(eol.join(field))
+    return eol.join(out) + sep + body

@@ -1,0 +1,246 @@
+"""Real gateway processes for end-to-end tests: a `tcms serve all` (TSS, TTP, DC) and one
+`tcms serve gateway` per organisation, each with its own keys, database, TLS certificate
+and configuration, in front of the real Postfix and Dovecot of tests/mailstack.py.
+Users act with standard clients only: smtplib through the gateway, imaplib on Dovecot."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import imaplib
+import json
+import os
+import signal
+import smtplib
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import Message
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+from mailstack import MASTER, MailStack, free_port
+from services import DC, PASSPHRASE, Services, prepare_keys, stop_process
+
+from tcms.keystore import Keystore
+
+USERS = {"alice@a.test": "alice-password", "bob@b.test": "bob-password",
+         "carol@b.test": "carol-password", "dave@b.test": "dave-password"}
+# windows short enough for tests to watch every recovery procedure happen
+WINDOWS = {"ACCEPT_WINDOW": "15", "M5_WINDOW": "10", "M6_WINDOW": "10",
+           "RESOLVE_WINDOW": "600"}
+
+
+def tcms(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    res = subprocess.run([sys.executable, "-m", "tcms.cli", *args], env=env, cwd=cwd,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"tcms {' '.join(args)}: {res.stdout}{res.stderr}"
+    return res.stdout
+
+
+@dataclass
+class GatewayProc:
+    """One organisation's gateway (`tcms serve gateway`)."""
+
+    workdir: Path
+    domain: str
+    stack: MailStack
+    services: Services
+    db_url: str
+    submission: int = field(default_factory=free_port)
+    smtps: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log: BinaryIO | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.identity = f"gateway@{self.domain}"
+        res = subprocess.run(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+            "-keyout gw.key -out gw.crt -days 2 -subj /CN=127.0.0.1 "
+            "-addext subjectAltName=IP:127.0.0.1", shell=True, cwd=self.workdir,
+            capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        self.tls = ssl.create_default_context(cafile=str(self.workdir / "gw.crt"))
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
+        s, w = self.services, self.workdir
+        env.update({
+            "TCMS_KEYS__DIR": str(w / "keys"),
+            "TCMS_KEYS__PASSPHRASE": PASSPHRASE,
+            "TCMS_DATABASE__URL": self.db_url,
+            "TCMS_TSS__URL": s.tss, "TCMS_TTP__URL": s.ttp, "TCMS_DC__URL": s.dc,
+            "TCMS_GATEWAY__IDENTITY": self.identity,
+            "TCMS_GATEWAY__DOMAINS": json.dumps([self.domain]),
+            "TCMS_GATEWAY__SUBMISSION": f"127.0.0.1:{self.submission}",
+            "TCMS_GATEWAY__SMTPS": f"127.0.0.1:{self.smtps}",
+            "TCMS_GATEWAY__TLS_CERT": str(w / "gw.crt"),
+            "TCMS_GATEWAY__TLS_KEY": str(w / "gw.key"),
+            "TCMS_GATEWAY__UPSTREAM_SMTP": f"127.0.0.1:{self.stack.smtp_port}",
+            "TCMS_GATEWAY__UPSTREAM_IMAP": f"127.0.0.1:{self.stack.imap_port}",
+            "TCMS_GATEWAY__MASTER_USER": MASTER[0],
+            "TCMS_GATEWAY__MASTER_PASSWORD": MASTER[1],
+            "TCMS_GATEWAY__TRUST_FILE": str(w / "trust.json"),
+            "TCMS_GATEWAY__DC_KEY_FILE": str(w / "dc.json"),
+            "TCMS_GATEWAY__POLL_INTERVAL": "0.5",
+            "TCMS_GATEWAY__MAX_MESSAGE_SIZE": str(30 * 1024 * 1024),
+            **{f"TCMS_PROTOCOL__{k}": v for k, v in WINDOWS.items()},
+        })
+        return env
+
+    def setup(self) -> None:
+        """The gateway's own key, registered at the DC for its domain; what it trusts."""
+        gw = Keystore(self.workdir / "keys", PASSPHRASE.encode()).create(self.identity,
+                                                                         "gateway")
+        (self.workdir / "gw-public.json").write_text(json.dumps(gw.party.to_json()))
+        tcms(["dc", "register", self.domain, str(self.workdir / "gw-public.json")],
+             self.services.env(), self.services.workdir)
+        trust = httpx.get(self.services.ttp + "/identity", timeout=10).json()
+        (self.workdir / "trust.json").write_text(json.dumps(trust))
+        (self.workdir / "dc.json").write_text(json.dumps(DC.party.to_json()))
+
+    def enroll(self, *addresses: str) -> None:
+        tcms(["gateway", "enroll", *addresses], self.env(), self.workdir)
+
+    def start(self) -> GatewayProc:
+        self.log = open(self.workdir / "gateway.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "tcms.cli", "serve", "gateway"],
+                                     env=self.env(), cwd=self.workdir, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while True:
+            try:
+                with smtplib.SMTP("127.0.0.1", self.submission, timeout=2):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(self.log_text()) from None
+                time.sleep(0.2)
+
+    def log_text(self) -> str:
+        return (self.workdir / "gateway.log").read_text(errors="replace")
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        stop_process(self.proc, sig)
+        if self.log:
+            self.log.close()
+
+    def connect(self) -> smtplib.SMTP:
+        """A STARTTLS session on the submission port, not yet logged in."""
+        s = smtplib.SMTP("127.0.0.1", self.submission, timeout=60)
+        s.starttls(context=self.tls)
+        return s
+
+    def smtp(self, user: str) -> smtplib.SMTP:
+        s = self.connect()
+        s.login(user, USERS[user])
+        return s
+
+
+# --- what a user sees, through plain imaplib on the real Dovecot ------------------------------
+
+
+def parse(raw: bytes) -> Message:
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def messages(imap_port: int, user: str, folder: str = "INBOX") -> list[tuple[bytes, bytes]]:
+    """(uid, raw) of every message in the user's folder, as the user's own client sees it."""
+    with imaplib.IMAP4("127.0.0.1", imap_port) as imap:
+        imap.login(user, USERS[user])
+        typ, _ = imap.select(folder)
+        if typ != "OK":
+            return []
+        _, data = imap.uid("SEARCH", None, "ALL")  # type: ignore[arg-type]
+        out = []
+        for uid in data[0].split():
+            _, msg = imap.uid("FETCH", uid, "(BODY.PEEK[])")  # type: ignore[arg-type]
+            out.append((uid, bytes(msg[0][1])))  # type: ignore[index]
+        return out
+
+
+def wait_mail(imap_port: int, user: str, match: Callable[[Message], bool],
+              timeout: float = 60, folder: str = "INBOX") -> tuple[bytes, bytes]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for uid, raw in messages(imap_port, user, folder):
+            if match(parse(raw)):
+                return uid, raw
+        time.sleep(0.3)
+    seen = [str(parse(r)["Subject"]) for _, r in messages(imap_port, user, folder)]
+    raise AssertionError(f"no matching mail for {user} in {folder}; it holds: {seen}")
+
+
+def subject_starts(prefix: str, about: str = "") -> Callable[[Message], bool]:
+    return lambda m: str(m["Subject"]).startswith(prefix) and about in str(m["Subject"])
+
+
+def move(imap_port: int, user: str, uid: bytes, folder: str) -> None:
+    with imaplib.IMAP4("127.0.0.1", imap_port) as imap:
+        imap.login(user, USERS[user])
+        imap.select("INBOX")
+        typ, data = imap.uid("MOVE", uid, folder)  # type: ignore[arg-type]
+        assert typ == "OK", data
+
+
+def attachment(raw: bytes, subtype: str) -> bytes:
+    for part in parse(raw).walk():
+        if part.get_content_type() == f"application/{subtype}":
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            return payload
+    raise AssertionError(f"no application/{subtype} part")
+
+
+@dataclass
+class Orgs:
+    """Two organisations, a.test and b.test, and the services they share."""
+
+    stack: MailStack
+    services: Services
+    a: GatewayProc
+    b: GatewayProc
+    workdir: Path
+
+    def stop(self) -> None:
+        for gw in (self.a, self.b):
+            gw.stop()
+        self.services.stop()
+        self.stack.stop()
+
+    def verify(self, bundle: bytes, name: str) -> subprocess.CompletedProcess[str]:
+        path = self.workdir / name
+        path.write_bytes(bundle)
+        return subprocess.run([sys.executable, "-m", "tcms.cli", "verify", str(path),
+                               "--trust", str(self.a.workdir / "trust.json")],
+                              capture_output=True, text=True, timeout=60)
+
+
+def start_orgs(workdir: Path, services_db: str, a_db: str, b_db: str) -> Orgs:
+    stack = MailStack(USERS).start()
+    (workdir / "services").mkdir()
+    prepare_keys(workdir / "services" / "keys")
+    services = Services(workdir / "services", services_db).start()
+    a = GatewayProc(workdir / "a", "a.test", stack, services, a_db)
+    b = GatewayProc(workdir / "b", "b.test", stack, services, b_db)
+    for gw in (a, b):
+        gw.setup()
+    b.enroll("bob@b.test", "carol@b.test", "dave@b.test")
+    a.enroll("alice@a.test")
+    orgs = Orgs(stack, services, a, b, workdir)
+    try:
+        a.start()
+        b.start()
+    except Exception:
+        orgs.stop()
+        raise
+    return orgs

@@ -1,0 +1,235 @@
+"""Certified mail end to end: two organisations' gateways, a real Postfix and Dovecot, the
+TSS, TTP and DC as real processes; users act only through smtplib (via their gateway) and
+imaplib (on their mailbox).  Gateway a.test keeps its state in PostgreSQL, b.test in
+SQLite.  Every recovery procedure is watched happening: R1S, R1R, R2S."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import time
+from email.header import Header, decode_header, make_header
+from email.message import Message
+
+import pytest
+from gateways import (
+    Orgs,
+    attachment,
+    messages,
+    move,
+    parse,
+    subject_starts,
+    wait_mail,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def certified(subject: str, marker: str, to: str = "Bob <bob@b.test>",
+              body: str = "Dear Bob,\r\nplease find the contract.\r\n") -> bytes:
+    return (f"Date: Mon, 23 Nov 2026 10:00:00 +0100\r\nFrom: Alice <alice@a.test>\r\n"
+            f"To: {to}\r\nSubject: {subject}\r\nMessage-ID: <{marker}@a.test>\r\n"
+            f"X-Marker: {marker}\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+            f"\r\n{body}").encode()
+
+
+def send(orgs: Orgs, raw: bytes, rcpts: list[str]) -> None:
+    with orgs.a.smtp("alice@a.test") as s:
+        s.sendmail("alice@a.test", rcpts, raw)
+
+
+def notice_for(orgs: Orgs, user: str, about: str) -> tuple[bytes, Message]:
+    uid, raw = wait_mail(orgs.stack.imap_port, user, subject_starts("Certified mail from",
+                                                                    about))
+    return uid, parse(raw)
+
+
+def original(marker: str) -> object:
+    return lambda m: m["X-Marker"] == marker and m["TCMS-Certified"] is not None
+
+
+def no_protocol_mail_left(orgs: Orgs, *users: str) -> None:
+    for user in users:
+        left = [parse(r)["Subject"] for _, r in messages(orgs.stack.imap_port, user)
+                if parse(r)["TCMS-Message"] is not None]
+        assert not left, f"protocol mail left in {user}'s INBOX: {left}"
+
+
+def decoded(value: object) -> str:
+    return str(make_header(decode_header(str(value))))
+
+
+def test_accept_read_and_receipt(orgs: Orgs) -> None:
+    port = orgs.stack.imap_port
+    sent = certified("[certified] Contract No. 7", "accept-1")
+    send(orgs, sent, ["bob@b.test"])
+    # the sender is told at once that the mail went out for certification, with its time
+    _, raw = wait_mail(port, "alice@a.test", subject_starts("Sent for certification",
+                                                            "Contract No. 7"))
+    assert b"time stamp" in raw
+    # the recipient sees a notice, not the mail
+    uid, note = notice_for(orgs, "bob@b.test", "Contract No. 7")
+    text = note.get_content()  # type: ignore[attr-defined]
+    assert "alice@a.test" in text and "Time-stamped" in text and "Answer by" in text
+    assert not [r for _, r in messages(port, "bob@b.test") if b"please find the contract" in r]
+    move(port, "bob@b.test", uid, "Certified.Accept")
+    # the original arrives, every byte as sent but for the tag, with certification headers
+    _, got = wait_mail(port, "bob@b.test", original("accept-1"))
+    msg = parse(got)
+    assert msg["Subject"] == "Contract No. 7"
+    assert "exchange=" in msg["TCMS-Certified"]
+    assert got.endswith(sent.split(b"\r\n\r\n", 1)[1])
+    # the sender gets a receipt with evidence that verifies offline
+    _, rec = wait_mail(port, "alice@a.test", subject_starts("Receipt:", "Contract No. 7"))
+    assert b"bob@b.test" in rec
+    res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "accept-1.json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "VALID evidence (received)" in res.stdout
+    no_protocol_mail_left(orgs, "alice@a.test", "bob@b.test")
+
+
+def count(orgs: Orgs, user: str, match: object) -> int:
+    return sum(1 for _, r in messages(orgs.stack.imap_port, user)
+               if match(parse(r)))  # type: ignore[operator]
+
+
+def test_refuse_by_replying_to_the_notice(orgs: Orgs) -> None:
+    port = orgs.stack.imap_port
+    send(orgs, certified("[certified] Offer to refuse", "refuse-2"), ["bob@b.test"])
+    _, note = notice_for(orgs, "bob@b.test", "Offer to refuse")
+    tx = str(note["TCMS-Notice"])
+    # a user may answer only for their own mail: carol cannot refuse bob's
+    with orgs.b.smtp("carol@b.test") as s:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("carol@b.test", [f"tcms+refuse-{tx}@b.test"], b"Subject: no\r\n\r\nno")
+        assert e.value.smtp_code == 550
+    with orgs.b.smtp("bob@b.test") as s:
+        s.sendmail("bob@b.test", [f"tcms+refuse-{tx}@b.test"], b"Subject: no thanks\r\n\r\n-")
+    _, raw = wait_mail(port, "alice@a.test", subject_starts("Refused:", "Offer to refuse"))
+    res = orgs.verify(attachment(raw, "vnd.tcms.evidence+json"), "refuse-2.json")
+    assert res.returncode == 0 and "refused" in res.stdout, res.stdout + res.stderr
+    time.sleep(2)
+    assert count(orgs, "bob@b.test", original("refuse-2")) == 0
+    assert count(orgs, "alice@a.test", subject_starts("Receipt:", "Offer to refuse")) == 0
+
+
+def test_several_recipients_non_ascii_and_an_uncertifiable_one(orgs: Orgs) -> None:
+    port = orgs.stack.imap_port
+    subject = Header("[certified] Vertrag über Grüße — 契約", "utf-8").encode()
+    body = "Grüße aus Köln,\r\nder Vertrag: 契約書.\r\n"
+    raw = certified(subject, "multi-3", to="Bob <bob@b.test>, Carol <carol@b.test>", body=body)
+    # To bob and carol, Bcc dave, and two addresses nobody can certify for
+    send(orgs, raw, ["bob@b.test", "carol@b.test", "dave@b.test", "nobody@b.test",
+                     "x@unknown.test"])
+    for who in ("nobody@b.test", "x@unknown.test"):
+        _, fail = wait_mail(port, "alice@a.test",
+                            lambda m, w=who: decoded(m["Subject"]).startswith("Not sent:")
+                            and w in decoded(m["Subject"]))
+        assert b"NOT sent" in fail
+    notes = {u: notice_for(orgs, u, "Vertrag über Grüße") for u in
+             ("bob@b.test", "carol@b.test", "dave@b.test")}
+    move(port, "bob@b.test", notes["bob@b.test"][0], "Certified.Accept")
+    move(port, "dave@b.test", notes["dave@b.test"][0], "Certified.Accept")
+    with orgs.b.smtp("carol@b.test") as s:  # carol replies to her notice: that accepts
+        s.sendmail("carol@b.test", [str(notes["carol@b.test"][1]["Reply-To"])],
+                   b"Subject: Re: notice\r\n\r\nyes")
+    for user in ("bob@b.test", "carol@b.test", "dave@b.test"):
+        _, got = wait_mail(port, user, original("multi-3"))
+        msg = parse(got)
+        assert decoded(msg["Subject"]) == "Vertrag über Grüße — 契約"
+        content = msg.get_content()  # type: ignore[attr-defined]
+        assert content.replace("\r\n", "\n") == body.replace("\r\n", "\n")
+        assert msg["Bcc"] is None
+    for user in ("bob@b.test", "carol@b.test", "dave@b.test"):
+        _, rec = wait_mail(port, "alice@a.test",
+                           lambda m, u=user: decoded(m["Subject"]).startswith("Receipt:")
+                           and u in decoded(m["Subject"]))
+        res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), f"multi-{user}.json")
+        assert res.returncode == 0 and "(received)" in res.stdout, res.stdout
+    time.sleep(1)
+    for user in ("bob@b.test", "carol@b.test", "dave@b.test"):
+        assert count(orgs, user, original("multi-3")) == 1
+
+
+def test_recipient_never_answers_r1s(orgs: Orgs) -> None:
+    port = orgs.stack.imap_port
+    send(orgs, certified("[certified] Silent treatment", "r1s-4"), ["carol@b.test"])
+    notice_for(orgs, "carol@b.test", "Silent treatment")
+    # carol does nothing: after the accept window the sender aborts at the TTP
+    _, raw = wait_mail(port, "alice@a.test", subject_starts("Not delivered:",
+                                                            "Silent treatment"), timeout=90)
+    res = orgs.verify(attachment(raw, "vnd.tcms.evidence+json"), "r1s-4.json")
+    assert res.returncode == 0 and "(aborted)" in res.stdout, res.stdout + res.stderr
+    wait_mail(port, "carol@b.test", subject_starts("Expired:", "Silent treatment"))
+    # a late accept changes nothing: the notice is consumed, the mail stays sealed
+    uid, _ = notice_for(orgs, "carol@b.test", "Silent treatment")
+    move(port, "carol@b.test", uid, "Certified.Accept")
+    time.sleep(3)
+    assert count(orgs, "carol@b.test", original("r1s-4")) == 0
+
+
+def _receiver_run(orgs: Orgs, marker_subject: str) -> tuple[str, str, bool]:
+    """(tx, phase, m4 sent) of b.test's receiver run with this subject."""
+    import asyncio
+
+    from tcms.store import Store
+
+    async def look() -> tuple[str, str, bool]:
+        store = Store(orgs.b.db_url)
+        try:
+            for r in await store.list_runs():
+                if r.role == "receiver" and r.subject == marker_subject:
+                    sent = [m for m in await store.messages_of(r.cid)
+                            if m["kind"] == "m4" and m["sent_at"] is not None]
+                    return r.tx, r.phase, bool(sent)
+            return "", "", False
+        finally:
+            await store.close()
+
+    return asyncio.run(look())
+
+
+def test_sender_stalls_after_m4_r1r(orgs: Orgs) -> None:
+    port = orgs.stack.imap_port
+    send(orgs, certified("[certified] Stalling sender", "r1r-5"), ["bob@b.test"])
+    uid, _ = notice_for(orgs, "bob@b.test", "Stalling sender")
+    orgs.a.send_signal(signal.SIGSTOP)  # the sender's gateway will never send m5
+    try:
+        move(port, "bob@b.test", uid, "Certified.Accept")
+        # after m5's deadline bob asks the TTP, which releases the key
+        _, got = wait_mail(port, "bob@b.test", original("r1r-5"), timeout=90)
+        assert "by=released by the TTP" in parse(got)["TCMS-Certified"]
+    finally:
+        orgs.a.send_signal(signal.SIGCONT)
+    # the sender's gateway wakes up, finds m4 too late, and gets the TTP's affidavit
+    _, rec = wait_mail(port, "alice@a.test", subject_starts("Receipt:", "Stalling sender"))
+    res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "r1r-5.json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert count(orgs, "bob@b.test", original("r1r-5")) == 1
+
+
+def test_recipient_stalls_after_m5_r2s(orgs: Orgs) -> None:
+    port = orgs.stack.imap_port
+    send(orgs, certified("[certified] Stalling recipient", "r2s-6"), ["bob@b.test"])
+    uid, _ = notice_for(orgs, "bob@b.test", "Stalling recipient")
+    move(port, "bob@b.test", uid, "Certified.Accept")
+    deadline = time.time() + 30
+    while not _receiver_run(orgs, "Stalling recipient")[2]:  # m4 is out
+        assert time.time() < deadline, "bob's gateway never sent m4"
+        time.sleep(0.02)
+    orgs.b.send_signal(signal.SIGSTOP)  # bob's gateway will not send m6
+    try:
+        _, rec = wait_mail(port, "alice@a.test", subject_starts("Receipt:",
+                                                                "Stalling recipient"),
+                           timeout=90)
+        assert b"certifies" in rec or b"TTP" in rec
+        res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "r2s-6.json")
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        orgs.b.send_signal(signal.SIGCONT)
+    # bob's gateway carries on: the mail is delivered once, the late m6 changes nothing
+    wait_mail(port, "bob@b.test", original("r2s-6"))
+    time.sleep(2)
+    assert count(orgs, "bob@b.test", original("r2s-6")) == 1
+    assert count(orgs, "alice@a.test", subject_starts("Receipt:", "Stalling recipient")) == 1
