@@ -26,7 +26,7 @@ from tcms.store import RunRecord
 from tcms.web import CBOR
 
 log = logging.getLogger("tcms.gateway.outbox")
-LEASE = 300  # seconds a claimed message is ours before another worker may retry it
+LEASE = 30  # seconds a claimed message is ours before another worker may retry it
 MAX_TSS_ATTEMPTS = 8
 
 

@@ -233,3 +233,79 @@ def test_recipient_stalls_after_m5_r2s(orgs: Orgs) -> None:
     time.sleep(2)
     assert count(orgs, "bob@b.test", original("r2s-6")) == 1
     assert count(orgs, "alice@a.test", subject_starts("Receipt:", "Stalling recipient")) == 1
+
+
+def phase(db_url: str, role: str, subject: str) -> str:
+    """The phase of a gateway's run, read straight from its database ("" if none)."""
+    import asyncio
+    import sqlite3
+
+    import asyncpg
+
+    query = "SELECT phase FROM runs WHERE role = {} AND subject = {}"
+    if db_url.startswith("sqlite"):
+        with sqlite3.connect(db_url.split(":///", 1)[1], timeout=10) as db:
+            row = db.execute(query.format("?", "?"), (role, subject)).fetchone()
+            return str(row[0]) if row else ""
+
+    async def pg() -> str:
+        conn = await asyncpg.connect(db_url)
+        try:
+            return str(await conn.fetchval(query.format("$1", "$2"), role, subject) or "")
+        finally:
+            await conn.close()
+
+    return asyncio.run(pg())
+
+
+# (which gateway dies, its run's role, the phase just committed when it is killed)
+KILL_POINTS = [
+    ("a", "sender", "await-m4"),   # m2 stored, m3 and the submission receipt maybe unsent
+    ("b", "receiver", "pending"),  # m3 stored, the notice maybe not shown
+    ("b", "receiver", "await-m5"),  # accepted, m4 maybe unsent
+    ("a", "sender", "await-m6"),   # m4 taken, m5 maybe unsent
+    ("b", "receiver", "done"),     # m5 taken, original and m6 maybe not out
+    ("a", "sender", "done"),       # m6 taken, the receipt maybe not shown
+]
+
+
+@pytest.mark.parametrize(("who", "role", "at"), KILL_POINTS,
+                         ids=[f"{w}-{p}" for w, _, p in KILL_POINTS])
+def test_a_gateway_killed_at_each_step_the_exchange_still_ends_fair(
+        orgs: Orgs, who: str, role: str, at: str) -> None:
+    port = orgs.stack.imap_port
+    gw = orgs.a if who == "a" else orgs.b
+    subject = f"Killed {who} at {at}"
+    marker = f"kill-{who}-{at}"
+    send(orgs, certified(f"[certified] {subject}", marker), ["bob@b.test"])
+    killed = False
+
+    def kill_when_committed() -> None:
+        nonlocal killed
+        if not killed and phase(gw.db_url, role, subject) == at:
+            gw.stop(signal.SIGKILL)  # no chance to finish what it was doing
+            gw.start()
+            killed = True
+
+    def wait_and_kill() -> None:
+        deadline = time.time() + 60
+        while not killed:
+            kill_when_committed()
+            assert time.time() < deadline, f"{who} never reached {at}"
+            time.sleep(0.005)
+
+    if at in ("await-m4", "pending"):  # steps before the recipient answers
+        wait_and_kill()
+    uid, _ = notice_for(orgs, "bob@b.test", subject)
+    move(port, "bob@b.test", uid, "Certified.Accept")
+    wait_and_kill()
+    _, rec = wait_mail(port, "alice@a.test", subject_starts("Receipt:", subject), timeout=90)
+    wait_mail(port, "bob@b.test", original(marker))
+    res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), f"{marker}.json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    time.sleep(2)
+    assert count(orgs, "bob@b.test", original(marker)) == 1
+    assert count(orgs, "bob@b.test", subject_starts("Certified mail from", subject)) <= 1
+    assert count(orgs, "alice@a.test", subject_starts("Receipt:", subject)) == 1
+    assert count(orgs, "alice@a.test", subject_starts("Sent for certification", subject)) == 1
+    no_protocol_mail_left(orgs, "alice@a.test", "bob@b.test")

@@ -1,0 +1,102 @@
+"""The gateway's pure parts: the certification tag, and the mails a person sees."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.header import Header
+
+import pytest
+from conftest import ALICE, BOB
+
+from gateway import notices
+from gateway.subject import is_tagged, strip_tag, subject_of, without_tag
+
+TAG = "[certified]"
+
+
+@pytest.mark.parametrize("subject", [
+    "[certified] Contract", "Re: offer [CERTIFIED]", "x[Certified]y",
+    Header("[Certified] Vertrag über Grüße", "utf-8").encode(),
+])
+def test_the_tag_is_found_in_any_case_and_encoding(subject: str) -> None:
+    assert is_tagged(f"Subject: {subject}\r\n\r\nbody".encode(), TAG)
+
+
+@pytest.mark.parametrize("subject", ["Contract", "[certify] x", "certified", ""])
+def test_untagged_subjects(subject: str) -> None:
+    assert not is_tagged(f"Subject: {subject}\r\n\r\nbody".encode(), TAG)
+
+
+def test_without_tag_leaves_the_rest_of_the_subject() -> None:
+    assert without_tag("Re: [CERTIFIED]  the  offer", TAG) == "Re: the offer"
+    assert without_tag("[certified]", TAG) == ""
+
+
+def test_strip_tag_changes_only_the_subject_and_bcc() -> None:
+    raw = (b"From: a@a.test\r\nSubject: [Certified] hello\r\n world\r\nBcc: secret@b.test\r\n"
+           b"X-Other: 1\r\n\r\nbody\r\n[certified] stays in the body\r\n")
+    out = strip_tag(raw, TAG)
+    assert out == (b"From: a@a.test\r\nSubject: hello world\r\nX-Other: 1\r\n\r\n"
+                   b"body\r\n[certified] stays in the body\r\n")
+
+
+def test_strip_tag_re_encodes_a_non_ascii_subject() -> None:
+    raw = ("Subject: " + Header("[certified] Grüße 契約", "utf-8").encode() + "\n\nb").encode()
+    out = strip_tag(raw, TAG)
+    assert subject_of(out) == "Grüße 契約"
+    assert out.endswith(b"\n\nb")
+    out.decode("ascii")  # headers stay 7-bit
+
+
+def test_strip_tag_of_a_mail_without_body_or_subject() -> None:
+    assert strip_tag(b"From: a@a.test\r\n", TAG) == b"From: a@a.test\r\n"
+
+
+def test_a_notice_is_signed_for_one_user_and_one_exchange() -> None:
+    sig = notices.sign_notice(ALICE, "ab" * 16, "bob@b.test")
+    assert notices.notice_is_genuine(ALICE.party, "ab" * 16, "bob@b.test", sig)
+    assert not notices.notice_is_genuine(ALICE.party, "ab" * 16, "carol@b.test", sig)
+    assert not notices.notice_is_genuine(ALICE.party, "cd" * 16, "bob@b.test", sig)
+    assert not notices.notice_is_genuine(BOB.party, "ab" * 16, "bob@b.test", sig)
+    assert not notices.notice_is_genuine(ALICE.party, "ab" * 16, "bob@b.test", "not base64!")
+
+
+def test_the_notice_says_what_and_how() -> None:
+    info = notices.NoticeInfo("ab" * 16, "bob@b.test", "alice@a.test", "Contract " * 60, 1234,
+                              "2026-11-23 10:00:00 UTC", "2026-11-26 10:00:00 UTC",
+                              "Certified.Accept", "Certified.Refuse",
+                              "tcms+accept-x@b.test", "tcms+refuse-x@b.test")
+    raw = notices.notice(info, ALICE, "id-1")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert str(msg["Subject"]).startswith("Certified mail from alice@a.test: Contract")
+    assert len(str(msg["Subject"])) <= notices.MAX_SUBJECT + 1
+    assert msg[notices.DELIVERY_ID] == "id-1" and msg["Auto-Submitted"] == "auto-generated"
+    assert msg["Reply-To"] == "tcms+accept-x@b.test"
+    assert notices.notice_is_genuine(ALICE.party, "ab" * 16, "bob@b.test",
+                                     str(msg[notices.NOTICE_SIG]))
+    text = msg.get_content()  # type: ignore[attr-defined]
+    for needle in ("1234 bytes", "Certified.Accept", "Certified.Refuse", "2026-11-26",
+                   "tcms+refuse-x@b.test"):
+        assert needle in text
+
+
+def test_the_delivered_original_keeps_every_byte() -> None:
+    m0 = b"Subject: hi\r\nX: y\r\n\r\nbody\r\n"
+    out = notices.delivered(m0, tx="t", stamped="s", delivered_at="d", how="m5",
+                            delivery_id="id")
+    assert out.endswith(m0)
+    msg = email.message_from_bytes(out, policy=email.policy.default)
+    assert "exchange=t" in str(msg["TCMS-Certified"]) and msg[notices.DELIVERY_ID] == "id"
+
+
+def test_receipt_and_status_carry_the_evidence() -> None:
+    raw = notices.receipt(owner="alice@a.test", peer="bob@b.test", subject="S", tx="t" * 32,
+                          verdict="received", statements=["bob received it"],
+                          bundle='{"format": "x"}', delivery_id="r")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    parts = [p for p in msg.walk() if p.get_content_type().endswith("evidence+json")]
+    assert len(parts) == 1 and parts[0].get_payload(decode=True) == b'{"format": "x"}'
+    raw = notices.status("uncertifiable", owner="alice@a.test", peer="x@y.test", subject="S",
+                         text="no key", tx="", delivery_id="u")
+    assert b"NOT sent" in raw and b"Not sent:" in raw
