@@ -5,6 +5,7 @@ SQLite.  Every recovery procedure is watched happening: R1S, R1R, R2S."""
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import time
@@ -309,3 +310,31 @@ def test_a_gateway_killed_at_each_step_the_exchange_still_ends_fair(
     assert count(orgs, "alice@a.test", subject_starts("Receipt:", subject)) == 1
     assert count(orgs, "alice@a.test", subject_starts("Sent for certification", subject)) == 1
     no_protocol_mail_left(orgs, "alice@a.test", "bob@b.test")
+
+
+def test_a_20_mb_attachment(orgs: Orgs) -> None:
+    import email.policy
+    from email.message import EmailMessage
+
+    port = orgs.stack.imap_port
+    blob = os.urandom(20 * 1024 * 1024)
+    msg = EmailMessage()
+    msg["From"], msg["To"] = "Alice <alice@a.test>", "Bob <bob@b.test>"
+    msg["Subject"], msg["X-Marker"] = "[certified] Big drawings", "big-8"
+    msg.set_content("The drawings are attached.\n")
+    msg.add_attachment(blob, maintype="application", subtype="octet-stream",
+                       filename="drawings.bin")
+    sent = msg.as_bytes(policy=email.policy.SMTP)  # CRLF, as mail clients send it
+    t0 = time.time()
+    send(orgs, sent, ["bob@b.test"])
+    uid, note = notice_for(orgs, "bob@b.test", "Big drawings")
+    assert f"{len(sent) - len(b'[certified] ')} bytes" in note.get_content()  # type: ignore[attr-defined]
+    move(port, "bob@b.test", uid, "Certified.Accept")
+    _, got = wait_mail(port, "bob@b.test", original("big-8"), timeout=120)
+    parts = [p for p in parse(got).walk() if p.get_filename() == "drawings.bin"]
+    assert len(parts) == 1 and parts[0].get_payload(decode=True) == blob
+    _, rec = wait_mail(port, "alice@a.test", subject_starts("Receipt:", "Big drawings"),
+                       timeout=120)
+    res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "big-8.json")
+    assert res.returncode == 0 and "(received)" in res.stdout, res.stdout + res.stderr
+    print(f"20 MB certified exchange, submission to receipt: {time.time() - t0:.1f} s")
