@@ -55,6 +55,7 @@ class GatewayProc:
     smtps: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log: BinaryIO | None = None
+    home: Path | None = None  # keys and trust files (default: workdir); a replica shares them
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -69,9 +70,9 @@ class GatewayProc:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
-        s, w = self.services, self.workdir
+        s, w, h = self.services, self.workdir, self.home or self.workdir
         env.update({
-            "TCMS_KEYS__DIR": str(w / "keys"),
+            "TCMS_KEYS__DIR": str(h / "keys"),
             "TCMS_KEYS__PASSPHRASE": PASSPHRASE,
             "TCMS_DATABASE__URL": self.db_url,
             "TCMS_TSS__URL": s.tss, "TCMS_TTP__URL": s.ttp, "TCMS_DC__URL": s.dc,
@@ -85,8 +86,8 @@ class GatewayProc:
             "TCMS_GATEWAY__UPSTREAM_IMAP": f"127.0.0.1:{self.stack.imap_port}",
             "TCMS_GATEWAY__MASTER_USER": MASTER[0],
             "TCMS_GATEWAY__MASTER_PASSWORD": MASTER[1],
-            "TCMS_GATEWAY__TRUST_FILE": str(w / "trust.json"),
-            "TCMS_GATEWAY__DC_KEY_FILE": str(w / "dc.json"),
+            "TCMS_GATEWAY__TRUST_FILE": str(h / "trust.json"),
+            "TCMS_GATEWAY__DC_KEY_FILE": str(h / "dc.json"),
             "TCMS_GATEWAY__POLL_INTERVAL": "0.5",
             "TCMS_GATEWAY__MAX_MESSAGE_SIZE": str(30 * 1024 * 1024),
             **{f"TCMS_PROTOCOL__{k}": v for k, v in WINDOWS.items()},
@@ -124,6 +125,12 @@ class GatewayProc:
 
     def log_text(self) -> str:
         return (self.workdir / "gateway.log").read_text(errors="replace")
+
+    def replica(self, name: str) -> GatewayProc:
+        """Another instance of this organisation's gateway: its own ports, the same
+        keys, configuration and database."""
+        return GatewayProc(self.workdir / name, self.domain, self.stack, self.services,
+                           self.db_url, home=self.home or self.workdir)
 
     def send_signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -338,3 +338,47 @@ def test_a_20_mb_attachment(orgs: Orgs) -> None:
     res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "big-8.json")
     assert res.returncode == 0 and "(received)" in res.stdout, res.stdout + res.stderr
     print(f"20 MB certified exchange, submission to receipt: {time.time() - t0:.1f} s")
+
+
+def deliveries(orgs: Orgs, sender: str, rcpt: str) -> int:
+    """How many mails Postfix delivered from ``sender`` to ``rcpt`` (its log)."""
+    import re
+
+    log = orgs.stack.maillog()
+    senders = set(re.findall(r"(\w+): from=<" + re.escape(sender) + ">", log))
+    return sum(1 for qid in re.findall(r"(\w+): to=<" + re.escape(rcpt) + r">.*status=sent",
+                                       log) if qid in senders)
+
+
+def test_two_replicas_share_postgresql_and_send_nothing_twice(orgs: Orgs) -> None:
+    """a.test runs a second gateway on the same PostgreSQL database: both take
+    submissions, both scan alice's mailbox, both drain the one outbox."""
+    port = orgs.stack.imap_port
+    replica = orgs.a.replica("replica").start()
+    try:
+        before = deliveries(orgs, "alice@a.test", "dave@b.test")
+        n = 4
+        for i in range(n):
+            gw = orgs.a if i % 2 == 0 else replica
+            with gw.smtp("alice@a.test") as s:
+                s.sendmail("alice@a.test", ["dave@b.test"],
+                           certified(f"[certified] Replicated {i}", f"replica-{i}",
+                                     to="dave@b.test"))
+        for i in range(n):
+            uid, _ = notice_for(orgs, "dave@b.test", f"Replicated {i}")
+            move(port, "dave@b.test", uid, "Certified.Accept")
+        for i in range(n):
+            wait_mail(port, "alice@a.test", subject_starts("Receipt:", f"Replicated {i}"))
+            wait_mail(port, "dave@b.test", original(f"replica-{i}"))
+        time.sleep(3)
+        for i in range(n):
+            assert count(orgs, "dave@b.test", original(f"replica-{i}")) == 1
+            assert count(orgs, "alice@a.test", subject_starts("Receipt:",
+                                                              f"Replicated {i}")) == 1
+            assert count(orgs, "alice@a.test", subject_starts(
+                "Sent for certification", f"Replicated {i}")) == 1
+        # exactly m3 and m5 per exchange went from alice's side to dave's
+        assert deliveries(orgs, "alice@a.test", "dave@b.test") - before == 2 * n
+        assert "protocol worker started" in replica.log_text()
+    finally:
+        replica.stop()
