@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 import aioimaplib
@@ -27,6 +27,7 @@ class MasterLogin:
     master_user: str
     master_password: str
     separator: str = "*"
+    known: set[str] = field(default_factory=set, compare=False, repr=False)  # user/folder
 
     def open(self, user: str) -> Mailbox:
         return Mailbox(self, user)
@@ -78,14 +79,18 @@ class Mailbox:
             self._delimiter = (m.group(1) or ".") if m else "."
         return self._delimiter
 
-    async def folder(self, *parts: str) -> str:
-        """The folder named by ``parts`` (e.g. Certified, Accept), created if missing."""
+    async def folder(self, *parts: str, subscribe: bool = True) -> str:
+        """The folder named by ``parts`` (e.g. Certified, Accept), created (and subscribed,
+        so that clients show it) if missing."""
         name = (await self.delimiter()).join(parts)
+        if f"{self.user}/{name}" in self.login.known:
+            return name
         res = await self.client.create(_quote(name))
         if res.result != "OK" and b"exists" not in b" ".join(bytes(x) for x in res.lines):
             await self._ok(f"CREATE {name}", res)
-        if res.result == "OK":
+        if res.result == "OK" and subscribe:
             await self.client.subscribe(_quote(name))
+        self.login.known.add(f"{self.user}/{name}")
         return name
 
     async def select(self, folder: str = "INBOX") -> None:

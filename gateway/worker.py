@@ -157,17 +157,19 @@ async def answer(ctx: GatewayContext, user: str, tx: str, event: Event, now: int
 
 async def scan_mailbox(ctx: GatewayContext, user: str, now: int) -> None:
     async with ctx.imap.open(user) as box:
-        for uid in await box.search_header("INBOX", "TCMS-Message"):
-            raw = await box.fetch(uid)
-            if raw is None:
-                continue
-            outcome = await take_protocol_mail(ctx, user, raw, now)
-            if outcome == "done":
-                await box.delete(uid)
-            else:
-                log.warning("%s: protocol mail moved to %s: %s", user,
-                            ".".join(REJECTED), outcome)
-                await box.move(uid, await box.folder(*REJECTED))
+        hidden = await box.folder(ctx.settings.gateway.protocol_folder, subscribe=False)
+        for folder in (hidden, "INBOX"):
+            for uid in await box.search_header(folder, "TCMS-Message"):
+                raw = await box.fetch(uid)
+                if raw is None:
+                    continue
+                outcome = await take_protocol_mail(ctx, user, raw, now)
+                if outcome == "done":
+                    await box.delete(uid)
+                else:
+                    log.warning("%s: protocol mail moved to %s: %s", user,
+                                ".".join(REJECTED), outcome)
+                    await box.move(uid, await box.folder(*REJECTED))
         for parts, event in ((ACCEPT, Accept()), (REFUSE, Refuse())):
             await _answers(ctx, box, user, await box.folder(*parts), event, now)
 

@@ -307,7 +307,7 @@ def serve(ctx: click.Context, service: str) -> None:
 
 async def _start_gateway(settings: config_mod.Settings) -> None:
     """The gateway: its SMTP listeners and its protocol worker, until cancelled."""
-    from gateway import context, submission
+    from gateway import context, imapproxy, submission
     from gateway.worker import Worker, answer
 
     g = settings.gateway
@@ -327,11 +327,16 @@ async def _start_gateway(settings: config_mod.Settings) -> None:
     handler = submission.SubmissionHandler(
         ctx.store, ctx.upstream, g.tag, on_login=ctx.enroll, on_submit=worker.kick.set,
         answer=answer_by_mail, domains=tuple(g.domains))
-    await submission.start(handler, tls=submission.tls_context(str(g.tls_cert), str(g.tls_key)),
-                           submission=g.split(g.submission), smtps=g.split(g.smtps),
-                           max_size=g.max_message_size)
+    tls = submission.tls_context(str(g.tls_cert), str(g.tls_key))
+    await submission.start(handler, tls=tls, submission=g.split(g.submission),
+                           smtps=g.split(g.smtps), max_size=g.max_message_size)
     log.info("gateway SMTP listening: submission %s (STARTTLS), smtps %s (TLS)",
              g.submission, g.smtps)
+    await imapproxy.start(imapproxy.ProxyConfig(ctx.upstream.imap_host, ctx.upstream.imap_port,
+                                                g.protocol_folder, tls),
+                          starttls=g.split(g.imap_proxy), implicit=g.split(g.imaps_proxy))
+    log.info("gateway IMAP listening: %s (STARTTLS), %s (TLS); folder %s hidden",
+             g.imap_proxy, g.imaps_proxy, g.protocol_folder)
     try:
         await worker.run()
     finally:

@@ -168,11 +168,24 @@ class GatewayConfig(BaseModel):
     trust_file: Path | None = None
     dc_key_file: Path | None = None
     poll_interval: float = 5.0  # seconds between mailbox scans and deadline checks
+    # where the organisation's delivery (e.g. a Sieve rule on the TCMS-Message header) files
+    # protocol mail; the IMAP proxy hides it.  INBOX is read too, for mail filed nowhere.
+    protocol_folder: str = "TCMS"
+    imap_proxy: str = "127.0.0.1:8143"  # STARTTLS
+    imaps_proxy: str = "127.0.0.1:8993"  # implicit TLS
 
-    @field_validator("submission", "smtps", "upstream_smtp", "upstream_imap")
+    @field_validator("submission", "smtps", "upstream_smtp", "upstream_imap", "imap_proxy",
+                     "imaps_proxy")
     @classmethod
     def _host_port(cls, v: str) -> str:
         return ServiceConfig._host_port(v)
+
+    @field_validator("protocol_folder")
+    @classmethod
+    def _folder(cls, v: str) -> str:
+        if not v or v.upper() == "INBOX" or any(c in v for c in "\"*%\r\n"):
+            raise ValueError("must be a plain folder name other than INBOX")
+        return v
 
     @field_validator("domains")
     @classmethod

@@ -53,6 +53,8 @@ class GatewayProc:
     db_url: str
     submission: int = field(default_factory=free_port)
     smtps: int = field(default_factory=free_port)
+    imap: int = field(default_factory=free_port)
+    imaps: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log: BinaryIO | None = None
     home: Path | None = None  # keys and trust files (default: workdir); a replica shares them
@@ -80,6 +82,8 @@ class GatewayProc:
             "TCMS_GATEWAY__DOMAINS": json.dumps([self.domain]),
             "TCMS_GATEWAY__SUBMISSION": f"127.0.0.1:{self.submission}",
             "TCMS_GATEWAY__SMTPS": f"127.0.0.1:{self.smtps}",
+            "TCMS_GATEWAY__IMAP_PROXY": f"127.0.0.1:{self.imap}",
+            "TCMS_GATEWAY__IMAPS_PROXY": f"127.0.0.1:{self.imaps}",
             "TCMS_GATEWAY__TLS_CERT": str(w / "gw.crt"),
             "TCMS_GATEWAY__TLS_KEY": str(w / "gw.key"),
             "TCMS_GATEWAY__UPSTREAM_SMTP": f"127.0.0.1:{self.stack.smtp_port}",
@@ -153,17 +157,35 @@ class GatewayProc:
         return s
 
 
-# --- what a user sees, through plain imaplib on the real Dovecot ------------------------------
+# --- what a user sees: plain imaplib, directly on Dovecot or through their gateway ----------
+
+
+@dataclass
+class Via:
+    """How a test's user reaches their mailbox: straight to Dovecot (``proxies`` empty) or
+    through their organisation's gateway IMAP proxy, implicit TLS."""
+
+    dovecot_port: int
+    proxies: dict[str, GatewayProc] = field(default_factory=dict)  # domain -> gateway
+
+    def open(self, user: str) -> imaplib.IMAP4:
+        gw = self.proxies.get(user.rsplit("@", 1)[1])
+        imap: imaplib.IMAP4
+        if gw is None:
+            imap = imaplib.IMAP4("127.0.0.1", self.dovecot_port, timeout=30)
+        else:
+            imap = imaplib.IMAP4_SSL("127.0.0.1", gw.imaps, ssl_context=gw.tls, timeout=30)
+        imap.login(user, USERS[user])
+        return imap
 
 
 def parse(raw: bytes) -> Message:
     return email.message_from_bytes(raw, policy=email.policy.default)
 
 
-def messages(imap_port: int, user: str, folder: str = "INBOX") -> list[tuple[bytes, bytes]]:
+def messages(via: Via, user: str, folder: str = "INBOX") -> list[tuple[bytes, bytes]]:
     """(uid, raw) of every message in the user's folder, as the user's own client sees it."""
-    with imaplib.IMAP4("127.0.0.1", imap_port) as imap:
-        imap.login(user, USERS[user])
+    with via.open(user) as imap:
         typ, _ = imap.select(folder)
         if typ != "OK":
             return []
@@ -175,15 +197,18 @@ def messages(imap_port: int, user: str, folder: str = "INBOX") -> list[tuple[byt
         return out
 
 
-def wait_mail(imap_port: int, user: str, match: Callable[[Message], bool],
+def wait_mail(via: Via, user: str, match: Callable[[Message], bool],
               timeout: float = 60, folder: str = "INBOX") -> tuple[bytes, bytes]:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for uid, raw in messages(imap_port, user, folder):
-            if match(parse(raw)):
-                return uid, raw
+        try:
+            for uid, raw in messages(via, user, folder):
+                if match(parse(raw)):
+                    return uid, raw
+        except (OSError, imaplib.IMAP4.error):  # the gateway restarts: a client retries
+            pass
         time.sleep(0.3)
-    seen = [str(parse(r)["Subject"]) for _, r in messages(imap_port, user, folder)]
+    seen = [str(parse(r)["Subject"]) for _, r in messages(via, user, folder)]
     raise AssertionError(f"no matching mail for {user} in {folder}; it holds: {seen}")
 
 
@@ -191,12 +216,19 @@ def subject_starts(prefix: str, about: str = "") -> Callable[[Message], bool]:
     return lambda m: str(m["Subject"]).startswith(prefix) and about in str(m["Subject"])
 
 
-def move(imap_port: int, user: str, uid: bytes, folder: str) -> None:
-    with imaplib.IMAP4("127.0.0.1", imap_port) as imap:
-        imap.login(user, USERS[user])
-        imap.select("INBOX")
-        typ, data = imap.uid("MOVE", uid, folder)  # type: ignore[arg-type]
-        assert typ == "OK", data
+def move(via: Via, user: str, uid: bytes, folder: str) -> None:
+    deadline = time.time() + 30
+    while True:
+        try:
+            with via.open(user) as imap:
+                imap.select("INBOX")
+                typ, data = imap.uid("MOVE", uid, folder)  # type: ignore[arg-type]
+                assert typ == "OK", data
+                return
+        except (OSError, imaplib.IMAP4.error):  # the gateway restarts: a client retries
+            if time.time() > deadline:
+                raise
+            time.sleep(0.3)
 
 
 def attachment(raw: bytes, subtype: str) -> bytes:
@@ -217,6 +249,15 @@ class Orgs:
     a: GatewayProc
     b: GatewayProc
     workdir: Path
+
+    @property
+    def proxy(self) -> Via:
+        """Users reach their mailboxes through their own gateway's IMAP proxy."""
+        return Via(self.stack.imap_port, {"a.test": self.a, "b.test": self.b})
+
+    @property
+    def direct(self) -> Via:
+        return Via(self.stack.imap_port)
 
     def stop(self) -> None:
         for gw in (self.a, self.b):

@@ -41,7 +41,7 @@ def send(orgs: Orgs, raw: bytes, rcpts: list[str]) -> None:
 
 
 def notice_for(orgs: Orgs, user: str, about: str) -> tuple[bytes, Message]:
-    uid, raw = wait_mail(orgs.stack.imap_port, user, subject_starts("Certified mail from",
+    uid, raw = wait_mail(orgs.proxy, user, subject_starts("Certified mail from",
                                                                     about))
     return uid, parse(raw)
 
@@ -51,10 +51,13 @@ def original(marker: str) -> object:
 
 
 def no_protocol_mail_left(orgs: Orgs, *users: str) -> None:
+    """Users never see protocol mail, and the gateways consumed every one."""
     for user in users:
-        left = [parse(r)["Subject"] for _, r in messages(orgs.stack.imap_port, user)
-                if parse(r)["TCMS-Message"] is not None]
-        assert not left, f"protocol mail left in {user}'s INBOX: {left}"
+        for via, folder in ((orgs.proxy, "INBOX"), (orgs.direct, "INBOX"),
+                            (orgs.direct, "TCMS")):
+            left = [parse(r)["Subject"] for _, r in messages(via, user, folder)
+                    if parse(r)["TCMS-Message"] is not None]
+            assert not left, f"protocol mail left in {user}'s {folder}: {left}"
 
 
 def decoded(value: object) -> str:
@@ -62,27 +65,27 @@ def decoded(value: object) -> str:
 
 
 def test_accept_read_and_receipt(orgs: Orgs) -> None:
-    port = orgs.stack.imap_port
+    imap = orgs.proxy
     sent = certified("[certified] Contract No. 7", "accept-1")
     send(orgs, sent, ["bob@b.test"])
     # the sender is told at once that the mail went out for certification, with its time
-    _, raw = wait_mail(port, "alice@a.test", subject_starts("Sent for certification",
+    _, raw = wait_mail(imap, "alice@a.test", subject_starts("Sent for certification",
                                                             "Contract No. 7"))
     assert b"time stamp" in raw
     # the recipient sees a notice, not the mail
     uid, note = notice_for(orgs, "bob@b.test", "Contract No. 7")
     text = note.get_content()  # type: ignore[attr-defined]
     assert "alice@a.test" in text and "Time-stamped" in text and "Answer by" in text
-    assert not [r for _, r in messages(port, "bob@b.test") if b"please find the contract" in r]
-    move(port, "bob@b.test", uid, "Certified.Accept")
+    assert not [r for _, r in messages(imap, "bob@b.test") if b"please find the contract" in r]
+    move(imap, "bob@b.test", uid, "Certified.Accept")
     # the original arrives, every byte as sent but for the tag, with certification headers
-    _, got = wait_mail(port, "bob@b.test", original("accept-1"))
+    _, got = wait_mail(imap, "bob@b.test", original("accept-1"))
     msg = parse(got)
     assert msg["Subject"] == "Contract No. 7"
     assert "exchange=" in msg["TCMS-Certified"]
     assert got.endswith(sent.split(b"\r\n\r\n", 1)[1])
     # the sender gets a receipt with evidence that verifies offline
-    _, rec = wait_mail(port, "alice@a.test", subject_starts("Receipt:", "Contract No. 7"))
+    _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", "Contract No. 7"))
     assert b"bob@b.test" in rec
     res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "accept-1.json")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -91,12 +94,12 @@ def test_accept_read_and_receipt(orgs: Orgs) -> None:
 
 
 def count(orgs: Orgs, user: str, match: object) -> int:
-    return sum(1 for _, r in messages(orgs.stack.imap_port, user)
+    return sum(1 for _, r in messages(orgs.proxy, user)
                if match(parse(r)))  # type: ignore[operator]
 
 
 def test_refuse_by_replying_to_the_notice(orgs: Orgs) -> None:
-    port = orgs.stack.imap_port
+    imap = orgs.proxy
     send(orgs, certified("[certified] Offer to refuse", "refuse-2"), ["bob@b.test"])
     _, note = notice_for(orgs, "bob@b.test", "Offer to refuse")
     tx = str(note["TCMS-Notice"])
@@ -107,7 +110,7 @@ def test_refuse_by_replying_to_the_notice(orgs: Orgs) -> None:
         assert e.value.smtp_code == 550
     with orgs.b.smtp("bob@b.test") as s:
         s.sendmail("bob@b.test", [f"tcms+refuse-{tx}@b.test"], b"Subject: no thanks\r\n\r\n-")
-    _, raw = wait_mail(port, "alice@a.test", subject_starts("Refused:", "Offer to refuse"))
+    _, raw = wait_mail(imap, "alice@a.test", subject_starts("Refused:", "Offer to refuse"))
     res = orgs.verify(attachment(raw, "vnd.tcms.evidence+json"), "refuse-2.json")
     assert res.returncode == 0 and "refused" in res.stdout, res.stdout + res.stderr
     time.sleep(2)
@@ -116,7 +119,7 @@ def test_refuse_by_replying_to_the_notice(orgs: Orgs) -> None:
 
 
 def test_several_recipients_non_ascii_and_an_uncertifiable_one(orgs: Orgs) -> None:
-    port = orgs.stack.imap_port
+    imap = orgs.proxy
     subject = Header("[certified] Vertrag über Grüße — 契約", "utf-8").encode()
     body = "Grüße aus Köln,\r\nder Vertrag: 契約書.\r\n"
     raw = certified(subject, "multi-3", to="Bob <bob@b.test>, Carol <carol@b.test>", body=body)
@@ -124,26 +127,26 @@ def test_several_recipients_non_ascii_and_an_uncertifiable_one(orgs: Orgs) -> No
     send(orgs, raw, ["bob@b.test", "carol@b.test", "dave@b.test", "nobody@b.test",
                      "x@unknown.test"])
     for who in ("nobody@b.test", "x@unknown.test"):
-        _, fail = wait_mail(port, "alice@a.test",
+        _, fail = wait_mail(imap, "alice@a.test",
                             lambda m, w=who: decoded(m["Subject"]).startswith("Not sent:")
                             and w in decoded(m["Subject"]))
         assert b"NOT sent" in fail
     notes = {u: notice_for(orgs, u, "Vertrag über Grüße") for u in
              ("bob@b.test", "carol@b.test", "dave@b.test")}
-    move(port, "bob@b.test", notes["bob@b.test"][0], "Certified.Accept")
-    move(port, "dave@b.test", notes["dave@b.test"][0], "Certified.Accept")
+    move(imap, "bob@b.test", notes["bob@b.test"][0], "Certified.Accept")
+    move(imap, "dave@b.test", notes["dave@b.test"][0], "Certified.Accept")
     with orgs.b.smtp("carol@b.test") as s:  # carol replies to her notice: that accepts
         s.sendmail("carol@b.test", [str(notes["carol@b.test"][1]["Reply-To"])],
                    b"Subject: Re: notice\r\n\r\nyes")
     for user in ("bob@b.test", "carol@b.test", "dave@b.test"):
-        _, got = wait_mail(port, user, original("multi-3"))
+        _, got = wait_mail(imap, user, original("multi-3"))
         msg = parse(got)
         assert decoded(msg["Subject"]) == "Vertrag über Grüße — 契約"
         content = msg.get_content()  # type: ignore[attr-defined]
         assert content.replace("\r\n", "\n") == body.replace("\r\n", "\n")
         assert msg["Bcc"] is None
     for user in ("bob@b.test", "carol@b.test", "dave@b.test"):
-        _, rec = wait_mail(port, "alice@a.test",
+        _, rec = wait_mail(imap, "alice@a.test",
                            lambda m, u=user: decoded(m["Subject"]).startswith("Receipt:")
                            and u in decoded(m["Subject"]))
         res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), f"multi-{user}.json")
@@ -154,18 +157,18 @@ def test_several_recipients_non_ascii_and_an_uncertifiable_one(orgs: Orgs) -> No
 
 
 def test_recipient_never_answers_r1s(orgs: Orgs) -> None:
-    port = orgs.stack.imap_port
+    imap = orgs.proxy
     send(orgs, certified("[certified] Silent treatment", "r1s-4"), ["carol@b.test"])
     notice_for(orgs, "carol@b.test", "Silent treatment")
     # carol does nothing: after the accept window the sender aborts at the TTP
-    _, raw = wait_mail(port, "alice@a.test", subject_starts("Not delivered:",
+    _, raw = wait_mail(imap, "alice@a.test", subject_starts("Not delivered:",
                                                             "Silent treatment"), timeout=90)
     res = orgs.verify(attachment(raw, "vnd.tcms.evidence+json"), "r1s-4.json")
     assert res.returncode == 0 and "(aborted)" in res.stdout, res.stdout + res.stderr
-    wait_mail(port, "carol@b.test", subject_starts("Expired:", "Silent treatment"))
+    wait_mail(imap, "carol@b.test", subject_starts("Expired:", "Silent treatment"))
     # a late accept changes nothing: the notice is consumed, the mail stays sealed
     uid, _ = notice_for(orgs, "carol@b.test", "Silent treatment")
-    move(port, "carol@b.test", uid, "Certified.Accept")
+    move(imap, "carol@b.test", uid, "Certified.Accept")
     time.sleep(3)
     assert count(orgs, "carol@b.test", original("r1s-4")) == 0
 
@@ -192,36 +195,36 @@ def _receiver_run(orgs: Orgs, marker_subject: str) -> tuple[str, str, bool]:
 
 
 def test_sender_stalls_after_m4_r1r(orgs: Orgs) -> None:
-    port = orgs.stack.imap_port
+    imap = orgs.proxy
     send(orgs, certified("[certified] Stalling sender", "r1r-5"), ["bob@b.test"])
     uid, _ = notice_for(orgs, "bob@b.test", "Stalling sender")
     orgs.a.send_signal(signal.SIGSTOP)  # the sender's gateway will never send m5
     try:
-        move(port, "bob@b.test", uid, "Certified.Accept")
+        move(imap, "bob@b.test", uid, "Certified.Accept")
         # after m5's deadline bob asks the TTP, which releases the key
-        _, got = wait_mail(port, "bob@b.test", original("r1r-5"), timeout=90)
+        _, got = wait_mail(imap, "bob@b.test", original("r1r-5"), timeout=90)
         assert "by=released by the TTP" in parse(got)["TCMS-Certified"]
     finally:
         orgs.a.send_signal(signal.SIGCONT)
     # the sender's gateway wakes up, finds m4 too late, and gets the TTP's affidavit
-    _, rec = wait_mail(port, "alice@a.test", subject_starts("Receipt:", "Stalling sender"))
+    _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", "Stalling sender"))
     res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "r1r-5.json")
     assert res.returncode == 0, res.stdout + res.stderr
     assert count(orgs, "bob@b.test", original("r1r-5")) == 1
 
 
 def test_recipient_stalls_after_m5_r2s(orgs: Orgs) -> None:
-    port = orgs.stack.imap_port
+    imap = orgs.proxy
     send(orgs, certified("[certified] Stalling recipient", "r2s-6"), ["bob@b.test"])
     uid, _ = notice_for(orgs, "bob@b.test", "Stalling recipient")
-    move(port, "bob@b.test", uid, "Certified.Accept")
+    move(imap, "bob@b.test", uid, "Certified.Accept")
     deadline = time.time() + 30
     while not _receiver_run(orgs, "Stalling recipient")[2]:  # m4 is out
         assert time.time() < deadline, "bob's gateway never sent m4"
         time.sleep(0.02)
     orgs.b.send_signal(signal.SIGSTOP)  # bob's gateway will not send m6
     try:
-        _, rec = wait_mail(port, "alice@a.test", subject_starts("Receipt:",
+        _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:",
                                                                 "Stalling recipient"),
                            timeout=90)
         assert b"certifies" in rec or b"TTP" in rec
@@ -230,7 +233,7 @@ def test_recipient_stalls_after_m5_r2s(orgs: Orgs) -> None:
     finally:
         orgs.b.send_signal(signal.SIGCONT)
     # bob's gateway carries on: the mail is delivered once, the late m6 changes nothing
-    wait_mail(port, "bob@b.test", original("r2s-6"))
+    wait_mail(imap, "bob@b.test", original("r2s-6"))
     time.sleep(2)
     assert count(orgs, "bob@b.test", original("r2s-6")) == 1
     assert count(orgs, "alice@a.test", subject_starts("Receipt:", "Stalling recipient")) == 1
@@ -274,7 +277,7 @@ KILL_POINTS = [
                          ids=[f"{w}-{p}" for w, _, p in KILL_POINTS])
 def test_a_gateway_killed_at_each_step_the_exchange_still_ends_fair(
         orgs: Orgs, who: str, role: str, at: str) -> None:
-    port = orgs.stack.imap_port
+    imap = orgs.proxy
     gw = orgs.a if who == "a" else orgs.b
     subject = f"Killed {who} at {at}"
     marker = f"kill-{who}-{at}"
@@ -298,10 +301,10 @@ def test_a_gateway_killed_at_each_step_the_exchange_still_ends_fair(
     if at in ("await-m4", "pending"):  # steps before the recipient answers
         wait_and_kill()
     uid, _ = notice_for(orgs, "bob@b.test", subject)
-    move(port, "bob@b.test", uid, "Certified.Accept")
+    move(imap, "bob@b.test", uid, "Certified.Accept")
     wait_and_kill()
-    _, rec = wait_mail(port, "alice@a.test", subject_starts("Receipt:", subject), timeout=90)
-    wait_mail(port, "bob@b.test", original(marker))
+    _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", subject), timeout=90)
+    wait_mail(imap, "bob@b.test", original(marker))
     res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), f"{marker}.json")
     assert res.returncode == 0, res.stdout + res.stderr
     time.sleep(2)
@@ -316,7 +319,7 @@ def test_a_20_mb_attachment(orgs: Orgs) -> None:
     import email.policy
     from email.message import EmailMessage
 
-    port = orgs.stack.imap_port
+    imap = orgs.proxy
     blob = os.urandom(20 * 1024 * 1024)
     msg = EmailMessage()
     msg["From"], msg["To"] = "Alice <alice@a.test>", "Bob <bob@b.test>"
@@ -329,11 +332,11 @@ def test_a_20_mb_attachment(orgs: Orgs) -> None:
     send(orgs, sent, ["bob@b.test"])
     uid, note = notice_for(orgs, "bob@b.test", "Big drawings")
     assert f"{len(sent) - len(b'[certified] ')} bytes" in note.get_content()  # type: ignore[attr-defined]
-    move(port, "bob@b.test", uid, "Certified.Accept")
-    _, got = wait_mail(port, "bob@b.test", original("big-8"), timeout=120)
+    move(imap, "bob@b.test", uid, "Certified.Accept")
+    _, got = wait_mail(imap, "bob@b.test", original("big-8"), timeout=120)
     parts = [p for p in parse(got).walk() if p.get_filename() == "drawings.bin"]
     assert len(parts) == 1 and parts[0].get_payload(decode=True) == blob
-    _, rec = wait_mail(port, "alice@a.test", subject_starts("Receipt:", "Big drawings"),
+    _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", "Big drawings"),
                        timeout=120)
     res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "big-8.json")
     assert res.returncode == 0 and "(received)" in res.stdout, res.stdout + res.stderr
@@ -353,7 +356,7 @@ def deliveries(orgs: Orgs, sender: str, rcpt: str) -> int:
 def test_two_replicas_share_postgresql_and_send_nothing_twice(orgs: Orgs) -> None:
     """a.test runs a second gateway on the same PostgreSQL database: both take
     submissions, both scan alice's mailbox, both drain the one outbox."""
-    port = orgs.stack.imap_port
+    imap = orgs.proxy
     replica = orgs.a.replica("replica").start()
     try:
         before = deliveries(orgs, "alice@a.test", "dave@b.test")
@@ -366,10 +369,10 @@ def test_two_replicas_share_postgresql_and_send_nothing_twice(orgs: Orgs) -> Non
                                      to="dave@b.test"))
         for i in range(n):
             uid, _ = notice_for(orgs, "dave@b.test", f"Replicated {i}")
-            move(port, "dave@b.test", uid, "Certified.Accept")
+            move(imap, "dave@b.test", uid, "Certified.Accept")
         for i in range(n):
-            wait_mail(port, "alice@a.test", subject_starts("Receipt:", f"Replicated {i}"))
-            wait_mail(port, "dave@b.test", original(f"replica-{i}"))
+            wait_mail(imap, "alice@a.test", subject_starts("Receipt:", f"Replicated {i}"))
+            wait_mail(imap, "dave@b.test", original(f"replica-{i}"))
         time.sleep(3)
         for i in range(n):
             assert count(orgs, "dave@b.test", original(f"replica-{i}")) == 1
