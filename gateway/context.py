@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aioimaplib
+import aiosmtplib
 import httpx
 
 from dc.client import DirectoryClient
 from dc.records import DirectoryError
 from gateway.imap import MasterLogin
 from tcms import evidence
-from tcms.config import ConfigError, Settings
+from tcms.config import ConfigError, GatewayConfig, Settings
 from tcms.identity import Identity, Party, normalise_name
 from tcms.keystore import Keystore, KeystoreError
 from tcms.protocol.checks import Trust
@@ -28,10 +32,42 @@ log = logging.getLogger("tcms.gateway")
 
 @dataclass(frozen=True)
 class Upstream:
+    """The organisation's real mail servers, and how the gateway speaks TLS to them."""
+
     smtp_host: str
     smtp_port: int
     imap_host: str
     imap_port: int
+    imap_tls: ssl.SSLContext | None = None  # implicit TLS to the IMAP server
+    smtp_starttls: ssl.SSLContext | None = None  # STARTTLS required to the MTA
+
+    def imap_client(self, timeout: float = 60) -> aioimaplib.IMAP4:
+        if self.imap_tls is not None:
+            return aioimaplib.IMAP4_SSL(host=self.imap_host, port=self.imap_port,
+                                        ssl_context=self.imap_tls, timeout=timeout)
+        return aioimaplib.IMAP4(host=self.imap_host, port=self.imap_port, timeout=timeout)
+
+    async def send_mail(self, data: bytes, sender: str,
+                        recipients: list[str]) -> tuple[dict[str, Any], str]:
+        """Hand a mail to the MTA (raises aiosmtplib errors); returns refused recipients
+        and the MTA's answer."""
+        result: tuple[dict[str, Any], str] = await aiosmtplib.send(
+            data, sender=sender, recipients=recipients, hostname=self.smtp_host,
+            port=self.smtp_port, timeout=120, use_tls=False,
+            start_tls=self.smtp_starttls is not None, tls_context=self.smtp_starttls)
+        return result
+
+    @classmethod
+    def from_config(cls, g: GatewayConfig) -> Upstream:
+        ctx = None
+        if g.upstream_imap_tls != "none" or g.upstream_smtp_tls != "none":
+            ctx = ssl.create_default_context(
+                cafile=str(g.upstream_ca_file) if g.upstream_ca_file else None)
+        (smtp_host, smtp_port), (imap_host, imap_port) = (g.split(g.upstream_smtp),
+                                                          g.split(g.upstream_imap))
+        return cls(smtp_host, smtp_port, imap_host, imap_port,
+                   ctx if g.upstream_imap_tls == "tls" else None,
+                   ctx if g.upstream_smtp_tls == "starttls" else None)
 
 
 @dataclass
@@ -137,11 +173,11 @@ def create(settings: Settings) -> GatewayContext:
         raise ConfigError(f"gateway: its identity {g.identity}: {exc} (create it with "
                           f"`tcms keys create {g.identity} --kind gateway`)") from None
     trust, dc_party = load_trust(settings, keystore)
-    up_smtp, up_imap = g.split(g.upstream_smtp), g.split(g.upstream_imap)
+    upstream = Upstream.from_config(g)
     return GatewayContext(
         settings=settings, store=Store(settings.database.url), keystore=keystore, me=me,
         trust=trust, dc=DirectoryClient(settings.dc.url, dc_party, clock=time.time),
-        upstream=Upstream(up_smtp[0], up_smtp[1], up_imap[0], up_imap[1]),
-        imap=MasterLogin(up_imap[0], up_imap[1], g.master_user, g.get_master_password(),
+        upstream=upstream,
+        imap=MasterLogin(upstream.imap_client, g.master_user, g.get_master_password(),
                          g.master_separator),
         http=httpx.AsyncClient(timeout=60))

@@ -83,11 +83,8 @@ async def to_peer(ctx: GatewayContext, rec: RunRecord, row: dict[str, Any]) -> N
     mail = mailformat.build(bytes(row["data"]), sender=rec.owner, recipient=rec.peer,
                             tx=rec.tx, domain=rec.owner.rsplit("@", 1)[-1],
                             description=rec.subject)
-    up = ctx.upstream
     try:
-        await aiosmtplib.send(mail, sender=rec.owner, recipients=[rec.peer],
-                              hostname=up.smtp_host, port=up.smtp_port, timeout=120,
-                              start_tls=False, use_tls=False)
+        await ctx.upstream.send_mail(mail, rec.owner, [rec.peer])
     except aiosmtplib.SMTPResponseException as exc:
         raise Retry(f"upstream SMTP answered {exc.code} {exc.message}") from None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -22,8 +23,7 @@ class ImapError(Exception):
 
 @dataclass(frozen=True)
 class MasterLogin:
-    host: str
-    port: int
+    connect: Callable[[], aioimaplib.IMAP4]  # a new client of the upstream server
     master_user: str
     master_password: str
     separator: str = "*"
@@ -44,7 +44,7 @@ class Mailbox:
     def __init__(self, login: MasterLogin, user: str) -> None:
         self.login = login
         self.user = user
-        self.client = aioimaplib.IMAP4(host=login.host, port=login.port, timeout=60)
+        self.client = login.connect()
         self.selected: str | None = None
         self._delimiter: str | None = None
 

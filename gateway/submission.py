@@ -44,7 +44,7 @@ Answer = Callable[[str, str, Event], Awaitable[str]]
 
 async def imap_login_ok(up: Upstream, user: str, password: str) -> bool:
     """Try the credentials on the upstream IMAP server."""
-    client = aioimaplib.IMAP4(host=up.imap_host, port=up.imap_port, timeout=15)
+    client = up.imap_client(timeout=15)
     try:
         await client.wait_hello_from_server()
         response = await client.login(user, password)
@@ -175,10 +175,7 @@ class SubmissionHandler:
                 self.on_submit()
             return f"250 2.0.0 Queued for certification as #{sid}"
         try:
-            errors, reply = await aiosmtplib.send(
-                content, sender=sender, recipients=recipients,
-                hostname=self.upstream.smtp_host, port=self.upstream.smtp_port, timeout=60,
-                start_tls=False, use_tls=False)
+            errors, reply = await self.upstream.send_mail(content, sender, recipients)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             return f"550 5.1.1 Upstream refused every recipient: {exc.recipients[0].message}"
         except aiosmtplib.SMTPResponseException as exc:

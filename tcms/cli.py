@@ -332,8 +332,9 @@ async def _start_gateway(settings: config_mod.Settings) -> None:
                            smtps=g.split(g.smtps), max_size=g.max_message_size)
     log.info("gateway SMTP listening: submission %s (STARTTLS), smtps %s (TLS)",
              g.submission, g.smtps)
-    await imapproxy.start(imapproxy.ProxyConfig(ctx.upstream.imap_host, ctx.upstream.imap_port,
-                                                g.protocol_folder, tls),
+    up = ctx.upstream
+    await imapproxy.start(imapproxy.ProxyConfig(up.imap_host, up.imap_port, g.protocol_folder,
+                                                tls, up.imap_tls),
                           starttls=g.split(g.imap_proxy), implicit=g.split(g.imaps_proxy))
     log.info("gateway IMAP listening: %s (STARTTLS), %s (TLS); folder %s hidden",
              g.imap_proxy, g.imaps_proxy, g.protocol_folder)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -153,6 +153,9 @@ class GatewayConfig(BaseModel):
     tls_key: Path | None = None
     upstream_smtp: str = "127.0.0.1:25"
     upstream_imap: str = "127.0.0.1:143"
+    upstream_imap_tls: Literal["none", "tls"] = "none"  # tls: implicit TLS (port 993)
+    upstream_smtp_tls: Literal["none", "starttls"] = "none"  # starttls: required
+    upstream_ca_file: Path | None = None  # CA to verify them (default: the system's)
     max_message_size: int = 50 * 1024 * 1024
     tag: str = "[certified]"
     # who the gateway is and whom it serves

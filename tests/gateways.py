@@ -86,8 +86,12 @@ class GatewayProc:
             "TCMS_GATEWAY__IMAPS_PROXY": f"127.0.0.1:{self.imaps}",
             "TCMS_GATEWAY__TLS_CERT": str(w / "gw.crt"),
             "TCMS_GATEWAY__TLS_KEY": str(w / "gw.key"),
+            # TLS both ways: implicit TLS to Dovecot, STARTTLS to Postfix
             "TCMS_GATEWAY__UPSTREAM_SMTP": f"127.0.0.1:{self.stack.smtp_port}",
-            "TCMS_GATEWAY__UPSTREAM_IMAP": f"127.0.0.1:{self.stack.imap_port}",
+            "TCMS_GATEWAY__UPSTREAM_SMTP_TLS": "starttls",
+            "TCMS_GATEWAY__UPSTREAM_IMAP": f"127.0.0.1:{self.stack.imaps_port}",
+            "TCMS_GATEWAY__UPSTREAM_IMAP_TLS": "tls",
+            "TCMS_GATEWAY__UPSTREAM_CA_FILE": str(self.stack.cert),
             "TCMS_GATEWAY__MASTER_USER": MASTER[0],
             "TCMS_GATEWAY__MASTER_PASSWORD": MASTER[1],
             "TCMS_GATEWAY__TRUST_FILE": str(h / "trust.json"),

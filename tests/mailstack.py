@@ -51,7 +51,13 @@ class MailStack:
     users: dict[str, str]  # address -> password
     smtp_port: int = field(default_factory=free_port)
     imap_port: int = field(default_factory=free_port)
+    imaps_port: int = field(default_factory=free_port)
     lmtp_port: int = field(default_factory=free_port)
+
+    @property
+    def cert(self) -> Path:
+        """The servers' certificate (CN and SAN 127.0.0.1), also the CA to trust."""
+        return BASE / "tls" / "server.crt"
 
     @property
     def dovecot_dir(self) -> Path:
@@ -71,7 +77,9 @@ listen = 127.0.0.1
 base_dir = {d}/run
 state_dir = {d}/state
 log_path = {d}/dovecot.log
-ssl = no
+ssl = yes
+ssl_cert = <{self.cert}
+ssl_key = <{BASE}/tls/server.key
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_login_user = dovenull
@@ -102,7 +110,8 @@ service imap-login {{
     port = {self.imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    port = {self.imaps_port}
+    ssl = yes
   }}
 }}
 service anvil {{
@@ -142,6 +151,7 @@ plugin {{
         if res.returncode != 0:
             raise RuntimeError(f"dovecot did not start: {(d / 'start.log').read_text()}")
         _wait_port(self.imap_port)
+        _wait_port(self.imaps_port)
         _wait_port(self.lmtp_port)
 
     # --- Postfix ---------------------------------------------------------------------
@@ -182,6 +192,9 @@ local_recipient_maps =
 message_size_limit = 52428800
 local_header_rewrite_clients =
 always_add_missing_headers = no
+smtpd_tls_cert_file = {self.cert}
+smtpd_tls_key_file = {BASE}/tls/server.key
+smtpd_tls_security_level = may
 maillog_file = {p}/maillog
 maillog_file_prefixes = {BASE}
 """)
@@ -197,6 +210,15 @@ maillog_file_prefixes = {BASE}
             raise RuntimeError(f"postfix did not start: {(p / 'start.log').read_text()}")
         _wait_port(self.smtp_port)
 
+    def _make_cert(self) -> None:
+        tls = BASE / "tls"
+        tls.mkdir()
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(tls / "server.key"),
+                        "-out", str(self.cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=60)
+
     # --- life cycle --------------------------------------------------------------------
 
     def start(self) -> MailStack:
@@ -205,6 +227,7 @@ maillog_file_prefixes = {BASE}
             shutil.rmtree(BASE)
         BASE.mkdir(parents=True)
         os.chmod(BASE, 0o755)
+        self._make_cert()
         self._start_dovecot()
         self._start_postfix()
         return self
@@ -222,6 +245,10 @@ maillog_file_prefixes = {BASE}
                 if not pid.exists():
                     break
                 time.sleep(0.1)
+
+    def dovecot_log(self) -> str:
+        path = self.dovecot_dir / "dovecot.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def maillog(self) -> str:
         path = self.postfix_dir / "maillog"
