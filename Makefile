@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TCMS_TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: setup demo test test-fast lint typecheck bench clean
+.PHONY: setup demo demo-inprocess mail-packages test test-fast lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install TCMS with its test tools
 
-demo: $(STAMP)  ## run certified exchanges in-process, print the evidence and verify it
+demo: $(STAMP) mail-packages  ## two organisations, real Postfix + Dovecot, one certified mail, step by step
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python demo/two_orgs.py --out demo-out
+
+demo-inprocess: $(STAMP)  ## five exchanges between in-process parties (no mail servers), every recovery path
 	$(BIN)/tcms demo --out demo-out
+
+mail-packages:  ## Debian's Postfix, Dovecot (IMAP, LMTP, Sieve) and swaks, if missing (root)
+	@command -v postfix >/dev/null && command -v dovecot >/dev/null && \
+	  command -v sievec >/dev/null && [ -e /usr/lib/dovecot/lmtp ] || { \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    postfix dovecot-imapd dovecot-lmtpd dovecot-sieve swaks openssl; }
 
 test: $(STAMP)  ## lint, type-check and run the whole test suite (needs PostgreSQL)
 	$(BIN)/ruff check .

@@ -60,8 +60,10 @@ def config_check(ctx: click.Context) -> None:
     """Validate the configuration and print it (secrets hidden)."""
     settings = _settings(ctx)
     data = settings.model_dump(mode="json")
-    if data["keys"].get("passphrase"):
-        data["keys"]["passphrase"] = "***"  # noqa: S105 - masking, not a password
+    for section in data.values():  # every secret value, whichever section holds it
+        for key, value in section.items():
+            if value and key.endswith(("password", "passphrase")):
+                section[key] = "***"
     click.echo(json.dumps(data, indent=1))
     click.echo("configuration OK", err=True)
 
@@ -286,20 +288,22 @@ async def _upgrade(store: Any) -> None:
                 default="all")
 @click.pass_context
 def serve(ctx: click.Context, service: str) -> None:
-    """Run TCMS services: the TSS, the TTP, the DC, or all of them in one process.
+    """Run TCMS services: the TSS, the TTP, the DC, the gateway, or all of them in one
+    process (``all`` includes the gateway when [gateway] domains is set).
 
     Addresses, TLS files and the database come from the configuration ([tss], [ttp], [dc],
-    [database]); state is in SQL, so a restart continues where it stopped."""
+    [gateway], [database]); state is in SQL, so a restart continues where it stopped."""
     from tcms.web import serve as serve_all
 
     settings = _settings(ctx)
     listeners = _listeners(settings, service) if service != "gateway" else []
+    with_gateway = service == "gateway" or (service == "all" and bool(settings.gateway.domains))
 
     async def run() -> None:
-        if service == "gateway":
-            await _start_gateway(settings)
-        else:
-            await serve_all(listeners)
+        work = [_start_gateway(settings)] if with_gateway else []
+        if listeners:
+            work.append(serve_all(listeners))
+        await asyncio.gather(*work)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())

@@ -108,9 +108,10 @@ def test_keystore_encrypts_private_keys_at_rest(tmp_path: Path) -> None:
         ks.load("alice@a.test")
 
 
-def tcms(tmp_path: Path, *args: str, passphrase: str | None = "test passphrase 1") -> (
-        subprocess.CompletedProcess[str]):
+def tcms(tmp_path: Path, *args: str, passphrase: str | None = "test passphrase 1",
+         **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
+    env.update(extra)
     env["TCMS_KEYS__DIR"] = str(tmp_path / "keys")
     if passphrase:
         env["TCMS_KEYS__PASSPHRASE"] = passphrase
@@ -132,9 +133,12 @@ def test_tcms_keys_cli(tmp_path: Path) -> None:
     assert res.returncode == 1 and "already exists" in res.stderr
     res = tcms(tmp_path, "keys", "create", "bob@b.test", passphrase=None)
     assert res.returncode == 1 and "TCMS_KEYS__PASSPHRASE" in res.stderr
-    # the passphrase never appears in output
-    out = tcms(tmp_path, "config", "check")
-    assert "test passphrase 1" not in out.stdout + out.stderr and "***" in out.stdout
+    # no secret ever appears in output: the key passphrase, the IMAP master password
+    out = tcms(tmp_path, "config", "check", TCMS_GATEWAY__MASTER_PASSWORD="imap-master-secret")
+    assert out.returncode == 0, out.stderr
+    printed = out.stdout + out.stderr
+    assert "test passphrase 1" not in printed and "imap-master-secret" not in printed
+    assert json.loads(out.stdout)["gateway"]["master_password"] == "***"
 
 
 @pytest.mark.parametrize("args", [[], ["keys"], ["keys", "create"], ["keys", "list"],

@@ -1,0 +1,21 @@
+#!/bin/sh
+# One-time set-up of an organisation's TCMS (run by the `init` service of
+# docker-compose.yml, idempotent): the TSA's certificate, the TTP's, DC's and gateway's
+# identities, the DC's update repository, the gateway registered for its domain, and the
+# trust files the gateways read.  Private keys are encrypted with TCMS_KEYS__PASSPHRASE.
+set -eu
+: "${TCMS_GATEWAY__DOMAINS:?set the organisation's mail domains, e.g. [\"example.org\"]}"
+domain=$(echo "$TCMS_GATEWAY__DOMAINS" | tr -d '[]" ' | cut -d, -f1)
+keys=${TCMS_KEYS__DIR:-var/keys}
+gw=${TCMS_GATEWAY__IDENTITY:-gateway@$domain}
+tcms db upgrade
+[ -e "$keys/tss-cert.pem" ] || tcms tss init
+for id in "${TCMS_TTP__IDENTITY:-ttp@tcms.local}:ttp" "${TCMS_DC__IDENTITY:-dc@tcms.local}:dc" \
+          "$gw:gateway"; do
+  name=${id%:*}; kind=${id#*:}
+  tcms keys export "$name" >/dev/null 2>&1 || tcms keys create "$name" --kind "$kind"
+done
+[ -d "${TCMS_DC__UPDATES_DIR:-var/updates}" ] || tcms dc updates init
+tcms keys export "$gw" > "$keys/gateway-public.json"
+tcms dc register "$domain" "$keys/gateway-public.json"
+echo "TCMS initialised for $domain"
