@@ -100,3 +100,65 @@ def test_receipt_and_status_carry_the_evidence() -> None:
     raw = notices.status("uncertifiable", owner="alice@a.test", peer="x@y.test", subject="S",
                          text="no key", tx="", delivery_id="u")
     assert b"NOT sent" in raw and b"Not sent:" in raw
+
+
+# --- the IMAP proxy's reading of commands and answers ---------------------------------------
+
+def _session(hidden: str = "TCMS") -> object:
+    import ssl
+
+    from gateway.imapproxy import ProxyConfig, Session
+
+    cfg = ProxyConfig("127.0.0.1", 1, hidden, ssl.create_default_context())
+    return Session(cfg, None, None, True)  # type: ignore[arg-type]
+
+
+def test_tokens_read_atoms_quoted_strings_and_literals() -> None:
+    from gateway.imapproxy import tokens
+
+    assert tokens(b'a1 LOGIN "bob@b.test" {5+}\r\np"a s\r\n') == [
+        b"a1", b"LOGIN", b"bob@b.test", b'p"a s']
+    assert tokens(b'a2 STATUS "TC\\"MS" (MESSAGES UNSEEN)\r\n') == [
+        b"a2", b"STATUS", b'TC"MS', b"MESSAGES", b"UNSEEN"]
+
+
+@pytest.mark.parametrize(("cmd", "refused"), [
+    (b"a SELECT TCMS\r\n", True),
+    (b'a SELECT "TCMS"\r\n', True),
+    (b"a SELECT {4+}\r\nTCMS\r\n", True),
+    (b"a EXAMINE TCMS.sub\r\n", True),
+    (b"a UID MOVE 1:* TCMS\r\n", True),
+    (b"a COPY 1 TCMS\r\n", True),
+    (b"a RENAME INBOX.x TCMS\r\n", True),
+    (b"a RENAME TCMS x\r\n", True),
+    (b"a COMPRESS DEFLATE\r\n", True),
+    (b"a STARTTLS\r\n", True),
+    (b"a SELECT INBOX\r\n", False),
+    (b"a SELECT TCMSX\r\n", False),
+    (b"a UID FETCH 1:* (BODY.PEEK[])\r\n", False),
+    (b"DONE\r\n", False),
+])
+def test_the_proxy_refuses_commands_on_the_hidden_folder(cmd: bytes, refused: bool) -> None:
+    assert (_session().refuses(cmd) is not None) == refused  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("line", "shown"), [
+    (b'* LIST (\\HasNoChildren) "." TCMS\r\n', False),
+    (b'* LIST (\\HasNoChildren) "." "TCMS.sub"\r\n', False),
+    (b'* LSUB () "." TCMS\r\n', False),
+    (b"* STATUS TCMS (MESSAGES 3)\r\n", False),
+    (b'* LIST (\\HasNoChildren) "." INBOX\r\n', True),
+    (b'* LIST (\\HasNoChildren) "." "Certified.Accept"\r\n', True),
+    (b"* STATUS INBOX (MESSAGES 3)\r\n", True),
+    (b"* 3 EXISTS\r\n", True),
+    (b"a OK done\r\n", True),
+])
+def test_the_proxy_drops_answers_about_the_hidden_folder(line: bytes, shown: bool) -> None:
+    assert _session().shown(line) == shown  # type: ignore[attr-defined]
+
+
+def test_capabilities_lose_compress_and_login_items() -> None:
+    from gateway.imapproxy import HIDDEN_CAPS
+
+    line = b"* CAPABILITY IMAP4rev1 IDLE COMPRESS=DEFLATE STARTTLS AUTH=PLAIN LITERAL+\r\n"
+    assert HIDDEN_CAPS.sub(b"", line) == b"* CAPABILITY IMAP4rev1 IDLE LITERAL+\r\n"
