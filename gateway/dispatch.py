@@ -192,6 +192,8 @@ async def render(ctx: GatewayContext, box: Mailbox, row: dict[str, Any],
         return notices.receipt(owner=owner, peer=peer, subject=rec.subject, tx=rec.tx,
                                verdict=verdict.kind, statements=verdict.statements,
                                bundle=evidence.dumps(bundle), delivery_id=delivery_id)
+    if rec.role == "receiver" and kind == "aborted":
+        kind = "withdrawn"  # the same event, told from the recipient's side
     if kind not in notices.STATUS_SUBJECTS:
         log.error("outbox #%d: unknown mail kind %r; dropped", row["id"], kind)
         return None

@@ -133,6 +133,7 @@ STATUS_SUBJECTS = {
     "aborted": "Not delivered: the certified mail \"{subject}\" to {peer} was withdrawn",
     "failed": "Certification failed: \"{subject}\" ({peer})",
     "expired": "Expired: the certified mail \"{subject}\" from {peer} was not answered",
+    "withdrawn": "Withdrawn: {peer} withdrew the certified mail \"{subject}\"",
     "uncertifiable": "Not sent: \"{subject}\" cannot be certified for {peer}",
 }
 

@@ -26,12 +26,14 @@ def stack() -> Iterator[MailStack]:
 
 
 def wait_for(imap_port: int, user: str, password: str, needle: bytes,
-             timeout: float = 20) -> bytes:
+             timeout: float = 20, folder: str = "INBOX") -> bytes:
     deadline = time.time() + timeout
     while time.time() < deadline:
         with imaplib.IMAP4("127.0.0.1", imap_port) as imap:
             imap.login(user, password)
-            imap.select("INBOX")
+            if imap.select(folder)[0] != "OK":
+                time.sleep(0.2)
+                continue
             _, data = imap.search(None, "ALL")
             for num in data[0].split():
                 _, msg = imap.fetch(num, "(RFC822)")
