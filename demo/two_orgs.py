@@ -45,7 +45,7 @@ def step(text: str) -> None:
 
 
 def show(text: str, indent: str = "    | ") -> None:
-    print(textwrap.indent(text.rstrip(), indent))
+    print(textwrap.indent(text.rstrip(), indent, lambda _: True))
 
 
 def main() -> int:
@@ -117,7 +117,7 @@ def main() -> int:
         show(res.stdout + res.stderr)
         if res.returncode != 0:
             return 1
-        print(f"\nDone. Evidence and trust file kept in {args.out}/; logs were in {work}.")
+        print(f"\nDone. The evidence and the trust file are in {args.out}/.")
         return 0
     finally:
         orgs.stop()
