@@ -35,7 +35,6 @@ from conftest import pg_database  # noqa: E402
 from gateways import (  # noqa: E402
     GatewayProc,
     Orgs,
-    messages,
     move,
     parse,
     start_orgs,
@@ -53,7 +52,7 @@ def plain_mail(i: int) -> bytes:
 
 
 def start_sink(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["smtp-sink", "-c", f"127.0.0.1:{port}", "256"],
+    proc = subprocess.Popen(["smtp-sink", "-u", "postfix", "-c", f"127.0.0.1:{port}", "256"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     for _ in range(100):
         try:
@@ -122,21 +121,38 @@ def relay_bench(orgs: Orgs, n: int) -> None:
 
 
 def accept_all(orgs: Orgs, want: int, stop: threading.Event) -> None:
-    """Bob's side: move every notice to Certified.Accept as soon as it shows."""
-    seen = 0
-    while seen < want and not stop.is_set():
-        for uid, raw in messages(orgs.proxy, "bob@b.test"):
-            if str(parse(raw)["Subject"]).startswith("Certified mail from"):
-                move(orgs.proxy, "bob@b.test", uid, "Certified.Accept")
-                seen += 1
-        time.sleep(0.1)
+    """Bob's client: one IMAP session through his gateway, moving each new notice into
+    Certified.Accept as soon as a search finds it."""
+    with orgs.proxy.open("bob@b.test") as imap:
+        done = 0
+        while done < want and not stop.is_set():
+            imap.select("INBOX")
+            _, data = imap.uid("SEARCH", None, "SUBJECT", '"Certified mail from"')  # type: ignore[arg-type]
+            uids = data[0].split()  # type: ignore[union-attr]
+            if uids:
+                imap.uid("MOVE", b",".join(uids), "Certified.Accept")  # type: ignore[arg-type]
+                done += len(uids)
+            time.sleep(0.05)
 
 
-def receipts(orgs: Orgs) -> dict[str, float]:
-    """Subject -> arrival time (now) of every receipt in alice's INBOX."""
-    return {str(parse(r)["Subject"]): time.time() for _, r in messages(orgs.proxy,
-                                                                      "alice@a.test")
-            if str(parse(r)["Subject"]).startswith("Receipt:")}
+def watch_receipts(orgs: Orgs, want: int, got: dict[str, float]) -> None:
+    """Alice's client: the time each receipt is first seen, by its subject."""
+    deadline = time.time() + 600
+    with orgs.proxy.open("alice@a.test") as imap:
+        seen: set[bytes] = set()
+        while len(got) < want and time.time() < deadline:
+            imap.select("INBOX")
+            _, data = imap.uid("SEARCH", None, "SUBJECT", '"bench exchange"')  # type: ignore[arg-type]
+            for uid in data[0].split():  # type: ignore[union-attr]
+                if uid in seen:
+                    continue
+                _, head = imap.uid("FETCH", uid, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")  # type: ignore[arg-type]
+                subject = str(parse(bytes(head[0][1]))["Subject"])  # type: ignore[index]
+                seen.add(uid)
+                m = re.search(r"bench exchange \d{4}", subject)
+                if subject.startswith("Receipt:") and m:
+                    got[m.group(0)] = time.time()
+            time.sleep(0.05)
 
 
 def exchange_bench(orgs: Orgs, n: int) -> None:
@@ -153,13 +169,7 @@ def exchange_bench(orgs: Orgs, n: int) -> None:
                        f"Subject: [certified] {subject}\r\nFrom: alice@a.test\r\n"
                        f"To: bob@b.test\r\n\r\n".encode() + BODY)
     got: dict[str, float] = {}
-    deadline = time.time() + 600
-    while len(got) < n and time.time() < deadline:
-        for subj, at in receipts(orgs).items():
-            m = re.search(r"bench exchange \d{4}", subj)
-            if m and m.group(0) not in got:
-                got[m.group(0)] = at
-        time.sleep(0.2)
+    watch_receipts(orgs, n, got)
     stop.set()
     accepter.join()
     total = max(got.values()) - t0

@@ -5,6 +5,7 @@ local user must see APPENDed to their mailbox exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -28,6 +29,7 @@ from tcms.web import CBOR
 log = logging.getLogger("tcms.gateway.outbox")
 LEASE = 30  # seconds a claimed message is ours before another worker may retry it
 MAX_TSS_ATTEMPTS = 8
+CONCURRENCY = 8  # exchanges whose messages are sent at the same time
 
 
 class Retry(Exception):
@@ -39,17 +41,32 @@ def backoff(attempts: int) -> int:
 
 
 async def drain(ctx: GatewayContext, now: int) -> int:
-    """Send what is due; returns how many messages were handled."""
+    """Send what is due; returns how many messages were handled.  Different exchanges go
+    out concurrently (at most CONCURRENCY at once); one exchange's messages keep their
+    order (a receipt is rendered after the stamp it shows)."""
     rows = await ctx.store.claim_outbox(now, LEASE)
+    by_run: dict[tuple[bytes, str], list[dict[str, Any]]] = {}
     for row in rows:
-        try:
-            await dispatch(ctx, row, now)
-        except (Retry, ImapError, OSError, httpx.HTTPError, aiosmtplib.SMTPException) as exc:
-            retry_at = now + backoff(row["attempts"])
-            log.warning("outbox #%d (%s to %s): %s; retrying in %ds", row["id"], row["kind"],
-                        row["destination"], exc, retry_at - now)
-            await ctx.store.outbox_retry(row["id"], retry_at, str(exc))
+        by_run.setdefault((bytes(row["cid"]), row["role"]), []).append(row)
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def send_all(queue: list[dict[str, Any]]) -> None:
+        async with gate:
+            for row in queue:
+                await _send_one(ctx, row, now)
+
+    await asyncio.gather(*(send_all(q) for q in by_run.values()))
     return len(rows)
+
+
+async def _send_one(ctx: GatewayContext, row: dict[str, Any], now: int) -> None:
+    try:
+        await dispatch(ctx, row, now)
+    except (Retry, ImapError, OSError, httpx.HTTPError, aiosmtplib.SMTPException) as exc:
+        retry_at = now + backoff(row["attempts"])
+        log.warning("outbox #%d (%s to %s): %s; retrying in %ds", row["id"], row["kind"],
+                    row["destination"], exc, retry_at - now)
+        await ctx.store.outbox_retry(row["id"], retry_at, str(exc))
 
 
 async def _run_of(ctx: GatewayContext, row: dict[str, Any]) -> RunRecord | None:
