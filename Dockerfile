@@ -13,6 +13,8 @@ COPY ttp ./ttp
 COPY dc ./dc
 RUN pip install --no-cache-dir .
 COPY deploy/init.sh /usr/local/bin/tcms-init
+# the state volume is mounted here: created owned by tcms, so a new volume is too
+RUN mkdir -p /var/lib/tcms/var && chown tcms:tcms /var/lib/tcms/var
 USER tcms
 WORKDIR /var/lib/tcms
 ENTRYPOINT ["tcms"]

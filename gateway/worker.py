@@ -24,7 +24,7 @@ from gateway.imap import ImapError, Mailbox
 from gateway.runs import apply, outbox, record
 from gateway.subject import strip_tag, subject_of, without_tag
 from tcms.identity import normalise_name
-from tcms.protocol.events import Accept, Event, Ignored, Received, Refuse
+from tcms.protocol.events import Accept, Event, Ignored, Received, Refuse, Tick
 from tcms.protocol.messages import M3, Description, MessageError
 from tcms.protocol.receiver import Receiver
 from tcms.protocol.sender import Sender
@@ -202,8 +202,6 @@ async def _answers(ctx: GatewayContext, box: Mailbox, user: str, folder: str, ev
 
 
 async def fire_deadlines(ctx: GatewayContext, now: int) -> int:
-    from tcms.protocol.events import Tick
-
     due = [r for r in await ctx.store.due_runs(now) if ctx.identity(r.owner) is not None]
     for rec in due:
         await apply(ctx, rec, Tick(), now)
