@@ -392,3 +392,74 @@ def test_two_replicas_share_postgresql_and_send_nothing_twice(orgs: Orgs) -> Non
         assert "protocol worker started" in replica.log_text()
     finally:
         replica.stop()
+
+
+def _sender_state(orgs: Orgs, subject: str) -> tuple[str, bytes]:
+    """(tx, stored state) of a.test's sender run with this subject."""
+    import asyncio
+
+    from tcms.store import Store
+
+    async def look() -> tuple[str, bytes]:
+        store = Store(orgs.a.db_url)
+        try:
+            for r in await store.list_runs(owner="alice@a.test"):
+                if r.role == "sender" and r.subject == subject:
+                    return r.tx, r.state
+            raise AssertionError(f"no sender run {subject!r}")
+        finally:
+            await store.close()
+
+    return asyncio.run(look())
+
+
+def test_malformed_forged_and_replayed_protocol_mail(orgs: Orgs) -> None:
+    """Protocol mail that is malformed or forged is set aside where the user can see it
+    (nothing is lost) and changes nothing; a replay is consumed as a repeat."""
+    from gateway import mailformat
+    from tcms.identity import Identity
+    from tcms.protocol import checks
+    from tcms.protocol.messages import Core
+    from tcms.protocol.sender import SenderState
+    from tcms.protocol.state import load_state
+
+    imap = orgs.proxy
+    mta = orgs.stack.smtp_port
+    # 1. malformed: claims to be m3, carries garbage
+    junk = (b"From: mallory@evil.test\r\nTo: bob@b.test\r\nSubject: junk protocol mail\r\n"
+            b"TCMS-Message: m3\r\nTCMS-Transaction: " + b"ab" * 16 + b"\r\n\r\nnot cbor\r\n")
+    with smtplib.SMTP("127.0.0.1", mta, timeout=30) as s:
+        s.sendmail("mallory@evil.test", ["bob@b.test"], junk)
+    wait_mail(imap, "bob@b.test", subject_starts("junk protocol mail"),
+              folder="Certified.Rejected")
+    # 2. forged: an m4 for a live exchange, signed by someone who is not bob
+    send(orgs, certified("[certified] Forgery target", "forged-9"), ["bob@b.test"])
+    uid, _ = notice_for(orgs, "bob@b.test", "Forgery target")
+    tx, state = _sender_state(orgs, "Forgery target")
+    st = load_state(SenderState, state)
+    assert st.eoo is not None
+    mallory = Identity.generate("bob@b.test")  # bob's name, not bob's key
+    forged = checks.sign_m4(mallory, Core.decode(st.core), st.eoo).encode()
+    mail = mailformat.build(forged, sender="bob@b.test", recipient="alice@a.test", tx=tx,
+                            domain="b.test", description="forged")
+    with smtplib.SMTP("127.0.0.1", mta, timeout=30) as s:
+        s.sendmail("bob@b.test", ["alice@a.test"], mail)
+    wait_mail(imap, "alice@a.test", lambda m: m["TCMS-Transaction"] == tx,
+              folder="Certified.Rejected")
+    assert _sender_state(orgs, "Forgery target")[1] == state  # nothing changed
+    # the real exchange is untouched: bob accepts, both sides finish
+    move(imap, "bob@b.test", uid, "Certified.Accept")
+    _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", "Forgery target"))
+    wait_mail(imap, "bob@b.test", original("forged-9"))
+    # 3. replayed: bob's genuine m4, sent again after the exchange ended
+    done = load_state(SenderState, _sender_state(orgs, "Forgery target")[1])
+    assert done.m4 is not None and done.m6 is not None
+    replay = mailformat.build(done.m4, sender="bob@b.test", recipient="alice@a.test", tx=tx,
+                              domain="b.test", description="replay")
+    with smtplib.SMTP("127.0.0.1", mta, timeout=30) as s:
+        s.sendmail("bob@b.test", ["alice@a.test"], replay)
+    time.sleep(3)
+    no_protocol_mail_left(orgs, "alice@a.test", "bob@b.test")
+    assert count(orgs, "alice@a.test", subject_starts("Receipt:", "Forgery target")) == 1
+    res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "forged-9.json")
+    assert res.returncode == 0 and "(received)" in res.stdout, res.stdout
