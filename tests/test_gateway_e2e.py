@@ -463,3 +463,24 @@ def test_malformed_forged_and_replayed_protocol_mail(orgs: Orgs) -> None:
     assert count(orgs, "alice@a.test", subject_starts("Receipt:", "Forgery target")) == 1
     res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "forged-9.json")
     assert res.returncode == 0 and "(received)" in res.stdout, res.stdout
+
+
+def test_the_ttp_is_down_when_a_deadline_passes(orgs: Orgs) -> None:
+    """R1S while the TSS, TTP and DC are down: the abort is retried until the TTP is back,
+    then both sides are told."""
+    imap = orgs.proxy
+    send(orgs, certified("[certified] While the TTP sleeps", "ttp-down-10"), ["carol@b.test"])
+    notice_for(orgs, "carol@b.test", "While the TTP sleeps")
+    orgs.services.stop()
+    try:
+        time.sleep(22)  # past the accept deadline: alice's gateway cannot reach the TTP
+        assert "(abort to ttp)" in orgs.a.log_text() and "retrying" in orgs.a.log_text()
+        assert count(orgs, "alice@a.test", subject_starts("Not delivered:",
+                                                          "While the TTP sleeps")) == 0
+    finally:
+        orgs.services.start()
+    _, raw = wait_mail(imap, "alice@a.test", subject_starts("Not delivered:",
+                                                            "While the TTP sleeps"), timeout=90)
+    res = orgs.verify(attachment(raw, "vnd.tcms.evidence+json"), "ttp-down-10.json")
+    assert res.returncode == 0 and "(aborted)" in res.stdout, res.stdout + res.stderr
+    wait_mail(imap, "carol@b.test", subject_starts("Expired:", "While the TTP sleeps"))
