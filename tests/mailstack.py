@@ -198,11 +198,15 @@ smtpd_tls_security_level = may
 maillog_file = {p}/maillog
 maillog_file_prefixes = {BASE}
 """)
+        # The system's main.cf must name our config directory.  Append (later lines win in
+        # Postfix) rather than replace, so a configured system Postfix keeps its settings.
         main = Path("/etc/postfix/main.cf")
-        wanted = (f"alternate_config_directories = {p}\n"
-                  f"maillog_file_prefixes = {BASE}, /var\n")
-        if not main.exists() or str(p) not in main.read_text():
-            main.write_text(wanted)
+        existing = main.read_text() if main.exists() else ""
+        if str(p) not in existing:
+            main.write_text(existing.rstrip("\n") + ("\n" if existing else "")
+                            + "# added by TCMS's test mail stack (tests/mailstack.py)\n"
+                            + f"alternate_config_directories = {p}\n"
+                            + f"maillog_file_prefixes = {BASE}, /var, /dev/stdout\n")
         with open(p / "start.log", "wb") as log:
             res = subprocess.run(["script", "-qc", f"postfix -c {p} start", "/dev/null"],
                                  stdout=log, stderr=subprocess.STDOUT, timeout=60)
