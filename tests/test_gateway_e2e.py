@@ -484,3 +484,18 @@ def test_the_ttp_is_down_when_a_deadline_passes(orgs: Orgs) -> None:
     res = orgs.verify(attachment(raw, "vnd.tcms.evidence+json"), "ttp-down-10.json")
     assert res.returncode == 0 and "(aborted)" in res.stdout, res.stdout + res.stderr
     wait_mail(imap, "carol@b.test", subject_starts("Expired:", "While the TTP sleeps"))
+
+
+def test_no_secret_reaches_a_log(orgs: Orgs) -> None:
+    """After everything above: users' passwords, the IMAP master password and the key
+    passphrase appear in no gateway or service log."""
+    from gateways import USERS
+    from mailstack import MASTER
+    from services import PASSPHRASE
+
+    send(orgs, certified("[certified] Log check", "log-11"), ["bob@b.test"])
+    notice_for(orgs, "bob@b.test", "Log check")
+    logs = orgs.a.log_text() + orgs.b.log_text() + orgs.services.log_text()
+    assert "AUTH ok for alice@a.test" in logs  # the logs are the real ones
+    for secret in [*USERS.values(), MASTER[1], PASSPHRASE]:
+        assert secret not in logs
