@@ -8,6 +8,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,44 @@ from tcms.store import Store
 log = logging.getLogger("tcms.gateway")
 
 
+class SmtpPool:
+    """Connections to the MTA, kept open between mails.  An idle connection is checked
+    with NOOP before it is used again and replaced if dead.  A send that fails is never
+    retried here: the caller decides (a 4xx to the client, or the outbox's retry)."""
+
+    def __init__(self, connect: Callable[[], aiosmtplib.SMTP], keep: int = 8) -> None:
+        self._connect = connect
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._keep = keep
+
+    async def acquire(self) -> aiosmtplib.SMTP:
+        while self._idle:
+            client = self._idle.pop()
+            try:
+                await client.noop(timeout=10)
+                return client
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                client.close()
+        client = self._connect()
+        await client.connect()
+        return client
+
+    async def reset(self, client: aiosmtplib.SMTP) -> None:
+        """After a refused mail: RSET, and keep the connection if that works."""
+        try:
+            await client.rset()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()
+            return
+        self.release(client)
+
+    def release(self, client: aiosmtplib.SMTP) -> None:
+        if client.is_connected and len(self._idle) < self._keep:
+            self._idle.append(client)
+        else:
+            client.close()
+
+
 @dataclass(frozen=True)
 class Upstream:
     """The organisation's real mail servers, and how the gateway speaks TLS to them."""
@@ -40,6 +79,12 @@ class Upstream:
     imap_port: int
     imap_tls: ssl.SSLContext | None = None  # implicit TLS to the IMAP server
     smtp_starttls: ssl.SSLContext | None = None  # STARTTLS required to the MTA
+    smtp: SmtpPool = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "smtp", SmtpPool(lambda: aiosmtplib.SMTP(
+            hostname=self.smtp_host, port=self.smtp_port, timeout=120, use_tls=False,
+            start_tls=self.smtp_starttls is not None, tls_context=self.smtp_starttls)))
 
     def imap_client(self, timeout: float = 60) -> aioimaplib.IMAP4:
         if self.imap_tls is not None:
@@ -49,12 +94,19 @@ class Upstream:
 
     async def send_mail(self, data: bytes, sender: str,
                         recipients: list[str]) -> tuple[dict[str, Any], str]:
-        """Hand a mail to the MTA (raises aiosmtplib errors); returns refused recipients
-        and the MTA's answer."""
-        result: tuple[dict[str, Any], str] = await aiosmtplib.send(
-            data, sender=sender, recipients=recipients, hostname=self.smtp_host,
-            port=self.smtp_port, timeout=120, use_tls=False,
-            start_tls=self.smtp_starttls is not None, tls_context=self.smtp_starttls)
+        """Hand a mail to the MTA over a pooled connection (raises aiosmtplib errors);
+        returns the refused recipients and the MTA's answer."""
+        client = await self.smtp.acquire()
+        try:
+            result: tuple[dict[str, Any], str] = await client.sendmail(sender, recipients,
+                                                                       data)
+        except aiosmtplib.SMTPResponseException:
+            await self.smtp.reset(client)  # the MTA refused this mail, not the session
+            raise
+        except BaseException:
+            client.close()
+            raise
+        self.smtp.release(client)
         return result
 
     @classmethod

@@ -20,6 +20,8 @@ from pathlib import Path
 BASE = Path("/tmp/tcms-mailstack")  # fixed: /etc/postfix/main.cf must name the config dir
 DOMAINS = ("a.test", "b.test")
 MASTER = ("gateway", "gateway-master-secret")
+REFUSED_RCPT = "refuse-me@b.test"  # Postfix answers 554 at RCPT
+REFUSED_HEADER = "X-Refuse-Me"  # Postfix answers 550 after DATA
 # What an organisation adds to its delivery (Dovecot LMTP + Pigeonhole): TCMS protocol mail
 # goes to the folder the gateway reads and its IMAP proxy hides.
 SIEVE = """require ["fileinto", "mailbox"];
@@ -173,6 +175,7 @@ plugin {{
                 line = " ".join(fields)
             out.append(line)
         (p / "master.cf").write_text("\n".join(out) + "\n")
+        (p / "header_checks").write_text(f"/^{REFUSED_HEADER}:/ REJECT refused by policy\n")
         transport = ", ".join(f"{dom}=lmtp:inet:127.0.0.1:{self.lmtp_port}" for dom in DOMAINS)
         (p / "main.cf").write_text(f"""
 compatibility_level = 3.6
@@ -187,6 +190,9 @@ mydestination =
 relay_domains = {" ".join(DOMAINS)}
 transport_maps = inline:{{ {transport} }}
 smtpd_relay_restrictions = permit_mynetworks, reject
+# refusals for tests: a recipient refused at RCPT, a header refused after DATA
+smtpd_recipient_restrictions = check_recipient_access inline:{{ {REFUSED_RCPT}=REJECT }}
+header_checks = regexp:{p}/header_checks
 alias_maps =
 local_recipient_maps =
 message_size_limit = 52428800
@@ -195,6 +201,7 @@ always_add_missing_headers = no
 smtpd_tls_cert_file = {self.cert}
 smtpd_tls_key_file = {BASE}/tls/server.key
 smtpd_tls_security_level = may
+smtpd_tls_loglevel = 1
 maillog_file = {p}/maillog
 maillog_file_prefixes = {BASE}
 """)

@@ -11,7 +11,7 @@ from email.header import Header
 
 import pytest
 from gateways import GatewayProc, Orgs
-from mailstack import MailStack
+from mailstack import REFUSED_HEADER, REFUSED_RCPT, MailStack
 from test_mailstack import wait_for
 
 from tcms.store import Store
@@ -126,3 +126,23 @@ def test_certified_mail_is_stored_and_never_sent_uncertified(
         wait_for(stack.imap_port, "bob@b.test", "bob-password", f"<{marker}@".encode(),
                  timeout=2)
 
+
+
+def test_a_refused_mail_leaves_the_upstream_session_usable(gateway: GatewayProc,
+                                                           stack: MailStack) -> None:
+    """The MTA refuses a mail (after DATA) or a recipient (at RCPT): the client hears the
+    refusal, and the next mails, through the kept-open upstream connections, arrive."""
+    with gateway.connect() as s:
+        s.login("alice@a.test", "alice-password")
+        for i in range(3):
+            refused = raw_mail("no", f"refused-{i}").replace(
+                b"X-Marker", f"{REFUSED_HEADER}: yes\r\nX-Marker".encode(), 1)
+            with pytest.raises(smtplib.SMTPDataError) as e:
+                s.sendmail("alice@a.test", ["bob@b.test"], refused)
+            assert e.value.smtp_code == 550 and b"refused by policy" in e.value.smtp_error
+            with pytest.raises(smtplib.SMTPDataError) as e:
+                s.sendmail("alice@a.test", [REFUSED_RCPT], raw_mail("no", f"rcpt-{i}"))
+            assert e.value.smtp_code == 550
+            s.sendmail("alice@a.test", ["bob@b.test"], raw_mail("yes", f"after-refusal-{i}"))
+    for i in range(3):
+        wait_for(stack.imap_port, "bob@b.test", "bob-password", f"after-refusal-{i}".encode())
