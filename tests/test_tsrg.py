@@ -7,13 +7,24 @@ import os
 import struct
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcms import cipher as ciphers
 from tsrg import TsrgCipher, TsrgError, TsrgRandom, TsrgSession, stats
 from tsrg.cipher import HEADER_LEN, class_index, class_length, filler_length
-from tsrg.generator import MAX_SEGMENT, MIN_SEGMENT, Randomizer
+from tsrg.generator import (
+    MAX_SEGMENT,
+    MIN_SEGMENT,
+    RESEED_REQUESTS,
+    STAGE1_BLOCK,
+    Randomizer,
+    aes_ctr_keystream,
+)
 
 KEY = b"\x04" * 32
 
@@ -28,34 +39,83 @@ def seeded_cipher(seed: bytes = b"\x03" * 32) -> TsrgCipher:
 def test_seeded_generator_known_answers() -> None:
     r = TsrgRandom.seeded(b"\x01" * 32)
     assert r.read(32).hex() == (
-        "1e67852a02cf18c682db0c9e10c6af37a67153f9691d3d3b674c6dbf65c611fd")
+        "f56ef8afe64a3d4494279dd87182861f65be7e578cbc438cf07a8a4275770e89")
     assert r.read(32).hex() == (
-        "cdd5e23178c7e902b32b7bf30e11117c2895d34f566abca5414cc59c9f7c412a")
+        "e00175a26ada543d9533699e54ab559ffc8f403bc6a0170c1b78fffbd82f9fb1")
     s = TsrgRandom.seeded(b"\x01" * 32)
     assert hashlib.sha256(s.stream(1 << 20)).hexdigest() == (
-        "7453939089a53210cf63ebe2ddbd4190ca7b339f6c0791e2b4561eaef07e3ab5")
+        "1ff7cc78e8e5c39a818bae7ed01ecaeb78dcb32fb1565cdfac97136c2a9dc1e6")
     seg = Randomizer(b"\x02" * 32).next_segment()
-    assert (seg.key.hex()[:32], seg.iv.hex(), seg.length) == (
-        "f6a12ca8ffc30a66ca140ccc72763361", "7f82dd63f4f75c33da444b72372be3aa", 327158)
+    assert (seg.key.hex()[:32], seg.nonce.hex(), seg.length) == (
+        "4aca33714d944be16e8a66e255e856ae", "8892e1b058c1a3cb354a58d2", 1564426)
+
+
+def test_keystreams_are_plain_chacha20_and_aes_ctr() -> None:
+    """Both stages compute their keystream through one-shot AEAD objects; it must be
+    exactly the plain ChaCha20 (RFC 8439) and AES-256-CTR keystream."""
+    key = bytes(range(32))
+    stage1 = Randomizer(key)
+    got = stage1.read(1500)
+    plain = b"".join(
+        Cipher(algorithms.ChaCha20(key, (1).to_bytes(4, "little") + i.to_bytes(12, "big")),
+               None).encryptor().update(bytes(STAGE1_BLOCK)) for i in range(3))
+    assert got == plain[:1500]
+    nonce = bytes(range(12))
+    ctr = Cipher(algorithms.AES(key), modes.CTR(nonce + (2).to_bytes(4, "big"))).encryptor()
+    assert aes_ctr_keystream(key, nonce, 5000) == ctr.update(bytes(5000))
+
+
+def _independent_open(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    """The off-line format as docs/tsrg.md describes it, from plain primitives only."""
+    header, body = blob[:24], blob[24:]
+    total = class_length(struct.unpack(">H", header[6:8])[0])
+    k1 = HKDF(hashes.SHA256(), 32, header[8:24], b"TSRG1/offline/" + header[:8]).derive(key)
+    stream = b"".join(
+        Cipher(algorithms.ChaCha20(k1, (1).to_bytes(4, "little") + i.to_bytes(12, "big")),
+               None).encryptor().update(bytes(512)) for i in range(2))
+    nbytes = (total.bit_length() + 7) // 8 + 1  # P: rejection sampling, big-endian
+    v = int.from_bytes(stream[:nbytes], "big")
+    assert v < (256**nbytes // total) * total
+    p, stream = v % total, stream[nbytes:]
+    seg_key, seg_nonce = stream[:32], stream[32:44]
+    assert MIN_SEGMENT + int.from_bytes(stream[44:48], "big") % (
+        MAX_SEGMENT - MIN_SEGMENT + 1) >= total  # one segment
+    frame = AESGCM(seg_key).decrypt(seg_nonce, body, struct.pack(">IB", 0, 1) +
+                                    hashlib.sha256(aad).digest())
+    linear = frame[p:] + frame[:p]
+    return linear[8:8 + int.from_bytes(linear[:8], "big")]
 
 
 def test_ciphertext_format_known_answers() -> None:
     c = seeded_cipher()
     blob = c.encrypt(KEY, b"Hello, TSRG", b"aad")
-    # "TSR1", profile 1, reserved 0, class 0x0080 (256 bytes), 16-byte nonce
-    assert blob[:8].hex() == "5453523101000080"
+    # "TSR2", profile 1, reserved 0, class 0x0810 (16 << 4 = 256 bytes), 16-byte nonce
+    assert blob[:8].hex() == "5453523201000810"
     assert len(blob) == HEADER_LEN + 256 + 16
     assert hashlib.sha256(blob).hexdigest() == (
-        "3dee6654d317d270117c4238b716a56b0cd0ad467f7b8b8f82ca7d61f87dfc8f")
+        "93ed9e3d05cb0d00c346005175d2579992c625b81945ea3fecb75affa4448196")
     assert c.decrypt(KEY, blob, b"aad") == b"Hello, TSRG"
+    assert _independent_open(KEY, blob, b"aad") == b"Hello, TSRG"
     big = c.encrypt(KEY, bytes(300000), b"aad")
-    assert len(big) == 327736 and hashlib.sha256(big).hexdigest() == (
-        "d357832c910f7c609d33c14c7120f164602d57bb7d77348e23d22cf0eb5c410e")
+    assert len(big) == 303144 and hashlib.sha256(big).hexdigest() == (
+        "df0c479d2deddf5dd2fbbfcb6d4931eeb341aec72689d08444d75b3d6e42447e")
     rec = TsrgSession(b"\x05" * 32, initiator=True,
                       random=TsrgRandom.seeded(b"\x06" * 32)).seal(b"ping", b"ctx")
-    assert rec[:14].hex() == "5453493100800000000000000000"
+    assert rec[:14].hex() == "5453493208100000000000000000"
     assert hashlib.sha256(rec).hexdigest() == (
-        "78c6d0f4ee65c7c02ddddc917f2581a7935f3826b1c13d21a8be654896604a56")
+        "37c34f089baf14c33c1b1ee70500459dbef680a98c83ff63564465c8f5c66b66")
+
+
+def test_buffer_api_round_trip_and_matches_bytes_api() -> None:
+    c = TsrgCipher()
+    for n in (0, 247, 248, 249, 70_000, 3 * MAX_SEGMENT + 5):
+        msg = os.urandom(n)
+        buf = c.encrypt_buffer(KEY, msg, b"x")
+        assert isinstance(buf, bytearray)
+        out = c.decrypt_buffer(KEY, buf, b"x")
+        assert out == msg and isinstance(out, bytearray)
+        assert c.decrypt(KEY, bytes(buf), b"x") == msg
+        out.extend(b"more")  # the result is an ordinary, resizable buffer
 
 
 # --- the generator ------------------------------------------------------------------------
@@ -63,11 +123,31 @@ def test_ciphertext_format_known_answers() -> None:
 
 def test_entropy_mode_differs_and_rekeys_after_each_request() -> None:
     a, b = TsrgRandom(b"s" * 32), TsrgRandom(b"s" * 32)
-    assert a.read(64) != b.read(64)  # OS entropy mixed at every reseed
+    assert a.read(64) != b.read(64)  # OS entropy mixed in from the start
     before = a.reseeds
     a.read(10)
     a.read(10)
     assert a.reseeds == before + 2  # every request rekeys: backtracking resistance
+
+
+def test_os_entropy_is_mixed_in_at_drawn_intervals() -> None:
+    calls: list[int] = []
+
+    def entropy(n: int) -> bytes:
+        calls.append(n)
+        return os.urandom(n)
+
+    rnd = Randomizer(b"\x09" * 32, entropy)
+    assert calls == [32]  # instantiation
+    for _ in range(RESEED_REQUESTS):  # small requests: at the latest every 64 of them
+        rnd.ratchet(32)
+    assert rnd.entropy_reseeds == 1 and len(calls) == 2
+    for _ in range(4):  # big requests: the byte budget (at most 2 MiB) runs out first
+        rnd.ratchet(MAX_SEGMENT)
+    assert rnd.entropy_reseeds == 5
+    g = TsrgRandom()
+    g.read(10 * MAX_SEGMENT)  # one long request: reseeds inside it, with OS entropy too
+    assert g.entropy_reseeds >= 4
 
 
 def test_stage1_key_is_replaced_at_every_segment() -> None:
@@ -123,11 +203,19 @@ def test_length_is_hidden_by_size_classes() -> None:
     c = seeded_cipher()
     sizes = {len(c.encrypt(KEY, bytes(n), b"")) for n in range(0, 248)}
     assert sizes == {HEADER_LEN + 256 + 16}
-    assert class_length(class_index(1000)) == 1024
-    assert class_length(class_index(1025)) == 1280
-    big = class_length(class_index(10 * 2**20 + 8))
-    assert 10 * 2**20 + 8 <= big <= (10 * 2**20 + 8) * 1.0625  # fine classes above 1 MiB
+    assert class_length(class_index(1000)) == 1024  # Padmé: multiples of 32 here
+    assert class_length(class_index(1025)) == 1088  # multiples of 64 from 1024
+    for need in (2**20 + 8, 10 * 2**20 + 8):
+        assert need <= class_length(class_index(need)) <= need * 1.032  # <= 3.1 % padding
+    for need in range(8, 300_000, 997):  # at most 12 % anywhere, and monotone
+        padded = class_length(class_index(need))
+        assert need <= padded <= max(256, need * 1.12)
+        assert class_length(class_index(padded)) == padded
     assert filler_length(0) == (class_index(8), 248)
+    # only canonical class numbers are accepted
+    for bad in ((9 << 8) | 32, (8 << 8) | 32, (10 << 8) | 15, (41 << 8) | 64, 0):
+        with pytest.raises(TsrgError, match="size class"):
+            class_length(bad)
 
 
 @pytest.mark.parametrize("size", [11, 300000])
@@ -159,9 +247,10 @@ def test_truncation_extension_wrong_key_wrong_aad() -> None:
 
 def test_segments_cannot_be_swapped() -> None:
     c = seeded_cipher()
-    blob = c.encrypt(KEY, os.urandom(400000), b"")
+    blob = c.encrypt(KEY, os.urandom(3 * MAX_SEGMENT), b"")
     body = blob[HEADER_LEN:]
-    # the first segment is at least 64 KiB; move a 64 KiB+16 block to the end
+    assert len(body) > 3 * MAX_SEGMENT + 2 * 16  # several segments, several tags
+    # the first segment is at least 256 KiB; move a 256 KiB+16 block to the end
     cut = MIN_SEGMENT + 16
     swapped = blob[:HEADER_LEN] + body[cut:] + body[:cut]
     with pytest.raises(TsrgError):
@@ -214,7 +303,7 @@ def test_tsrg_is_the_protocol_default() -> None:
     assert ciphers.default().alg_id == "tsrg-modern"
     run = start_run(b"Subject: x\r\n\r\ncertified")
     assert run.sender.core.header.cipher == "tsrg-modern"
-    assert run.sender.state.c[:4] == b"TSR1"
+    assert run.sender.state.c[:4] == b"TSR2"
 
 
 # --- statistical quality (quick subset; bench/tsrg_quality.py runs the full batteries) -----
@@ -229,7 +318,11 @@ def test_nist_quick_subset(name: str, good: bool) -> None:
     results = stats.nist(stats.source(name), sequences=1, tests=stats.QUICK)
     failed = [r.test for r in results if r.passed < r.sequences]
     if good:
-        assert failed == [], f"{name} failed {failed}"
+        # one sequence through 9 tests at alpha = 0.01 fails one of them 8.6 % of the time
+        # even for a perfect source: judge the family at 0.01 (Bonferroni), as the full
+        # battery judges proportions over 100 sequences instead
+        worst = {r.test: r.min_p for r in results if r.min_p < stats.ALPHA / len(results)}
+        assert worst == {}, f"{name} failed {worst}"
     else:
         assert len(failed) >= 5, f"{name} should fail most tests, failed only {failed}"
 
