@@ -61,9 +61,10 @@ class Segment:
     length: int
 
 
-def aes_ctr_keystream(key: bytes, nonce: bytes, n: int) -> bytes:
-    """n bytes of AES-256-CTR keystream from the counter block ``nonce || 2``."""
-    return AESGCM(key).encrypt(nonce, _ZEROS[:n], None)[:n]
+def aes_ctr_keystream(key: bytes, nonce: bytes, n: int) -> memoryview:
+    """n bytes (n <= MAX_SEGMENT) of AES-256-CTR keystream from the counter block
+    ``nonce || 2``: AES-GCM's encryption of zeros, without the tag."""
+    return memoryview(AESGCM(key).encrypt(nonce, _ZEROS[:n], None))[:n]
 
 
 class Randomizer:
@@ -197,12 +198,11 @@ class TsrgRandom:
         while True:  # every segment: its own stage-2 key, from its own stage-1 key
             seg = self._stage1.segment()
             take = min(n - pos, seg.length)
-            gcm = AESGCM(seg.key)
             if n - pos - take >= 16:  # room for GCM's tag, which the next segment overwrites
-                gcm.encrypt_into(seg.nonce, _ZEROS[:take], None, view[pos:pos + take + 16])
+                AESGCM(seg.key).encrypt_into(seg.nonce, _ZEROS[:take], None,
+                                             view[pos:pos + take + 16])
             else:
-                last = gcm.encrypt(seg.nonce, _ZEROS[:take], None)
-                view[pos:pos + take] = memoryview(last)[:take]
+                view[pos:pos + take] = aes_ctr_keystream(seg.key, seg.nonce, take)
             pos += take
             self._stage1.ratchet(take)
             if pos == n:
