@@ -267,7 +267,7 @@ class Orgs:
         for gw in (self.a, self.b):
             gw.stop()
         self.services.stop()
-        self.stack.stop()
+        self.stack.remove()
 
     def verify(self, bundle: bytes, name: str) -> subprocess.CompletedProcess[str]:
         path = self.workdir / name

@@ -8,16 +8,26 @@ Needs root and Debian's postfix, dovecot-imapd, dovecot-lmtpd (installed by .ci/
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BASE = Path("/tmp/tcms-mailstack")  # fixed: /etc/postfix/main.cf must name the config dir
+# Every stack lives in its own directory under ROOT, so two test runs on one machine never
+# share a Postfix queue, a Dovecot or a port.  Postfix accepts a config directory only if
+# the system's /etc/postfix/main.cf names it: the block between the markers below lists the
+# stacks that exist now (a stack that is gone is dropped from it the next time one starts).
+ROOT = Path("/tmp")
+PREFIX = "tcms-mailstack-"
+SYSTEM_MAIN_CF = Path("/etc/postfix/main.cf")
+BEGIN, END = "# >>> TCMS test mail stacks (tests/mailstack.py)", "# <<< TCMS test mail stacks"
 DOMAINS = ("a.test", "b.test")
 MASTER = ("gateway", "gateway-master-secret")
 REFUSED_RCPT = "refuse-me@b.test"  # Postfix answers 554 at RCPT
@@ -48,6 +58,31 @@ def _wait_port(port: int, seconds: float = 20) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+def _register_postfix_dir(confdir: Path) -> None:
+    """Name ``confdir`` (and every other live stack's) in the system's main.cf, under a lock
+    so that two runs starting at once do not lose each other's line."""
+    with open(ROOT / f".{PREFIX}lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = SYSTEM_MAIN_CF.read_text() if SYSTEM_MAIN_CF.exists() else ""
+        kept, skip = [], False
+        for line in text.splitlines():
+            if line == BEGIN:
+                skip = True
+            elif line == END:
+                skip = False
+            elif not skip and "added by TCMS's test mail stack" not in line \
+                    and "/tmp/tcms-mailstack" not in line:
+                kept.append(line)
+        live = sorted(str(d / "postfix") for d in ROOT.glob(PREFIX + "*")
+                      if (d / "postfix" / "queue" / "pid" / "master.pid").exists())
+        if str(confdir) not in live:
+            live.append(str(confdir))
+        block = [BEGIN, f"alternate_config_directories = {' '.join(live)}",
+                 f"maillog_file_prefixes = {ROOT}, /var, /dev/stdout", END]
+        body = "\n".join(kept).rstrip("\n")
+        SYSTEM_MAIN_CF.write_text((body + "\n" if body else "") + "\n".join(block) + "\n")
+
+
 @dataclass
 class MailStack:
     users: dict[str, str]  # address -> password
@@ -55,19 +90,23 @@ class MailStack:
     imap_port: int = field(default_factory=free_port)
     imaps_port: int = field(default_factory=free_port)
     lmtp_port: int = field(default_factory=free_port)
+    # single addresses routed by Postfix to another LMTP listener (a gateway's intake)
+    routes: dict[str, int] = field(default_factory=dict)
+    base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=PREFIX,
+                                                                     dir=ROOT)))
 
     @property
     def cert(self) -> Path:
         """The servers' certificate (CN and SAN 127.0.0.1), also the CA to trust."""
-        return BASE / "tls" / "server.crt"
+        return self.base / "tls" / "server.crt"
 
     @property
     def dovecot_dir(self) -> Path:
-        return BASE / "dovecot"
+        return self.base / "dovecot"
 
     @property
     def postfix_dir(self) -> Path:
-        return BASE / "postfix"
+        return self.base / "postfix"
 
     # --- Dovecot ---------------------------------------------------------------------
 
@@ -81,7 +120,7 @@ state_dir = {d}/state
 log_path = {d}/dovecot.log
 ssl = yes
 ssl_cert = <{self.cert}
-ssl_key = <{BASE}/tls/server.key
+ssl_key = <{self.base}/tls/server.key
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_login_user = dovenull
@@ -176,7 +215,7 @@ plugin {{
             out.append(line)
         (p / "master.cf").write_text("\n".join(out) + "\n")
         (p / "header_checks").write_text(f"/^{REFUSED_HEADER}:/ REJECT refused by policy\n")
-        transport = ", ".join(f"{dom}=lmtp:inet:127.0.0.1:{self.lmtp_port}" for dom in DOMAINS)
+        self._write_transport()
         (p / "main.cf").write_text(f"""
 compatibility_level = 3.6
 queue_directory = {p}/queue
@@ -188,7 +227,7 @@ mynetworks = 127.0.0.0/8
 myhostname = mx.tcms.test
 mydestination =
 relay_domains = {" ".join(DOMAINS)}
-transport_maps = inline:{{ {transport} }}
+transport_maps = texthash:{p}/transport
 smtpd_relay_restrictions = permit_mynetworks, reject
 # refusals for tests: a recipient refused at RCPT, a header refused after DATA
 smtpd_recipient_restrictions = check_recipient_access inline:{{ {REFUSED_RCPT}=REJECT }}
@@ -199,21 +238,13 @@ message_size_limit = 52428800
 local_header_rewrite_clients =
 always_add_missing_headers = no
 smtpd_tls_cert_file = {self.cert}
-smtpd_tls_key_file = {BASE}/tls/server.key
+smtpd_tls_key_file = {self.base}/tls/server.key
 smtpd_tls_security_level = may
 smtpd_tls_loglevel = 1
 maillog_file = {p}/maillog
-maillog_file_prefixes = {BASE}
+maillog_file_prefixes = {ROOT}
 """)
-        # The system's main.cf must name our config directory.  Append (later lines win in
-        # Postfix) rather than replace, so a configured system Postfix keeps its settings.
-        main = Path("/etc/postfix/main.cf")
-        existing = main.read_text() if main.exists() else ""
-        if str(p) not in existing:
-            main.write_text(existing.rstrip("\n") + ("\n" if existing else "")
-                            + "# added by TCMS's test mail stack (tests/mailstack.py)\n"
-                            + f"alternate_config_directories = {p}\n"
-                            + f"maillog_file_prefixes = {BASE}, /var, /dev/stdout\n")
+        _register_postfix_dir(p)
         with open(p / "start.log", "wb") as log:
             res = subprocess.run(["script", "-qc", f"postfix -c {p} start", "/dev/null"],
                                  stdout=log, stderr=subprocess.STDOUT, timeout=60)
@@ -221,8 +252,23 @@ maillog_file_prefixes = {BASE}
             raise RuntimeError(f"postfix did not start: {(p / 'start.log').read_text()}")
         _wait_port(self.smtp_port)
 
+    def _write_transport(self) -> None:
+        lines = [f"{addr} lmtp:inet:127.0.0.1:{port}" for addr, port in self.routes.items()]
+        lines += [f"{dom} lmtp:inet:127.0.0.1:{self.lmtp_port}" for dom in DOMAINS]
+        (self.postfix_dir / "transport").write_text("\n".join(lines) + "\n")
+
+    def route(self, address: str, port: int) -> None:
+        """Route one address to an LMTP listener on ``port`` (a gateway's intake), as an
+        administrator adds one ``transport_maps`` line; Postfix is reloaded."""
+        self.routes[address] = port
+        self._write_transport()
+        res = subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} reload",
+                              "/dev/null"], capture_output=True, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"postfix reload failed: {res.stdout!r}")
+
     def _make_cert(self) -> None:
-        tls = BASE / "tls"
+        tls = self.base / "tls"
         tls.mkdir()
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                         "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(tls / "server.key"),
@@ -234,14 +280,20 @@ maillog_file_prefixes = {BASE}
 
     def start(self) -> MailStack:
         self.stop()
-        if BASE.exists():
-            shutil.rmtree(BASE)
-        BASE.mkdir(parents=True)
-        os.chmod(BASE, 0o755)
+        if self.base.exists():
+            shutil.rmtree(self.base)
+        self.base.mkdir(parents=True)
+        os.chmod(self.base, 0o755)
+        atexit.register(self.stop)  # also when a test run is interrupted
         self._make_cert()
         self._start_dovecot()
         self._start_postfix()
         return self
+
+    def remove(self) -> None:
+        """Stop the servers and delete the stack's directory."""
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
 
     def stop(self) -> None:
         if (self.postfix_dir / "main.cf").exists():

@@ -86,7 +86,7 @@ def test_only_protocol_messages_travel_by_mail() -> None:
 def stack() -> Iterator[MailStack]:
     s = MailStack(USERS).start()
     yield s
-    s.stop()
+    s.remove()
 
 
 def test_protocol_bytes_survive_real_mtas(stack: MailStack) -> None:

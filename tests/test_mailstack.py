@@ -22,7 +22,7 @@ USERS = {"alice@a.test": "alice-password", "bob@b.test": "bob-password"}
 def stack() -> Iterator[MailStack]:
     s = MailStack(USERS).start()
     yield s
-    s.stop()
+    s.remove()
 
 
 def wait_for(imap_port: int, user: str, password: str, needle: bytes,
