@@ -17,11 +17,53 @@ from tcms.crypto import h, tagged
 KINDS = ("user", "gateway", "tss", "ttp", "dc")
 
 
+# What a party's name may be: an e-mail address whose local part is a dot-atom of RFC 5322
+# atext (no quoted strings, no spaces, no control characters) and whose domain is a host
+# name, lower-case, at most 64 + 1 + 189 characters.  Every name that crosses a trust
+# boundary (a submission's recipients, the parties named in a protocol message, the DC's
+# answers) is checked against it before it is used in a URL, a header or a lookup.
+_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-/=?^_`{|}~")
+_LABEL = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def party_name_error(name: str) -> str | None:
+    """Why ``name`` cannot be a party's name (an address), or None if it can.  Linear in
+    the length of ``name``; expects the normalised (lower-case) form."""
+    if not isinstance(name, str) or not name:
+        return "the address is empty"
+    if len(name) > 254:
+        return "the address is longer than 254 characters"
+    if name.count("@") != 1:
+        return "an address has exactly one @"
+    local, domain = name.split("@")
+    if not local or len(local) > 64:
+        return "the local part must have 1 to 64 characters"
+    if any(c not in _ATEXT and c != "." for c in local) or local.startswith(".") \
+            or local.endswith(".") or ".." in local:
+        return "the local part may hold only letters, digits, dots and !#$%&'*+-/=?^_`{|}~"
+    if local.startswith("tcms+"):
+        return "addresses starting with tcms+ are the gateway's own"
+    labels = domain.split(".")
+    if any(not lab or len(lab) > 63 or any(c not in _LABEL for c in lab)
+           or lab.startswith("-") or lab.endswith("-") for lab in labels):
+        return "the domain must be a host name (letters, digits, hyphens, dots)"
+    return None
+
+
+def check_party_name(name: str) -> str:
+    """``name`` normalised, or ValueError naming why it cannot be a party's name."""
+    norm = normalise_name(name)
+    why = party_name_error(norm)
+    if why is not None:
+        raise ValueError(f"{name[:80]!r} cannot be certified: {why}")
+    return norm
+
+
 def normalise_name(name: str) -> str:
     """Addresses compare case-insensitively; store them lower-case and stripped."""
     name = name.strip().lower()
-    if not name or any(c.isspace() for c in name) or len(name) > 254:
-        raise ValueError(f"not a valid identity name: {name!r}")
+    if not name or any(c.isspace() or not c.isprintable() for c in name) or len(name) > 254:
+        raise ValueError(f"not a valid identity name: {name[:80]!r}")
     return name
 
 
