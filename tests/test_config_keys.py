@@ -61,6 +61,15 @@ def test_unknown_keys_and_bad_toml_are_errors(tmp_path: Path) -> None:
         config.load(tmp_path / "missing.toml")
 
 
+def test_max_recipients_defaults_to_postfixs_limit_and_is_checked(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, "")).gateway.max_recipients == 1000
+    assert config.load(write(tmp_path, "[gateway]\nmax_recipients = 50\n")
+                       ).gateway.max_recipients == 50
+    for bad in ("0", "100001", '"many"'):
+        with pytest.raises(config.ConfigError, match=r"gateway\.max_recipients"):
+            config.load(write(tmp_path, f"[gateway]\nmax_recipients = {bad}\n"))
+
+
 def test_inconsistent_windows(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="resolve_window"):
         config.load(write(tmp_path, '[protocol]\nm5_window = "2d"\nresolve_window = "1d"\n'))
