@@ -325,7 +325,7 @@ async def _start_gateway(settings: config_mod.Settings) -> None:
 
     handler = submission.SubmissionHandler(
         ctx.store, ctx.upstream, g.tag, on_login=ctx.enroll, on_submit=worker.kick,
-        answer=answer_by_mail, domains=tuple(g.domains))
+        answer=answer_by_mail, domains=tuple(g.domains), max_recipients=g.max_recipients)
     tls = submission.tls_context(str(g.tls_cert), str(g.tls_key))
     await submission.start(handler, tls=tls, submission=g.split(g.submission),
                            smtps=g.split(g.smtps), max_size=g.max_message_size)

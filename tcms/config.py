@@ -159,6 +159,7 @@ class GatewayConfig(BaseModel):
     upstream_smtp_tls: Literal["none", "starttls"] = "none"  # starttls: required
     upstream_ca_file: Path | None = None  # CA to verify them (default: the system's)
     max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 1000  # per mail, as Postfix's smtpd_recipient_limit; more: 452
     tag: str = "[certified]"
     # who the gateway is and whom it serves
     identity: str = "gateway@tcms.local"  # its own key: signs DC requests and notices
@@ -209,6 +210,13 @@ class GatewayConfig(BaseModel):
         if any(not d or "@" in d or " " in d for d in out):
             raise ValueError("must be mail domains such as example.org")
         return out
+
+    @field_validator("max_recipients")
+    @classmethod
+    def _max_recipients(cls, v: int) -> int:
+        if not 1 <= v <= 100_000:
+            raise ValueError("must be between 1 and 100000")
+        return v
 
     @field_validator("poll_interval", "answer_poll_interval")
     @classmethod
