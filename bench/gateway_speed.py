@@ -3,11 +3,16 @@
 1. untagged relaying: Postfix's smtp-source into smtp-sink directly, then the same
    messages from one Python SMTP client straight into smtp-sink and through the gateway
    (STARTTLS, AUTH) into smtp-sink: messages/s and the gateway/direct ratio;
-2. complete certified exchanges (submission, notice, accept, original, receipt) per
-   second with two gateways on PostgreSQL, and p50/p95 time from submission to receipt;
+2. the floor of the mail stack beneath (Postfix -> LMTP -> Dovecot deliveries/s and IMAP
+   APPEND/s, 4 of each per exchange), then complete certified exchanges (submission,
+   notice, accept, original, receipt) per second with two gateways on PostgreSQL, at an
+   offered 10/s and at full speed, their ratio to the floor, and p50/p95 of submission ->
+   notice and accept -> receipt as the users' clients see them;
 3. peak memory (VmHWM) of both gateway processes around one 25 MB certified exchange.
 
-    python bench/gateway_speed.py [--messages 400] [--exchanges 30]
+    python bench/gateway_speed.py [--only exchanges] [--exchanges 60]
+
+Ends with `RESULT exchanges_per_s=… floor_per_s=… ratio=… p50_notice_s=… p50_receipt_s=…`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import os
 import re
 import shutil
 import smtplib
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,7 @@ sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent)]
 
 from conftest import pg_database  # noqa: E402
 from gateways import (  # noqa: E402
+    WINDOWS,
     GatewayProc,
     Orgs,
     move,
@@ -120,66 +125,173 @@ def relay_bench(orgs: Orgs, n: int) -> None:
     print(f"  ratio gateway / direct (same client)        {via / direct:8.2f}")
 
 
-def accept_all(orgs: Orgs, want: int, stop: threading.Event) -> None:
-    """Bob's client: one IMAP session through his gateway, moving each new notice into
-    Certified.Accept as soon as a search finds it."""
-    with orgs.proxy.open("bob@b.test") as imap:
-        done = 0
-        while done < want and not stop.is_set():
-            imap.select("INBOX")
-            _, data = imap.uid("SEARCH", None, "SUBJECT", '"Certified mail from"')  # type: ignore[arg-type]
-            uids = data[0].split()  # type: ignore[union-attr]
-            if uids:
-                imap.uid("MOVE", b",".join(uids), "Certified.Accept")  # type: ignore[arg-type]
-                done += len(uids)
+def mta_floor(orgs: Orgs, n: int) -> tuple[float, float, float]:
+    """What the mail stack beneath the gateways carries: Postfix -> LMTP -> Dovecot
+    deliveries/s (4 SMTP sessions, counted done when Dovecot has saved every one) and IMAP
+    APPEND/s (4 sessions); an exchange needs about 4 of each, so the floor is
+    1 / (4 / deliveries + 4 / appends) exchanges/s."""
+    marker = f"floor-{time.time_ns()}"
+
+    def deliver(k: int, per: int) -> None:
+        with smtplib.SMTP("127.0.0.1", orgs.stack.smtp_port, timeout=60) as s:
+            for i in range(per):
+                s.sendmail("alice@a.test", ["carol@b.test"],
+                           f"Subject: {marker} {k}-{i}\r\n\r\n".encode() + BODY)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=deliver, args=(k, n // 4)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.time() + 300
+    while _saved_count(orgs, marker) < n // 4 * 4 and time.time() < deadline:
+        time.sleep(0.05)
+    deliveries = n // 4 * 4 / (time.perf_counter() - t0)
+
+    def append(k: int, per: int) -> None:
+        imap = orgs.direct.open("dave@b.test")
+        for i in range(per):
+            imap.append("INBOX", None, None,  # type: ignore[arg-type]
+                        f"Subject: {marker} append {k}-{i}\r\n\r\n".encode() + BODY)
+        imap.logout()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=append, args=(k, n // 4)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    appends = n // 4 * 4 / (time.perf_counter() - t0)
+    return deliveries, appends, 1 / (4 / deliveries + 4 / appends)
+
+
+def _saved_count(orgs: Orgs, marker: str) -> int:
+    with orgs.direct.open("carol@b.test") as imap:
+        imap.select("INBOX")
+        _, data = imap.search(None, "SUBJECT", f'"{marker}"')  # type: ignore[arg-type]
+        return len(data[0].split())  # type: ignore[union-attr]
+
+
+class Clients:
+    """Bob's and alice's mail clients, through their gateways' IMAP proxies: bob moves
+    each notice into Certified.Accept as soon as he sees it; alice watches for receipts.
+    Every time is the moment a client saw or did something."""
+
+    def __init__(self, orgs: Orgs, want: int) -> None:
+        self.orgs, self.want = orgs, want
+        self.notice_seen: dict[str, float] = {}
+        self.accepted: dict[str, float] = {}
+        self.receipt_seen: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._bob), threading.Thread(target=self._alice)]
+
+    def __enter__(self) -> Clients:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while len(self.receipt_seen) < self.want and time.time() < deadline:
             time.sleep(0.05)
 
+    def _subjects(self, imap: object, words: str) -> dict[bytes, str]:
+        imap.select("INBOX")  # type: ignore[attr-defined]
+        _, data = imap.uid("SEARCH", None, "SUBJECT", f'"{words}"')  # type: ignore[attr-defined]
+        uids = data[0].split()
+        if not uids:
+            return {}
+        _, got = imap.uid("FETCH", b",".join(uids),  # type: ignore[attr-defined]
+                          "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        out = {}
+        for item in got:
+            if isinstance(item, tuple):
+                uid = re.search(rb"UID (\d+)", item[0])
+                m = re.search(r"bench exchange \d{5}", str(parse(bytes(item[1]))["Subject"]))
+                if uid and m:
+                    out[uid.group(1)] = m.group(0)
+        return out
 
-def watch_receipts(orgs: Orgs, want: int, got: dict[str, float]) -> None:
-    """Alice's client: the time each receipt is first seen, by its subject."""
-    deadline = time.time() + 600
-    with orgs.proxy.open("alice@a.test") as imap:
+    def _bob(self) -> None:
+        with self.orgs.proxy.open("bob@b.test") as imap:
+            while not self.stop.is_set() and len(self.accepted) < self.want:
+                found = self._subjects(imap, "Certified mail from")
+                now = time.time()
+                for key in found.values():
+                    self.notice_seen.setdefault(key, now)
+                if found:
+                    imap.uid("MOVE", b",".join(found), "Certified.Accept")  # type: ignore[arg-type]
+                    now = time.time()
+                    for key in found.values():
+                        self.accepted.setdefault(key, now)
+                time.sleep(0.02)
+
+    def _alice(self) -> None:
         seen: set[bytes] = set()
-        while len(got) < want and time.time() < deadline:
-            imap.select("INBOX")
-            _, data = imap.uid("SEARCH", None, "SUBJECT", '"bench exchange"')  # type: ignore[arg-type]
-            for uid in data[0].split():  # type: ignore[union-attr]
-                if uid in seen:
-                    continue
-                _, head = imap.uid("FETCH", uid, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")  # type: ignore[arg-type]
-                subject = str(parse(bytes(head[0][1]))["Subject"])  # type: ignore[index]
-                seen.add(uid)
-                m = re.search(r"bench exchange \d{4}", subject)
-                if subject.startswith("Receipt:") and m:
-                    got[m.group(0)] = time.time()
-            time.sleep(0.05)
+        with self.orgs.proxy.open("alice@a.test") as imap:
+            while not self.stop.is_set() and len(self.receipt_seen) < self.want:
+                for uid, key in self._subjects(imap, "Receipt:").items():
+                    if uid not in seen:
+                        seen.add(uid)
+                        self.receipt_seen.setdefault(key, time.time())
+                time.sleep(0.02)
 
 
-def exchange_bench(orgs: Orgs, n: int) -> None:
-    stop = threading.Event()
-    accepter = threading.Thread(target=accept_all, args=(orgs, n, stop))
-    accepter.start()
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def exchange_run(orgs: Orgs, n: int, rate: float | None, first: int) -> dict[str, float]:
+    """Send n certified mails (at ``rate`` per second, or all at once) and time them."""
     sent: dict[str, float] = {}
-    t0 = time.time()
-    with orgs.a.smtp("alice@a.test") as s:
-        for i in range(n):
-            subject = f"bench exchange {i:04d}"
-            sent[subject] = time.time()
-            s.sendmail("alice@a.test", ["bob@b.test"],
-                       f"Subject: [certified] {subject}\r\nFrom: alice@a.test\r\n"
-                       f"To: bob@b.test\r\n\r\n".encode() + BODY)
-    got: dict[str, float] = {}
-    watch_receipts(orgs, n, got)
-    stop.set()
-    accepter.join()
-    total = max(got.values()) - t0
-    lat = sorted(got[k] - sent[k] for k in got)
-    p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
-    print(f"\n== certified exchanges, both gateways on PostgreSQL, {n} sent at once ==")
-    print(f"  completed {len(got)}/{n} in {total:.1f} s: {len(got) / total:.2f} exchanges/s")
-    print(f"  submission -> receipt: p50 {statistics.median(lat):.2f} s, p95 {p95:.2f} s")
-    print("  (includes the recipient's client noticing and accepting; gateways poll every "
-          "0.5 s)")
+    with Clients(orgs, n) as clients:
+        t0 = time.time()
+        with orgs.a.smtp("alice@a.test") as s:
+            for i in range(n):
+                if rate:
+                    time.sleep(max(0.0, t0 + i / rate - time.time()))
+                key = f"bench exchange {first + i:05d}"
+                sent[key] = time.time()
+                s.sendmail("alice@a.test", ["bob@b.test"],
+                           f"Subject: [certified] {key}\r\nFrom: alice@a.test\r\n"
+                           f"To: bob@b.test\r\n\r\n".encode() + BODY)
+        clients.wait(600)
+    done = clients.receipt_seen
+    total = max(done.values()) - t0 if done else float("inf")
+    notice = [clients.notice_seen[k] - sent[k] for k in clients.notice_seen if k in sent]
+    receipt = [done[k] - clients.accepted[k] for k in done if k in clients.accepted]
+    return {"completed": len(done), "per_s": len(done) / total,
+            "p50_notice": pct(notice, 0.5), "p95_notice": pct(notice, 0.95),
+            "p50_receipt": pct(receipt, 0.5), "p95_receipt": pct(receipt, 0.95)}
+
+
+def exchange_bench(orgs: Orgs, n: int, floor_n: int) -> None:
+    deliveries, appends, floor = mta_floor(orgs, floor_n)
+    print(f"\n== the mail stack beneath (Postfix -> LMTP -> Dovecot), {floor_n} mails ==")
+    print(f"  deliveries {deliveries:8.1f} /s   APPEND {appends:8.1f} /s   "
+          f"floor (4 of each per exchange) {floor:6.1f} exchanges/s")
+    paced = exchange_run(orgs, max(20, n // 2), 10.0, 0)
+    full = exchange_run(orgs, n, None, 50_000)
+    ratio = full["per_s"] / floor
+    print("\n== certified exchanges, both gateways on PostgreSQL ==")
+    for name, r in (("offered 10/s", paced), ("full speed", full)):
+        print(f"  {name:<13} {int(r['completed']):4d} done, {r['per_s']:6.2f} exchanges/s;  "
+              f"submission->notice p50 {r['p50_notice']:.2f} s p95 {r['p95_notice']:.2f} s;  "
+              f"accept->receipt p50 {r['p50_receipt']:.2f} s p95 {r['p95_receipt']:.2f} s")
+    print(f"  ratio to the floor (full speed)  {ratio:.2f}   (goal >= 0.6)")
+    print(f"RESULT exchanges_per_s={full['per_s']:.2f} floor_per_s={floor:.1f} "
+          f"ratio={ratio:.3f} p50_notice_s={paced['p50_notice']:.3f} "
+          f"p50_receipt_s={paced['p50_receipt']:.3f} p95_notice_s={paced['p95_notice']:.3f} "
+          f"p95_receipt_s={paced['p95_receipt']:.3f}")
 
 
 def vm_hwm(pid: int) -> int:
@@ -223,17 +335,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=400, help="untagged messages per path")
-    ap.add_argument("--exchanges", type=int, default=30, help="certified exchanges")
+    ap.add_argument("--exchanges", type=int, default=60, help="certified exchanges")
+    ap.add_argument("--floor-mails", type=int, default=400,
+                    help="mails (and APPENDs) to measure the mail stack's floor")
+    ap.add_argument("--only", choices=["relay", "exchanges", "memory"], action="append",
+                    help="run only these parts (default: all)")
     args = ap.parse_args()
+    parts = args.only or ["relay", "exchanges", "memory"]
+    # windows long enough that no exchange expires under load (the tests' are short)
+    WINDOWS.update({"ACCEPT_WINDOW": "3600", "M5_WINDOW": "600", "M6_WINDOW": "600"})
     work = Path(tempfile.mkdtemp(prefix="tcms-bench-"))
     dbs = [pg_database() for _ in range(3)]
     urls = [asyncio.run(db.__aenter__()) for db in dbs]
     print(f"starting Postfix, Dovecot, the services and two gateways in {work} ...")
     orgs = start_orgs(work, *urls)
     try:
-        relay_bench(orgs, args.messages)
-        exchange_bench(orgs, args.exchanges)
-        memory_bench(orgs)
+        if "relay" in parts:
+            relay_bench(orgs, args.messages)
+        if "memory" in parts:
+            memory_bench(orgs)
+        if "exchanges" in parts:
+            exchange_bench(orgs, args.exchanges, args.floor_mails)
     finally:
         orgs.stop()
         for db in dbs:

@@ -30,6 +30,7 @@ from tcms.protocol.messages import Deadlines
 from tcms.store import Store
 
 log = logging.getLogger("tcms.gateway")
+KEY_CACHE = 60  # seconds a DC answer about a key is used again without asking
 
 
 class SmtpPool:
@@ -137,6 +138,7 @@ class GatewayContext:
     queues: Queues
     _identities: dict[str, Identity] = field(default_factory=dict)
     _gateways: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _parties: dict[str, tuple[Party | None, float]] = field(default_factory=dict)
 
     @property
     def domains(self) -> list[str]:
@@ -182,13 +184,27 @@ class GatewayContext:
             log.info("enrolled %s (key %s)", ident.name, ident.party.fingerprint[:14])
         current = await self.party_of(ident.name)
         if current != ident.party:
+            self._parties.pop(ident.name, None)
+            current = await self.party_of(ident.name)
+        if current != ident.party:
             version = await self.dc.publish(self.me, ident.party)
+            self._parties.pop(ident.name, None)
             log.info("published the key of %s at the DC (version %d)", ident.name, version)
         return ident
 
     async def party_of(self, address: str) -> Party | None:
-        """The DC's current key for ``address`` (None: not certifiable)."""
-        return await self.dc.usable_party(normalise_name(address))
+        """The DC's current key for ``address`` (None: not certifiable), remembered for
+        ``KEY_CACHE`` seconds: a key the DC revokes stops being used within that time."""
+        name = normalise_name(address)
+        now = time.monotonic()
+        cached = self._parties.get(name)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        party = await self.dc.usable_party(name)
+        if len(self._parties) > 10_000:
+            self._parties.clear()
+        self._parties[name] = (party, now + (KEY_CACHE if party is not None else 5))
+        return party
 
     def protocol_address(self, domain: str) -> str:
         """This gateway's own protocol address in one of its domains."""

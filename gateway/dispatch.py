@@ -5,10 +5,8 @@ local user must see APPENDed to their mailbox exactly once."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiosmtplib
@@ -30,44 +28,10 @@ from tcms.web import CBOR
 log = logging.getLogger("tcms.gateway.outbox")
 LEASE = 30  # seconds a claimed message is ours before another worker may retry it
 MAX_TSS_ATTEMPTS = 8
-CONCURRENCY = 8  # exchanges whose messages are sent at the same time
 
 
 class Retry(Exception):
     """A temporary failure: try this message again later."""
-
-
-Isolate = Callable[[str, "str | int", int, Callable[[], Awaitable[object]], str],
-                   Awaitable[None]]
-
-
-async def drain(ctx: GatewayContext, now: int, isolated: Isolate | None = None) -> int:
-    """Send what is due; returns how many messages were handled.  Different exchanges go
-    out concurrently (at most CONCURRENCY at once); one exchange's messages keep their
-    order (a receipt is rendered after the stamp it shows).  Each message is its own unit
-    of work: ``isolated`` runs it, and retries or quarantines it if it raises."""
-    rows = await ctx.store.claim_outbox(now, LEASE)
-    by_run: dict[tuple[bytes, str], list[dict[str, Any]]] = {}
-    for row in rows:
-        by_run.setdefault((bytes(row["cid"]), row["role"]), []).append(row)
-    gate = asyncio.Semaphore(CONCURRENCY)
-
-    async def send_all(queue: list[dict[str, Any]]) -> None:
-        async with gate:
-            for row in queue:
-                if isolated is None:
-                    await dispatch(ctx, row, now)
-                else:
-                    await isolated("outbox", int(row["id"]), int(row["attempts"]),
-                                   _bind(ctx, row, now),
-                                   f"{row['kind']} to {row['destination']}")
-
-    await asyncio.gather(*(send_all(q) for q in by_run.values()))
-    return len(rows)
-
-
-def _bind(ctx: GatewayContext, row: dict[str, Any], now: int) -> Callable[[], Awaitable[None]]:
-    return lambda: dispatch(ctx, row, now)
 
 
 async def _run_of(ctx: GatewayContext, row: dict[str, Any]) -> RunRecord | None:
@@ -160,7 +124,7 @@ async def to_mailbox(ctx: GatewayContext, row: dict[str, Any], now: int) -> None
     owner = row["owner"]
     rec = await _run_of(ctx, row)
     delivery_id = f"{bytes(row['cid']).hex()[:32]}.{row['id']}"
-    async with ctx.imap.open(owner) as box:
+    async with ctx.imap.session(owner) as box:
         mail = await render(ctx, box, row, rec, delivery_id)
         if mail is not None:
             added = await box.append_once("INBOX", mail, notices.DELIVERY_ID, delivery_id,

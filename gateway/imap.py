@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -29,8 +30,64 @@ class MasterLogin:
     separator: str = "*"
     known: set[str] = field(default_factory=set, compare=False, repr=False)  # user/folder
 
+    # sessions kept open between uses (a TLS handshake and a login saved each time)
+    idle: dict[str, list[tuple[Mailbox, float]]] = field(default_factory=dict, compare=False,
+                                                          repr=False)
+    keep_seconds: float = 20.0
+    keep_per_user: int = 2
+    keep_total: int = 64
+
     def open(self, user: str) -> Mailbox:
+        """A new session, closed when the ``async with`` ends."""
         return Mailbox(self, user)
+
+    @contextlib.asynccontextmanager
+    async def session(self, user: str) -> AsyncIterator[Mailbox]:
+        """A session on ``user``'s mailbox, reused if one is idle (checked with NOOP) and
+        kept for ``keep_seconds`` afterwards.  A session whose work failed is closed."""
+        box = await self._take(user)
+        try:
+            yield box
+        except BaseException:
+            await box.close()
+            raise
+        self._give(user, box)
+
+    async def _take(self, user: str) -> Mailbox:
+        pool = self.idle.get(user, [])
+        while pool:
+            box, since = pool.pop()
+            if time.monotonic() - since < self.keep_seconds:
+                try:
+                    await box.noop()
+                    return box
+                except ImapError:
+                    pass
+            await box.close()
+        box = Mailbox(self, user)
+        await box.__aenter__()
+        return box
+
+    def _give(self, user: str, box: Mailbox) -> None:
+        pool = self.idle.setdefault(user, [])
+        total = sum(len(p) for p in self.idle.values())
+        if len(pool) < self.keep_per_user and total < self.keep_total:
+            pool.append((box, time.monotonic()))
+        else:
+            box.discard()
+
+    async def sweep(self) -> None:
+        """Close sessions idle for longer than ``keep_seconds``."""
+        now = time.monotonic()
+        for user, pool in list(self.idle.items()):
+            keep = [(b, t) for b, t in pool if now - t < self.keep_seconds]
+            for box, t in pool:
+                if now - t >= self.keep_seconds:
+                    await box.close()
+            if keep:
+                self.idle[user] = keep
+            else:
+                del self.idle[user]
 
 
 def _quote(text: str) -> str:
@@ -62,9 +119,23 @@ class Mailbox:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
         with contextlib.suppress(TimeoutError, OSError, aioimaplib.Abort,
-                                 aioimaplib.CommandTimeout):
+                                 aioimaplib.CommandTimeout, Exception):
             await self.client.logout()
+
+    def discard(self) -> None:
+        """Drop the connection without a LOGOUT round trip."""
+        with contextlib.suppress(Exception):
+            self.client.protocol.transport.close()
+
+    async def noop(self) -> None:
+        try:
+            await self._ok("NOOP", await self.client.noop())
+        except (TimeoutError, OSError, aioimaplib.Abort, aioimaplib.CommandTimeout) as exc:
+            raise ImapError(f"NOOP failed for {self.user}: {exc}") from None
 
     async def _ok(self, what: str, res: aioimaplib.Response) -> list[bytes]:
         if res.result != "OK":

@@ -49,14 +49,13 @@ def rejected(detail: str) -> Outcome:
     return Outcome("rejected", detail)
 
 
-async def handle(ctx: GatewayContext, item_id: int, raw: bytes, now: int) -> Outcome:
+async def handle(ctx: GatewayContext, raw: bytes, now: int) -> Outcome:
     try:
         pm = mailformat.parse(raw)
     except mailformat.MailFormatError as exc:
         return rejected(f"mail.format: {exc}")
     if pm is None:
         return rejected("mail.format: not a TCMS protocol mail (no TCMS-Message header)")
-    await ctx.queues.note_inbound(item_id, pm.kind, pm.tx)
     if pm.kind == "m3":
         return await take_m3(ctx, pm.data, now)
     return await take_step(ctx, pm.kind, pm.data, now)

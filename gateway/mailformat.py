@@ -18,6 +18,7 @@ from __future__ import annotations
 import binascii
 import email.policy
 import email.utils
+import re
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -81,6 +82,21 @@ def is_protocol_mail(raw: bytes) -> bool:
     """A cheap look at the headers: is this TCMS protocol mail (to hide from users)?"""
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     return any(line.lower().startswith(b"tcms-message:") for line in head.splitlines())
+
+
+_HINT = re.compile(rb"^tcms-(message|transaction):[ \t]*([A-Za-z0-9]{1,40})[ \t]*\r?$",
+                   re.IGNORECASE | re.MULTILINE)
+
+
+def hints(raw: bytes) -> tuple[str, str]:
+    """(kind, tx) as the headers claim them, for the administrator's view of mail that
+    may not parse: lower-case, a known kind or "", 32 hex digits or ""."""
+    head = raw[:64 * 1024].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    found = {m.group(1).lower(): m.group(2).decode().lower() for m in _HINT.finditer(head)}
+    kind = found.get(b"message", "")
+    tx = found.get(b"transaction", "")
+    return (kind if kind in EXPLAIN else "",
+            tx if len(tx) == 32 and all(c in "0123456789abcdef" for c in tx) else "")
 
 
 def parse(raw: bytes) -> ProtocolMail | None:

@@ -179,13 +179,15 @@ class Queues:
     # --- outcomes -------------------------------------------------------------------
 
     async def finish(self, kind: str, key: str | int, now: int, *, status: str = "done",
-                     detail: str = "") -> None:
-        """End a claimed row: ``done`` or ``rejected`` (with its named reason)."""
+                     detail: str = "", hints: tuple[str, str] = ("", "")) -> None:
+        """End a claimed row: ``done`` or ``rejected`` (with its named reason); for inbound
+        mail, ``hints`` is the (kind, tx) its headers claim."""
         async with self.store.transaction() as conn:
             if kind == "inbound":
                 await conn.execute(update(m.inbound).where(m.inbound.c.id == int(key)).values(
                     status=status, detail=detail[:ERROR_LIMIT], finished_at=now,
-                    next_attempt=None, raw=b"" if status == "done" else m.inbound.c.raw))
+                    next_attempt=None, raw=b"" if status == "done" else m.inbound.c.raw,
+                    kind=hints[0] or None, tx=hints[1] or None))
             elif kind == "answers":
                 await conn.execute(update(m.answer_checks).where(
                     m.answer_checks.c.owner == str(key),
@@ -198,11 +200,6 @@ class Queues:
                     status=status, detail=detail[:ERROR_LIMIT], next_attempt=None))
             else:
                 raise ValueError(f"finish: unknown kind {kind!r}")
-
-    async def note_inbound(self, key: int, kind: str, tx: str) -> None:
-        async with self.store.transaction() as conn:
-            await conn.execute(update(m.inbound).where(m.inbound.c.id == key).values(
-                kind=kind[:16], tx=tx[:32]))
 
     async def fail(self, kind: str, key: str | int, attempts: int, now: int,
                    error: str) -> str:

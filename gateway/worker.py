@@ -9,31 +9,33 @@ rows from SQL (gateway/queue.py) and handling every row on its own.
 - outbox: m1 to the TSS, m3-m6 to the peer gateway, requests to the TTP, mails for users
   (gateway/dispatch.py).
 
-One item never delays another: items run concurrently (at most ``CONCURRENCY`` per loop),
-and an item that raises is retried with backoff or quarantined without touching the rest
-(logged once with its traceback when the failure is unexpected).  All state is in SQL, so
-a restarted or second worker carries on where another stopped; a local kick (the intake,
-the submission proxy, the IMAP proxy) wakes the loops at once, and every loop also looks
-for work every ``poll_interval`` seconds (work stored by another replica).
+One item never delays another: each kind of work is a lane that keeps up to
+``CONCURRENCY`` items in flight and claims the next as soon as one finishes, and an item
+that raises is retried with backoff or quarantined without touching the rest (logged once
+with its traceback when the failure is unexpected).  All state is in SQL, so a restarted
+or second worker carries on where another stopped; a local kick (the intake, the
+submission proxy, the IMAP proxy, a finished item) wakes the lanes at once, and every lane
+also looks for work every ``poll_interval`` seconds (work stored by another replica).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.parser
 import email.policy
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import aiosmtplib
 import httpx
 
 from dc.records import DirectoryError
-from gateway import dispatch, inbound, notices
+from gateway import dispatch, inbound, mailformat, notices
 from gateway.context import GatewayContext
 from gateway.imap import ImapError, Mailbox
 from gateway.queue import AnswerCheck, InboundItem, SubmissionItem, backoff
@@ -128,7 +130,7 @@ def is_answer_folder(name: str) -> bool:
 
 async def check_answers(ctx: GatewayContext, user: str, now: int) -> None:
     """Act on the notices ``user`` filed into Certified.Accept / Certified.Refuse."""
-    async with ctx.imap.open(user) as box:
+    async with ctx.imap.session(user) as box:
         for parts, event in ((ACCEPT, Accept()), (REFUSE, Refuse())):
             await _answers(ctx, box, user, await box.folder(*parts), event, now)
 
@@ -173,10 +175,11 @@ class Worker:
         self.clock = clock
         self._wake: dict[str, asyncio.Event] = {}
 
-    def kick(self) -> None:
-        """New work was stored here: wake every loop now."""
-        for ev in self._wake.values():
-            ev.set()
+    def kick(self, but: str | None = None) -> None:
+        """New work was stored here: wake every lane now (``but`` one)."""
+        for name, ev in self._wake.items():
+            if name != but:
+                ev.set()
 
     async def answers_filed(self, user: str, folder: str) -> None:
         """The IMAP proxy saw ``user`` file mail into ``folder``: if it is an answer
@@ -222,48 +225,28 @@ class Worker:
             log.warning("%s: %s (try %d; retrying in %ds)", name, error, attempts,
                         backoff(attempts))
 
-    async def each(self, items: Iterable[T], handle: Callable[[T], Awaitable[None]]) -> int:
-        gate = asyncio.Semaphore(CONCURRENCY)
-        todo = list(items)
+    # --- the lanes: how each kind of work is claimed and handled -------------------
 
-        async def one(item: T) -> None:
-            async with gate:
-                await handle(item)
-
-        await asyncio.gather(*(one(i) for i in todo))
-        return len(todo)
-
-    # --- one pass of each kind ------------------------------------------------------
-
-    async def inbound_pass(self) -> int:
+    def lanes(self) -> list[Lane[Any]]:
         ctx = self.ctx
+        poll = ctx.settings.gateway.answer_poll_interval
 
-        async def handle(item: InboundItem) -> None:
+        async def inbound_item(item: InboundItem) -> None:
             async def work() -> None:
-                outcome = await inbound.handle(ctx, item.id, item.raw, self.clock())
+                outcome = await inbound.handle(ctx, item.raw, self.clock())
                 if outcome.status == "rejected":
                     log.warning("inbound #%d from %s rejected: %s", item.id, item.mail_from,
                                 outcome.detail)
                 await ctx.queues.finish("inbound", item.id, self.clock(),
-                                        status=outcome.status, detail=outcome.detail)
+                                        status=outcome.status, detail=outcome.detail,
+                                        hints=mailformat.hints(item.raw))
             await self.isolated("inbound", item.id, item.attempts, work)
 
-        return await self.each(await ctx.queues.claim_inbound(self.clock()), handle)
-
-    async def submissions_pass(self) -> int:
-        ctx = self.ctx
-
-        async def handle(sub: SubmissionItem) -> None:
+        async def submission(sub: SubmissionItem) -> None:
             await self.isolated("submission", sub.id, sub.attempts,
                                 lambda: start_submission(ctx, sub, self.clock()))
 
-        return await self.each(await ctx.queues.claim_submissions(self.clock()), handle)
-
-    async def answers_pass(self) -> int:
-        ctx = self.ctx
-        poll = ctx.settings.gateway.answer_poll_interval
-
-        async def handle(check: AnswerCheck) -> None:
+        async def answers(check: AnswerCheck) -> None:
             async def work() -> None:
                 await check_answers(ctx, check.owner, self.clock())
                 now = self.clock()
@@ -273,56 +256,109 @@ class Worker:
                     await ctx.queues.finish("answers", check.owner, now)
             await self.isolated("answers", check.owner, check.attempts, work)
 
-        return await self.each(await ctx.queues.claim_answer_checks(self.clock()), handle)
+        async def due(limit: int) -> list[RunRecord]:
+            runs = await ctx.store.due_runs(self.clock(), limit)
+            return [r for r in runs if ctx.identity(r.owner) is not None]
 
-    async def deadlines_pass(self) -> int:
-        ctx = self.ctx
-        now = self.clock()
-        due = [r for r in await ctx.store.due_runs(now) if ctx.identity(r.owner) is not None]
-
-        async def handle(rec: RunRecord) -> None:
+        async def deadline(rec: RunRecord) -> None:
             await self.isolated("deadline", deadline_key(rec), rec.attempts + 1,
                                 lambda: apply(ctx, rec, Tick(), self.clock()))
 
-        return await self.each(due, handle)
+        async def outbox(limit: int) -> list[dict[str, Any]]:
+            await ctx.imap.sweep()
+            return await ctx.store.claim_outbox(self.clock(), dispatch.LEASE, limit)
 
-    async def outbox_pass(self) -> int:
-        return await dispatch.drain(self.ctx, self.clock(), self.isolated)
+        async def send(row: dict[str, Any]) -> None:
+            await self.isolated("outbox", int(row["id"]), int(row["attempts"]),
+                                lambda: dispatch.dispatch(ctx, row, self.clock()),
+                                f"{row['kind']} to {row['destination']}")
 
-    async def once(self) -> None:
-        """One pass of every kind (tests and tools; the service runs the loops)."""
-        for step in self._steps().values():
-            await step()
+        return [
+            Lane("inbound", lambda n: ctx.queues.claim_inbound(self.clock(), n),
+                 inbound_item, lambda i: i.id),
+            Lane("submissions", lambda n: ctx.queues.claim_submissions(self.clock(), n),
+                 submission, lambda i: i.id),
+            Lane("answers", lambda n: ctx.queues.claim_answer_checks(self.clock(), n),
+                 answers, lambda i: i.owner),
+            # a due run stays due while its tick runs: skip it then, and look at most
+            # once a second (a deadline is a time in seconds)
+            Lane("deadlines", due, deadline, deadline_key, queue_same_key=False,
+                 min_interval=1.0),
+            # one exchange's messages go out in order (a receipt after the stamp it shows)
+            Lane("outbox", outbox, send, lambda r: (bytes(r["cid"]), r["role"])),
+        ]
 
-    def _steps(self) -> dict[str, Callable[[], Awaitable[int]]]:
-        return {"inbound": self.inbound_pass, "submissions": self.submissions_pass,
-                "answers": self.answers_pass, "deadlines": self.deadlines_pass,
-                "outbox": self.outbox_pass}
-
-    async def _loop(self, name: str, step: Callable[[], Awaitable[int]]) -> None:
-        wake = self._wake[name]
+    async def run_lane(self, lane: Lane[Any]) -> None:
+        """Claim and handle ``lane``'s work for ever: up to CONCURRENCY items in flight,
+        more claimed as soon as one finishes, a kick, or every poll_interval."""
+        wake = self._wake.setdefault(lane.name, asyncio.Event())
         interval = self.ctx.settings.gateway.poll_interval
+        queues: dict[Hashable, deque[Any]] = {}
+        tasks: set[asyncio.Task[None]] = set()
+        last = 0.0
+
+        async def drain(k: Hashable) -> None:
+            q = queues[k]
+            try:
+                while q:
+                    await lane.handle(q[0])
+                    q.popleft()
+            finally:
+                del queues[k]
+                self.kick(but=lane.name if not lane.queue_same_key else None)
+
         while True:
             wake.clear()
+            started = 0
+            room = CONCURRENCY - len(tasks)
+            if room > 0 and time.monotonic() - last >= lane.min_interval:
+                last = time.monotonic()
+                try:
+                    items = await lane.claim(room)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # e.g. the database is down: look again later
+                    log.warning("%s: could not look for work: %r", lane.name, exc)
+                    items = []
+                for item in items:
+                    k = lane.key(item)
+                    if k in queues:
+                        if lane.queue_same_key:
+                            queues[k].append(item)
+                        continue
+                    queues[k] = deque([item])
+                    task = asyncio.create_task(drain(k))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    started += 1
+            if started and len(tasks) < CONCURRENCY:
+                continue  # there may be more waiting
+            waiter = asyncio.ensure_future(wake.wait())
             try:
-                handled = await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # e.g. the database is down: wait, then look again
-                log.warning("%s: could not look for work: %r", name, exc)
-                handled = 0
-            if handled:
-                self.kick()  # what was handled may have made work for the other loops
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=interval)
+                await asyncio.wait([waiter, *tasks], timeout=interval,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
 
     async def run(self) -> None:
         ctx = self.ctx
-        steps = self._steps()
-        self._wake = {name: asyncio.Event() for name in steps}
+        lanes = self.lanes()
+        self._wake = {lane.name: asyncio.Event() for lane in lanes}
         log.info("protocol worker started for %s (protocol mail to %s); looking for work "
                  "every %.1fs", ", ".join(ctx.domains),
                  ", ".join(ctx.protocol_address(d) for d in ctx.domains),
                  ctx.settings.gateway.poll_interval)
-        await asyncio.gather(*(self._loop(name, step) for name, step in steps.items()))
+        await asyncio.gather(*(self.run_lane(lane) for lane in lanes))
+
+
+@dataclass
+class Lane(Generic[T]):
+    """One kind of work: how to claim up to n items, how to handle one (isolated), and the
+    key that keeps items in order (items of one key never run at the same time)."""
+
+    name: str
+    claim: Callable[[int], Awaitable[list[T]]]
+    handle: Callable[[T], Awaitable[None]]
+    key: Callable[[T], Hashable]
+    queue_same_key: bool = True  # False: an item whose key is in flight is skipped
+    min_interval: float = 0.0  # seconds between two claims at the least

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.queue import Queues, backoff
-from gateway.worker import Worker
+from gateway.worker import Lane, Worker
 from tcms.store import Store
 
 T0 = 1_800_000_000
@@ -89,15 +89,18 @@ async def test_done_inbound_mail_is_emptied_and_answer_checks_coalesce(store: St
 
 
 def _worker(store: Store, max_attempts: int = 3) -> Worker:
-    ctx: Any = SimpleNamespace(queues=Queues(store, max_attempts=max_attempts))
+    settings = SimpleNamespace(gateway=SimpleNamespace(poll_interval=0.05))
+    ctx: Any = SimpleNamespace(queues=Queues(store, max_attempts=max_attempts),
+                               settings=settings)
     return Worker(ctx, clock=lambda: T0)
 
 
-async def test_one_failing_item_never_delays_another(store: Store,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+async def test_one_failing_or_slow_item_never_delays_another(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """A lane of the worker, on real rows: one item raises, one hangs; the others are all
+    handled meanwhile, the failing one is retried later and logged with a traceback once."""
     worker = _worker(store)
-    ids = await add(worker.ctx.queues, 3)
-    items = await worker.ctx.queues.claim_inbound(T0)
+    ids = await add(worker.ctx.queues, 12)
     handled: list[int] = []
     release = asyncio.Event()
 
@@ -108,20 +111,26 @@ async def test_one_failing_item_never_delays_another(store: Store,
             if item.id == ids[1]:
                 await release.wait()  # a slow item
             handled.append(item.id)
+            await worker.ctx.queues.finish("inbound", item.id, T0)
         await worker.isolated("inbound", item.id, item.attempts, work)
 
-    async def unblock() -> None:
-        while ids[2] not in handled:  # the third finishes while the second still waits
-            await asyncio.sleep(0.01)
-        release.set()
-
+    lane = Lane("inbound", lambda n: worker.ctx.queues.claim_inbound(T0, n), handle,
+                lambda i: i.id)
     with caplog.at_level(logging.INFO, logger="tcms.gateway.worker"):
-        await asyncio.gather(worker.each(items, handle), unblock())
-    assert handled == [ids[2], ids[1]]
+        task = asyncio.create_task(worker.run_lane(lane))
+        while set(ids[2:]) - set(handled):  # all the others, while the slow one waits
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.01)
+        assert ids[1] not in handled
+        release.set()
+        while ids[1] not in handled:
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.01)
+        task.cancel()
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1 and "failed unexpectedly" in tracebacks[0].getMessage()
     entry = await worker.ctx.queues.entry("inbound", str(ids[0]))
-    assert entry is not None and entry.status == "new"
+    assert entry is not None and entry.status == "new" and entry.next_attempt == T0 + 2
     assert entry.last_error == "unexpected RuntimeError: a bug in this item's handling"
 
 

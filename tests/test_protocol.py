@@ -391,3 +391,38 @@ def test_every_byte_of_a_resolve_request_is_checked_by_the_ttp() -> None:
         with pytest.raises((ProtocolError, MessageError)):
             ttp_role.handle(TTP, TRUST, forged, None, DEADLINES.m5_by + 1)
             pytest.fail(f"byte {i} of the resolve request flipped and accepted")
+
+
+def test_a_cheating_sender_whose_c_does_not_open_ends_in_cheated_with_the_proof() -> None:
+    """S commits to genuine key shares but seals garbage: R accepts, gets the right k_T in
+    m5, and c does not decrypt.  R's machine ends in ``cheated`` holding m5 (the signed
+    key share) as its evidence, sends no m6, and tells the user."""
+    import datetime as dt
+    import os
+
+    from conftest import TSA
+
+    from tcms.protocol.events import Notify
+    from tcms.protocol.messages import M3, Description
+
+    m0 = b"Subject: honest?\r\n\r\nno"
+    sealed = checks.seal(ALICE, BOB.party, TRUST.ttp, "tss", m0,
+                         Description("honest?", len(m0), "<c@a.test>"), DEADLINES)
+    garbage = os.urandom(len(sealed.c))
+    core = replace(sealed.core, h_c=h(garbage))
+    tsq, _ = make_request(core.cid)
+    token = TSA.stamp(tsq, now=dt.datetime.fromtimestamp(T0, dt.UTC), serial=90_001).token
+    m3 = M3(core, garbage, sealed.e_r, sealed.e_t, token, checks.sign_eoo(ALICE, core, token))
+    r, _ = Receiver.from_m3(BOB, TRUST, m3.encode(), T0 + 1,
+                            lambda n: ALICE.party if n == ALICE.name else None)
+    assert r.phase == "pending", r.state.reason
+    m4 = one(r.handle(Accept(), T0 + 2), "m4")
+    assert m4
+    m5 = checks.make_m5(ALICE, core, sealed.k_t).encode()
+    actions = r.handle(Received(m5), T0 + 3)
+    assert r.phase == "cheated" and r.terminal
+    assert r.state.m5 == m5 and r.state.k_t == sealed.k_t and r.state.m6 is None
+    assert "does not decrypt" in r.state.reason
+    assert [type(a) for a in actions] == [Notify]  # no m6: nothing was received
+    again = Receiver.load(BOB, TRUST, r.dump())  # the proof survives a restart
+    assert again.phase == "cheated" and again.state.m5 == m5

@@ -283,27 +283,23 @@ class Store:
             return bool(res.rowcount == 1)
 
     async def claim_outbox(self, now: int, lease: int, limit: int = 50) -> list[dict[str, Any]]:
-        """Claim unsent outbox messages for ``lease`` seconds, oldest first.  A message whose
-        lease ran out (its worker died) is claimed again: delivery is at least once, and
-        every receiver of a protocol message or mailbox copy treats a repeat as a no-op."""
-        free = ((m.messages.c.claimed_until.is_(None) | (m.messages.c.claimed_until <= now))
-                & m.messages.c.quarantined_at.is_(None))
-        q = (select(m.messages.c.id).where(m.messages.c.direction == "out",
-                                           m.messages.c.sent_at.is_(None), free)
-             .order_by(m.messages.c.id).limit(limit))
-        claimed = []
-        async with self.engine.connect() as conn:
-            ids = [r[0] for r in (await conn.execute(q)).all()]
-        for mid in ids:
-            async with self.transaction() as conn:
-                res = await conn.execute(update(m.messages).where(
-                    m.messages.c.id == mid, m.messages.c.sent_at.is_(None), free
-                ).values(claimed_until=now + lease, attempts=m.messages.c.attempts + 1))
-                if res.rowcount == 1:
-                    row = (await conn.execute(select(m.messages).where(
-                        m.messages.c.id == mid))).mappings().one()
-                    claimed.append(dict(row))
-        return claimed
+        """Claim unsent outbox messages for ``lease`` seconds, oldest first, in one
+        statement (PostgreSQL: rows another worker is claiming are skipped).  A message
+        whose lease ran out (its worker died) is claimed again: delivery is at least once,
+        and every receiver of a protocol message or mailbox copy treats a repeat as a
+        no-op.  Quarantined messages wait for an administrator."""
+        t = m.messages
+        free = ((t.c.claimed_until.is_(None) | (t.c.claimed_until <= now))
+                & t.c.quarantined_at.is_(None))
+        pending = (t.c.direction == "out") & t.c.sent_at.is_(None)
+        ids = (select(t.c.id).where(pending, free).order_by(t.c.id).limit(limit)
+               .with_for_update(skip_locked=True))
+        stmt = (update(t).where(t.c.id.in_(ids.scalar_subquery()), pending, free)
+                .values(claimed_until=now + lease, attempts=t.c.attempts + 1)
+                .returning(*t.c))
+        async with self.transaction() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return sorted((dict(r) for r in rows), key=lambda r: int(r["id"]))
 
     async def outbox_done(self, message_id: int, now: int) -> None:
         async with self.transaction() as conn:
