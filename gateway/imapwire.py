@@ -213,6 +213,31 @@ class CommandReader:
     def _wait(self) -> None:
         self._waiting = True
 
+    def _run(self, pattern: re.Pattern[bytes]) -> bool:
+        """Go over a run of bytes matching ``pattern``; False (waiting) if the data ends in
+        it, True if a byte follows."""
+        m = pattern.match(self.buf, self.pos, self._line_limit())
+        assert m is not None
+        self.work += m.end() - self.pos + 1
+        self.pos = m.end()
+        self._over_line(self.pos)
+        if self.pos >= len(self.buf):
+            self._wait()
+            return False
+        return True
+
+    def _find_lf(self) -> int:
+        """Where the line's LF is (-1, waiting, if it has not come yet)."""
+        limit = self._line_limit()
+        found = self.buf.find(b"\n", self.pos, limit)
+        end = found if found >= 0 else min(len(self.buf), limit)
+        self.work += end - self.pos + 1
+        if found < 0:
+            self.pos = end
+            self._over_line(self.pos)
+            self._wait()
+        return found
+
     def _line_limit(self) -> int:
         """Scanning never goes past the longest allowed line."""
         return self.line_start + self.limits.max_line + 1
@@ -240,13 +265,7 @@ class CommandReader:
         buf, n = self.buf, len(self.buf)
         s = self.state
         if s is _S.TAG:
-            m = TAG_RUN.match(buf, self.pos, self._line_limit())
-            assert m is not None
-            self.work += m.end() - self.pos + 1
-            self.pos = m.end()
-            self._over_line(self.pos)
-            if self.pos >= n:
-                self._wait()
+            if not self._run(TAG_RUN):
                 return None
             if buf[self.pos] != SP or self.pos == self.start or self.pos - self.start > 64:
                 self.tag = None
@@ -258,13 +277,7 @@ class CommandReader:
             self.state = _S.NAME
             return None
         if s is _S.NAME:
-            m = NAME_RUN.match(buf, self.pos, self._line_limit())
-            assert m is not None
-            self.work += m.end() - self.pos + 1
-            self.pos = m.end()
-            self._over_line(self.pos)
-            if self.pos >= n:
-                self._wait()
+            if not self._run(NAME_RUN):
                 return None
             word = bytes(buf[self.tok:self.pos]).upper()
             c = buf[self.pos]
@@ -291,13 +304,7 @@ class CommandReader:
         if s is _S.ARGS:
             return self._args_step()
         if s is _S.ATOM:
-            m = ATOM_RUN.match(buf, self.pos, self._line_limit())
-            assert m is not None
-            self.work += m.end() - self.pos + 1
-            self.pos = m.end()
-            self._over_line(self.pos)
-            if self.pos >= n:
-                self._wait()
+            if not self._run(ATOM_RUN):
                 return None
             c = buf[self.pos]
             if c in (SP, CR, LF) or (c == 0x29 and self.stack):  # ')'
@@ -365,25 +372,15 @@ class CommandReader:
             self._add(String(data, literal=True, literal8=self.literal8))
             return None
         if s is _S.SKIP:
-            found = buf.find(b"\n", self.pos, self._line_limit())
+            found = self._find_lf()
             if found < 0:
-                self.work += min(n, self._line_limit()) - self.pos + 1
-                self.pos = min(n, self._line_limit())
-                self._over_line(self.pos)
-                self._wait()
                 return None
-            self.work += found - self.pos + 1
             self.pos = found + 1
             return self._finish()
         if s is _S.LINE:
-            found = buf.find(b"\n", self.pos, self._line_limit())
+            found = self._find_lf()
             if found < 0:
-                self.work += min(n, self._line_limit()) - self.pos + 1
-                self.pos = min(n, self._line_limit())
-                self._over_line(self.pos)
-                self._wait()
                 return None
-            self.work += found - self.pos + 1
             line = bytes(buf[self.start:found]).removesuffix(b"\r")
             self._begin(found + 1)
             return Line(line)
