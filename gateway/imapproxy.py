@@ -1,17 +1,23 @@
 """The gateway's IMAP proxy: a user's own client logs in to the gateway with the usual
 credentials and works on the real mailbox behind it.
 
-- TLS on every listener: STARTTLS (LOGINDISABLED until then) and implicit TLS;
+- TLS on every listener: STARTTLS (LOGINDISABLED until then) and implicit TLS; whatever a
+  client sent after STARTTLS and before the handshake is dropped (the CVE-2011-0411 class);
 - LOGIN and AUTHENTICATE PLAIN are checked by logging in to the upstream server with the
-  same credentials; from then on the session is relayed command by command;
-- the folder holding protocol mail (``protocol_folder``) is hidden: it never appears in
-  LIST, LSUB or STATUS answers, and a command naming it (SELECT, EXAMINE, STATUS, APPEND,
-  COPY, MOVE, RENAME, DELETE, CREATE, SUBSCRIBE...) is answered ``NO [NONEXISTENT]``;
-- literals (synchronising or not) work in both directions, and IDLE is relayed; the proxy
-  acknowledges a client's synchronising literal itself and sends every command upstream
-  whole, with non-synchronising literals (LITERAL+), so that it can read a command before
-  it decides;
-- COMPRESS is not offered (removed from every capability list, refused if asked).
+  same credentials; before that the proxy answers every command itself, within small limits
+  (4 KB lines, 1 KB literals, 8 KB commands; past them: BYE and the connection closed);
+- after login every command is read as the upstream server reads it (gateway/imapwire.py,
+  modelled on Dovecot's imap-parser.c: where a command ends, which literals it has), vetted
+  (gateway/imappolicy.py: only commands the server knows, never an unknown one, no CATENATE or
+  URL command, no COMPRESS or NOTIFY) and sent upstream whole, with non-synchronising
+  literals (LITERAL+; the proxy answers a client's synchronising literal itself). Commands stay
+  below Dovecot's 64 KB line limit (APPEND's messages aside, up to 64 MB);
+- the folder holding protocol mail (``protocol_folder``) is hidden: it never appears in LIST,
+  LSUB or STATUS answers; a command naming it is sent upstream naming a folder that does not
+  exist, so the client gets exactly the server's answer for a missing folder; CREATE or RENAME
+  to it are refused whether it exists or not;
+- only the capabilities the proxy supports are shown;
+- ``ProxyConfig.on_filed`` is awaited after the server accepted a COPY or MOVE (UID too).
 """
 
 from __future__ import annotations
