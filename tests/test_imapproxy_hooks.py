@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway import imapproxy
-from gateway.imapwire import Command, CommandReader, Continue, Limits, Reading, String
+from gateway.imapwire import Atom, Command, CommandReader, Continue, Limits, Reading, String
 
 ANY = Limits(1 << 20, 1 << 20, 1 << 20, 1 << 20)
 
@@ -40,8 +40,8 @@ async def upstream(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
                 return
             elif cmd.name.removeprefix(b"UID ") in (b"COPY", b"MOVE"):
                 box = cmd.args[1]
-                assert isinstance(box, String) or hasattr(box, "value")
-                if box.value == b"Refused":  # type: ignore[union-attr]
+                assert isinstance(box, Atom | String)
+                if box.value == b"Refused":
                     w.write(tag + b" NO [TRYCREATE] refused\r\n")
                     continue
             w.write(tag + b" OK done\r\n")
