@@ -7,7 +7,17 @@ from collections.abc import Callable
 
 import httpx
 
-from dc.records import DirectoryError, KeyRecord, Publish, Revoke, domain_of, usable, verify_record
+from dc.records import (
+    DirectoryError,
+    GatewayRecord,
+    KeyRecord,
+    Publish,
+    Revoke,
+    domain_of,
+    usable,
+    verify_gateway_record,
+    verify_record,
+)
 from tcms.identity import Identity, Party
 from tcms.web import CBOR
 
@@ -55,6 +65,16 @@ class DirectoryClient:
         if r.status_code != 200:
             raise DirectoryError("dc", f"the DC answered {r.status_code}")
         return verify_record(r.content, self.dc.sig_pk, address, int(self.clock()))
+
+    async def gateway_of(self, domain: str) -> GatewayRecord:
+        """The DC's verified record of the gateway registered for ``domain``: where its
+        protocol mail goes.  Raises DirectoryError (check ``unknown``: none registered)."""
+        r = await self._http.get(f"{self.url}/gateways/{domain.lower()}")
+        if r.status_code == 404:
+            raise DirectoryError("unknown", f"no TCMS gateway is registered for {domain}")
+        if r.status_code != 200:
+            raise DirectoryError("dc", f"the DC answered {r.status_code}")
+        return verify_gateway_record(r.content, self.dc.sig_pk, domain, int(self.clock()))
 
     async def usable_party(self, address: str) -> Party | None:
         """The address's current key if the DC says it may be used now, else None."""

@@ -7,6 +7,9 @@ key records from the DC, and the checks both sides run.
 - ``["TCMS1/DC-KEY", party, status, not_before, not_after, version, issued_at, expires_at,
   sig_dc]``: the DC's answer to a lookup; ``status`` is active, superseded or revoked, and
   the answer itself is only good until ``expires_at``.
+- ``["TCMS1/DC-GATEWAY", domain, gateway, protocol_address, issued_at, expires_at, sig_dc]``:
+  the gateway registered for a domain and the address its MTA routes protocol mail to (m3
+  to m6 and refusals for the domain's users are sent there, never to the users).
 
 The gateway signs with its own Ed25519 key (registered for its domain at the DC); every
 signature carries its step tag, like the protocol's.
@@ -18,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from tcms import codec
 from tcms.crypto import CryptoError, sign, verify
-from tcms.identity import Identity, Party
+from tcms.identity import Identity, Party, party_name_error
 from tcms.protocol.messages import MessageError
 
 ACTIVE, SUPERSEDED, REVOKED = "active", "superseded", "revoked"
@@ -189,3 +192,55 @@ def verify_record(data: bytes, dc_pk: bytes, address: str, now: int) -> KeyRecor
 
 def usable(rec: KeyRecord, now: int) -> bool:
     return rec.status == ACTIVE and rec.not_before <= now <= rec.not_after
+
+
+@dataclass(frozen=True)
+class GatewayRecord:
+    domain: str
+    gateway: Party
+    protocol_address: str
+    issued_at: int
+    expires_at: int
+    sig: bytes = b""
+
+    def fields(self) -> tuple[codec.Value, ...]:
+        return (self.domain, self.gateway.to_value(), self.protocol_address, self.issued_at,
+                self.expires_at)
+
+    def signed_by(self, dc: Identity) -> GatewayRecord:
+        return replace(self, sig=sign(dc.sig_key, "DC-GATEWAY", *self.fields()))
+
+    def encode(self) -> bytes:
+        return codec.encode(["TCMS1/DC-GATEWAY", *self.fields(), self.sig])
+
+    @classmethod
+    def decode(cls, data: bytes) -> GatewayRecord:
+        f = _decode(data, "DC-GATEWAY", 7)
+        try:
+            gateway = Party.from_value(f[2])
+        except (codec.CodecError, ValueError):
+            raise MessageError("malformed party") from None
+        address = _str(f[3])
+        if party_name_error(address) is not None:
+            raise MessageError("the protocol address is not a usable address")
+        return cls(_str(f[1]), gateway, address, _int(f[4]), _int(f[5]), _sig(f[6]))
+
+    def to_json(self) -> dict[str, object]:
+        return {"domain": self.domain, "gateway": self.gateway.to_json(),
+                "protocol_address": self.protocol_address, "issued_at": self.issued_at,
+                "expires_at": self.expires_at}
+
+
+def verify_gateway_record(data: bytes, dc_pk: bytes, domain: str, now: int) -> GatewayRecord:
+    """A client's checks of the DC's answer about a domain's gateway: the DC's signature,
+    the domain asked for, a fresh answer, and a protocol address in that domain."""
+    rec = GatewayRecord.decode(data)
+    try:
+        verify(dc_pk, rec.sig, "DC-GATEWAY", *rec.fields())
+    except CryptoError as exc:
+        raise DirectoryError("dc.sig", str(exc)) from None
+    if rec.domain != domain.lower() or domain_of(rec.protocol_address) != rec.domain:
+        raise DirectoryError("dc.domain", "the answer is about another domain")
+    if not rec.issued_at - FRESHNESS <= now <= rec.expires_at:
+        raise DirectoryError("dc.expired", "the DC's answer is not current")
+    return rec

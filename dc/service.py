@@ -5,6 +5,8 @@
 - ``GET /keys/{address}``: the DC-signed record of the address's newest key
   (``application/cbor``; ``?format=json`` for people), whose status may be ``revoked``;
 - ``GET /keys/{address}/{fingerprint}``: the record of one particular key;
+- ``GET /gateways/{domain}``: the DC-signed record of the domain's gateway and its protocol
+  address (where peers send m3-m6 and refusals for the domain's users);
 - ``GET /identity``: the DC's public keys;
 - ``GET /updates/{metadata|targets}/{name}``: the TUF repository of signed security modules
   (see ``dc/updates.py``).
@@ -33,6 +35,8 @@ from tcms.web import CBOR, ERROR_RESPONSES, error, install_error_handlers, read_
 
 MAX_REQUEST = 16 * 1024
 ADDRESS = Path(pattern="^[^@\\s/]+@[^@\\s/]+$", max_length=254, description="e-mail address")
+DOMAIN = Path(pattern="^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$", max_length=253,
+              description="mail domain")
 FINGERPRINT = Path(pattern="^[0-9a-f:]{49}$", description="key fingerprint")
 
 
@@ -115,6 +119,22 @@ def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.tim
         if rec is None:
             return error(404, "unknown", "no such key")
         return answer(rec, int(clock()), format)
+
+    @app.get("/gateways/{domain}", response_class=Response, responses={
+        200: {"content": {CBOR: {}, "application/json": {}}}, 404: {"description": "unknown"},
+        **ERROR_RESPONSES})
+    async def gateway(domain: str = DOMAIN, format: str = "cbor") -> Response:
+        """The DC-signed record of the gateway registered for a domain: its keys and the
+        protocol address that its MTA routes to it."""
+        found = await dc_store.gateway_of(store, domain.lower())
+        if found is None:
+            return error(404, "unknown", f"no gateway is registered for {domain}")
+        now = int(clock())
+        rec = records.GatewayRecord(domain.lower(), found[0], found[1], now,
+                                    now + records.ANSWER_LIFETIME).signed_by(me)
+        if format == "json":
+            return JSONResponse({**rec.to_json(), "record": rec.encode().hex()})
+        return Response(rec.encode(), media_type=CBOR)
 
     @app.get("/updates/{kind}/{name}", response_class=Response, responses={
         200: {"content": {"application/octet-stream": {}}}, 404: {"description": "no such file"},

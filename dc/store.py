@@ -12,13 +12,32 @@ from tcms.store import Store
 from tcms.store import models as m
 
 
-async def register_gateway(store: Store, domain: str, gateway: Party, now: int) -> None:
+async def register_gateway(store: Store, domain: str, gateway: Party, now: int,
+                           protocol_address: str | None = None) -> str:
+    """Register ``gateway`` for ``domain``, with the address its MTA routes protocol mail
+    to (default ``tcms-gateway@DOMAIN``); returns that address."""
+    address = protocol_address or f"tcms-gateway@{domain}"
     async with store.transaction() as conn:
         await conn.execute(m.dc_gateways.delete().where(m.dc_gateways.c.domain == domain))
         await conn.execute(insert(m.dc_gateways).values(
-            domain=domain, gateway=gateway.name, sig_pk=gateway.sig_pk, registered_at=now))
+            domain=domain, gateway=gateway.name, sig_pk=gateway.sig_pk,
+            enc_pk=gateway.enc_pk, protocol_address=address, registered_at=now))
         await store.append_audit(conn, now, "dc", "dc.gateway", None,
-                                  f"{gateway.name} [{gateway.fingerprint}] for {domain}")
+                                  f"{gateway.name} [{gateway.fingerprint}] for {domain}, "
+                                  f"protocol mail to {address}")
+    return address
+
+
+async def gateway_of(store: Store, domain: str) -> tuple[Party, str] | None:
+    """The gateway registered for ``domain`` and its protocol address."""
+    async with store.engine.connect() as conn:
+        row = (await conn.execute(select(
+            m.dc_gateways.c.gateway, m.dc_gateways.c.sig_pk, m.dc_gateways.c.enc_pk,
+            m.dc_gateways.c.protocol_address).where(
+            m.dc_gateways.c.domain == domain))).first()
+    if row is None or row[2] is None or row[3] is None:
+        return None
+    return Party(str(row[0]), bytes(row[1]), bytes(row[2])), str(row[3])
 
 
 async def gateway_key(store: Store, domain: str) -> bytes | None:

@@ -20,6 +20,7 @@ import httpx
 from dc.client import DirectoryClient
 from dc.records import DirectoryError
 from gateway.imap import MasterLogin
+from gateway.queue import Queues
 from tcms import evidence
 from tcms.config import ConfigError, GatewayConfig, Settings
 from tcms.identity import Identity, Party, normalise_name
@@ -133,7 +134,9 @@ class GatewayContext:
     upstream: Upstream
     imap: MasterLogin
     http: httpx.AsyncClient
+    queues: Queues
     _identities: dict[str, Identity] = field(default_factory=dict)
+    _gateways: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     @property
     def domains(self) -> list[str]:
@@ -187,6 +190,23 @@ class GatewayContext:
         """The DC's current key for ``address`` (None: not certifiable)."""
         return await self.dc.usable_party(normalise_name(address))
 
+    def protocol_address(self, domain: str) -> str:
+        """This gateway's own protocol address in one of its domains."""
+        return f"{self.settings.gateway.protocol_address}@{domain.lower()}"
+
+    async def protocol_address_of(self, address: str) -> str:
+        """Where protocol mail for ``address`` goes: the protocol address of the gateway
+        the DC has registered for its domain (kept for the DC answer's lifetime).  Raises
+        DirectoryError (check ``unknown``: the domain has no TCMS gateway)."""
+        domain = address.rsplit("@", 1)[-1].lower()
+        cached = self._gateways.get(domain)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        rec = await self.dc.gateway_of(domain)
+        self._gateways[domain] = (rec.protocol_address, min(rec.expires_at,
+                                                            time.time() + 600))
+        return rec.protocol_address
+
     async def aclose(self) -> None:
         await self.dc.aclose()
         await self.http.aclose()
@@ -226,10 +246,12 @@ def create(settings: Settings) -> GatewayContext:
                           f"`tcms keys create {g.identity} --kind gateway`)") from None
     trust, dc_party = load_trust(settings, keystore)
     upstream = Upstream.from_config(g)
+    store = Store(settings.database.url)
     return GatewayContext(
-        settings=settings, store=Store(settings.database.url), keystore=keystore, me=me,
+        settings=settings, store=store, keystore=keystore, me=me,
         trust=trust, dc=DirectoryClient(settings.dc.url, dc_party, clock=time.time),
         upstream=upstream,
         imap=MasterLogin(upstream.imap_client, g.master_user, g.get_master_password(),
                          g.master_separator),
-        http=httpx.AsyncClient(timeout=60))
+        http=httpx.AsyncClient(timeout=60),
+        queues=Queues(store, max_attempts=g.max_attempts))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiosmtplib
@@ -15,7 +16,7 @@ import httpx
 
 from gateway import mailformat, notices
 from gateway.context import GatewayContext
-from gateway.imap import ImapError, Mailbox
+from gateway.imap import Mailbox
 from gateway.runs import apply
 from tcms import evidence
 from tcms.protocol import checks
@@ -36,14 +37,15 @@ class Retry(Exception):
     """A temporary failure: try this message again later."""
 
 
-def backoff(attempts: int) -> int:
-    return int(min(300, 2 ** min(attempts, 9)))
+Isolate = Callable[[str, "str | int", int, Callable[[], Awaitable[object]], str],
+                   Awaitable[None]]
 
 
-async def drain(ctx: GatewayContext, now: int) -> int:
+async def drain(ctx: GatewayContext, now: int, isolated: Isolate | None = None) -> int:
     """Send what is due; returns how many messages were handled.  Different exchanges go
     out concurrently (at most CONCURRENCY at once); one exchange's messages keep their
-    order (a receipt is rendered after the stamp it shows)."""
+    order (a receipt is rendered after the stamp it shows).  Each message is its own unit
+    of work: ``isolated`` runs it, and retries or quarantines it if it raises."""
     rows = await ctx.store.claim_outbox(now, LEASE)
     by_run: dict[tuple[bytes, str], list[dict[str, Any]]] = {}
     for row in rows:
@@ -53,20 +55,19 @@ async def drain(ctx: GatewayContext, now: int) -> int:
     async def send_all(queue: list[dict[str, Any]]) -> None:
         async with gate:
             for row in queue:
-                await _send_one(ctx, row, now)
+                if isolated is None:
+                    await dispatch(ctx, row, now)
+                else:
+                    await isolated("outbox", int(row["id"]), int(row["attempts"]),
+                                   _bind(ctx, row, now),
+                                   f"{row['kind']} to {row['destination']}")
 
     await asyncio.gather(*(send_all(q) for q in by_run.values()))
     return len(rows)
 
 
-async def _send_one(ctx: GatewayContext, row: dict[str, Any], now: int) -> None:
-    try:
-        await dispatch(ctx, row, now)
-    except (Retry, ImapError, OSError, httpx.HTTPError, aiosmtplib.SMTPException) as exc:
-        retry_at = now + backoff(row["attempts"])
-        log.warning("outbox #%d (%s to %s): %s; retrying in %ds", row["id"], row["kind"],
-                    row["destination"], exc, retry_at - now)
-        await ctx.store.outbox_retry(row["id"], retry_at, str(exc))
+def _bind(ctx: GatewayContext, row: dict[str, Any], now: int) -> Callable[[], Awaitable[None]]:
+    return lambda: dispatch(ctx, row, now)
 
 
 async def _run_of(ctx: GatewayContext, row: dict[str, Any]) -> RunRecord | None:
@@ -97,11 +98,15 @@ async def dispatch(ctx: GatewayContext, row: dict[str, Any], now: int) -> None:
 
 
 async def to_peer(ctx: GatewayContext, rec: RunRecord, row: dict[str, Any]) -> None:
-    mail = mailformat.build(bytes(row["data"]), sender=rec.owner, recipient=rec.peer,
-                            tx=rec.tx, domain=rec.owner.rsplit("@", 1)[-1],
-                            description=rec.subject)
+    """A protocol message to the peer's gateway: from this gateway's protocol address to
+    the one the DC publishes for the peer's domain; the users are named inside it."""
+    domain = rec.owner.rsplit("@", 1)[-1]
+    ours = ctx.protocol_address(domain)
+    theirs = await ctx.protocol_address_of(rec.peer)
+    mail = mailformat.build(bytes(row["data"]), sender=ours, recipient=theirs,
+                            tx=rec.tx, domain=domain, description=rec.subject)
     try:
-        await ctx.upstream.send_mail(mail, rec.owner, [rec.peer])
+        await ctx.upstream.send_mail(mail, ours, [theirs])
     except aiosmtplib.SMTPResponseException as exc:
         raise Retry(f"upstream SMTP answered {exc.code} {exc.message}") from None
 
@@ -162,6 +167,9 @@ async def to_mailbox(ctx: GatewayContext, row: dict[str, Any], now: int) -> None
                                           flags="" if row["kind"] != "submitted" else "\\Seen")
             if added:
                 log.info("%s: %s mail for %s", rec.tx if rec else "-", row["kind"], owner)
+    if row["kind"] == "notice":  # look at the user's answer folders until they answer
+        poll = ctx.settings.gateway.answer_poll_interval
+        await ctx.queues.want_answer_check(owner, int(now + poll), now)
     await ctx.store.outbox_done(row["id"], now)
 
 

@@ -18,6 +18,7 @@ from email.message import EmailMessage
 
 from tcms.crypto import CryptoError, sign, verify
 from tcms.identity import Identity, Party
+from tcms.protocol.messages import one_line
 
 DELIVERY_ID = "TCMS-Delivery-Id"
 NOTICE = "TCMS-Notice"
@@ -48,6 +49,7 @@ def _base(delivery_id: str, domain: str, to: str, subject: str) -> EmailMessage:
     msg = EmailMessage(policy=POLICY)
     msg["From"] = f"TCMS certified mail <postmaster@{domain}>"
     msg["To"] = to
+    subject = one_line(subject, 10_000)  # never a control character or a line break
     msg["Subject"] = subject if len(subject) <= MAX_SUBJECT else subject[:MAX_SUBJECT] + "…"
     msg["Date"] = email.utils.formatdate(localtime=False)
     msg["Message-ID"] = email.utils.make_msgid(idstring="tcms", domain=domain)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import re
+import unicodedata
 from email.header import Header
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -17,9 +18,30 @@ def subject_of(content: bytes) -> str:
     return str(headers.get("Subject", ""))
 
 
+# what must never reach a header built from the subject: line breaks of any kind
+# (str.splitlines() breaks at all of these), NUL and the other control characters
+_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def subject_error(subject: str) -> str | None:
+    """Why a decoded Subject cannot be carried into the headers the protocol builds (a line
+    break, NUL or other control character: only TAB is allowed), or None if it can."""
+    for c in subject:
+        if c in _BREAKS:
+            return f"the Subject holds a line break (U+{ord(c):04X})"
+        if c != "\t" and unicodedata.category(c) == "Cc":
+            return f"the Subject holds a control character (U+{ord(c):04X})"
+    return None
+
+
+def has_tag(subject: str, tag: str) -> bool:
+    """Whether a decoded Subject carries ``tag`` (in any case)."""
+    return re.search(re.escape(tag), subject, re.IGNORECASE) is not None
+
+
 def is_tagged(content: bytes, tag: str) -> bool:
     """Whether the Subject carries ``tag`` (case-insensitive, decoded from RFC 2047)."""
-    return re.search(re.escape(tag), subject_of(content), re.IGNORECASE) is not None
+    return has_tag(subject_of(content), tag)
 
 
 def without_tag(subject: str, tag: str) -> str:

@@ -11,6 +11,14 @@
 - mail to ``tcms+accept-TX@DOMAIN`` or ``tcms+refuse-TX@DOMAIN`` (the reply address of a
   notice) accepts or refuses the authenticated user's own certified mail TX; it is never
   relayed.
+
+At the door: at most ``max_recipients`` recipients per mail (``452 4.5.3``, as Postfix),
+handled in constant time each; addresses with control characters are refused (``501
+5.1.3``); certified mail whose sender or a recipient cannot be a protocol party name, or
+whose Subject holds a line break or control character, is refused after DATA with the
+reason (``550``/``554``) and nothing is stored.  Clients never see Python exception text
+(``451 4.3.0 Internal error``; the traceback goes to the log, once); a user name is logged
+only once it has authenticated; the banner names no library or version.
 """
 
 from __future__ import annotations
@@ -20,26 +28,92 @@ import base64
 import binascii
 import email.parser
 import email.policy
+import hashlib
+import hmac
 import logging
+import os
 import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from email.message import EmailMessage
+from typing import AnyStr
 
 import aioimaplib
 import aiosmtplib
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
 from gateway.context import Upstream
-from gateway.subject import is_tagged
+from gateway.subject import has_tag, subject_error
+from tcms.identity import party_name_error
 from tcms.protocol.events import Accept, Event, Refuse
 from tcms.store import Store
 
 log = logging.getLogger("tcms.gateway.smtp")
-CONTROL = re.compile(r"^tcms\+(accept|refuse)-([0-9a-f]{32})@(.+)$", re.IGNORECASE)
+CONTROL = re.compile(r"tcms\+(accept|refuse)-([0-9a-f]{32})@(.+)", re.IGNORECASE)
+BANNER = "ESMTP TCMS"  # after the host name: no library, no version
+MAX_RECIPIENTS = 1000  # as Postfix's smtpd_recipient_limit
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+INTERNAL_ERROR = "451 4.3.0 Internal error"
+AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication exchange line is too long"
+BAD_PLAIN = "501 5.5.2 Bad PLAIN data"
+BAD_LOGIN = "501 5.5.2 Bad LOGIN data"
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_IN_IMAP = re.compile(r"[\x00\r\n]")  # what an IMAP LOGIN cannot carry
+_LOG_KEY = os.urandom(16)  # per process: failed user names are logged as keyed digests
 # (user, tx, event) -> "done" or why not
 Answer = Callable[[str, str, Event], Awaitable[str]]
+
+
+def unverified_name(user: str) -> str:
+    """How a user name that has not (yet) authenticated is logged: its length and a short
+    digest under a key of this process (it may be a password typed in the wrong field)."""
+    digest = hmac.new(_LOG_KEY, user.encode(errors="surrogateescape"), hashlib.sha256)
+    return f"<{len(user)} chars, ref {digest.hexdigest()[:8]}>"
+
+
+class _NoCommandText(logging.Filter):
+    """aiosmtpd logs the first word of a line it does not know: that may be a password a
+    client sent out of turn, so only its length and digest are logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg == "%r unrecognised: %s" and isinstance(args, tuple) and len(args) == 2:
+            record.args = (args[0], unverified_name(str(args[1])))
+        return True
+
+
+logging.getLogger("mail.log").addFilter(_NoCommandText())
+
+
+async def _response(server: SMTP, prompt: str) -> bytes | AuthResult:
+    """The client's (base64-decoded) answer to an AUTH challenge, or how AUTH ends."""
+    try:
+        got = await server.challenge_auth(prompt)
+    except ValueError:  # the line is longer than aiosmtpd's reader takes
+        return AuthResult(success=False, handled=False, message=AUTH_LINE_TOO_LONG)
+    if not isinstance(got, bytes):  # "*" or not base64: aiosmtpd has answered
+        return AuthResult(success=False, handled=True)
+    return got
+
+
+async def _initial_response(server: SMTP, args: list[str], prompt: str,
+                            bad: str) -> bytes | AuthResult:
+    """The (decoded) initial response on the AUTH line, else the answer to ``prompt``."""
+    if len(args) > 1:
+        try:
+            return base64.b64decode(args[1], validate=True)
+        except binascii.Error:
+            return AuthResult(success=False, handled=False, message=bad)
+    return await _response(server, prompt)
+
+
+def reply_text(text: str, limit: int = 200) -> str:
+    """Text from elsewhere (the upstream MTA, an address) made fit for one reply line:
+    printable ASCII, at most ``limit`` characters."""
+    flat = "".join(c if " " <= c <= "~" else " " for c in text[: limit + 1])
+    flat = " ".join(flat.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 async def imap_login_ok(up: Upstream, user: str, password: str) -> bool:
@@ -53,7 +127,8 @@ async def imap_login_ok(up: Upstream, user: str, password: str) -> bool:
             await client.logout()
         return ok
     except (TimeoutError, OSError, aioimaplib.Abort) as exc:
-        log.warning("upstream IMAP unavailable for AUTH of %s: %s", user, exc)
+        log.warning("upstream IMAP unavailable for AUTH of %s: %s", unverified_name(user),
+                    type(exc).__name__)
         return False
 
 
@@ -61,7 +136,8 @@ class SubmissionHandler:
     def __init__(self, store: Store, upstream: Upstream, tag: str, *,
                  on_login: Callable[[str], Awaitable[object]] | None = None,
                  on_submit: Callable[[], None] | None = None,
-                 answer: Answer | None = None, domains: tuple[str, ...] = ()) -> None:
+                 answer: Answer | None = None, domains: tuple[str, ...] = (),
+                 max_recipients: int = MAX_RECIPIENTS) -> None:
         self.store = store
         self.upstream = upstream
         self.tag = tag
@@ -69,11 +145,25 @@ class SubmissionHandler:
         self.on_submit = on_submit
         self.answer = answer
         self.domains = domains
+        self.max_recipients = max_recipients
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Whatever went wrong inside, the client hears a generic transient error (aiosmtpd
+        would send the exception's text); the traceback is logged here, once."""
+        if isinstance(error, TLSSetupException):  # a failed handshake: aiosmtpd closes
+            log.info("TLS handshake failed: %r", error.__cause__)
+        elif isinstance(error, ConnectionError):  # the client went away mid-reply
+            log.info("SMTP connection lost: %r", error)
+        else:
+            log.error("SMTP session error", exc_info=error)
+        return INTERNAL_ERROR
 
     # --- AUTH (handler methods override aiosmtpd's built-ins, and may await) -----------
 
     async def _check(self, server: SMTP, user: str, password: str) -> AuthResult:
-        if user and password and await imap_login_ok(self.upstream, user, password):
+        if (user and password and not _NOT_IN_IMAP.search(user)
+                and not _NOT_IN_IMAP.search(password)
+                and await imap_login_ok(self.upstream, user, password)):
             log.info("AUTH ok for %s", user)
             if self.on_login is not None:
                 try:
@@ -81,41 +171,39 @@ class SubmissionHandler:
                 except Exception as exc:  # enrolment is retried at the first certified mail
                     log.warning("could not enrol %s yet: %s", user, exc)
             return AuthResult(success=True, auth_data=user.lower())
-        log.info("AUTH failed for %r", user)
+        peer = server.session.peer if server.session is not None else None
+        log.info("AUTH failed from %s for the user name %s", peer, unverified_name(user))
         return AuthResult(success=False, handled=False)
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
-        raw: Any = args[1] if len(args) > 1 else await server.challenge_auth("")
-        if raw is None or not isinstance(raw, (str, bytes)):
-            return AuthResult(success=False, handled=True)
+        data = await _initial_response(server, args, "", BAD_PLAIN)
+        if isinstance(data, AuthResult):
+            return data
         try:
-            data = base64.b64decode(raw, validate=True) if isinstance(raw, str) else raw
             _, user, password = data.decode().split("\0")
-        except (binascii.Error, ValueError, UnicodeDecodeError):
-            return AuthResult(success=False, handled=False, message="501 5.5.2 Bad PLAIN data")
+        except ValueError:  # not UTF-8 (UnicodeDecodeError), not three fields
+            return AuthResult(success=False, handled=False, message=BAD_PLAIN)
         return await self._check(server, user, password)
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        name = await _initial_response(server, args, "Username:", BAD_LOGIN)
+        if isinstance(name, AuthResult):
+            return name
+        secret = await _response(server, "Password:")
+        if isinstance(secret, AuthResult):
+            return secret
         try:
-            if len(args) > 1:
-                user = base64.b64decode(args[1], validate=True).decode()
-            else:
-                got = await server.challenge_auth("Username:")
-                if not isinstance(got, bytes):
-                    return AuthResult(success=False, handled=True)
-                user = got.decode()
-            got = await server.challenge_auth("Password:")
-            if not isinstance(got, bytes):
-                return AuthResult(success=False, handled=True)
-            password = got.decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return AuthResult(success=False, handled=False, message="501 5.5.2 Bad LOGIN data")
+            user, password = name.decode(), secret.decode()
+        except UnicodeDecodeError:
+            return AuthResult(success=False, handled=False, message=BAD_LOGIN)
         return await self._check(server, user, password)
 
     # --- the transaction ---------------------------------------------------------------
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
+        if _CONTROL_CHARS.search(address):
+            return "501 5.1.3 Bad sender address syntax"
         user = session.auth_data
         if not isinstance(user, str) or address.lower() != user:
             return "553 5.7.1 You may only send as your own address"
@@ -124,15 +212,21 @@ class SubmissionHandler:
         return "250 OK"
 
     def _control(self, address: str) -> tuple[str, str] | None:
-        m = CONTROL.match(address)
+        m = CONTROL.fullmatch(address)
         if m is None or self.answer is None or m.group(3).lower() not in self.domains:
             return None
         return m.group(1).lower(), m.group(2).lower()
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        controls = [self._control(a) is not None for a in [*envelope.rcpt_tos, address]]
-        if any(controls) and not all(controls):
+        if _CONTROL_CHARS.search(address):
+            return "501 5.1.3 Bad recipient address syntax"
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return TOO_MANY_RECIPIENTS
+        # a transaction is all answers or all mail: its first recipient says which, so each
+        # RCPT costs the same however many came before
+        if envelope.rcpt_tos and ((self._control(address) is None)
+                                  != (self._control(envelope.rcpt_tos[0]) is None)):
             return "452 4.5.3 Send an answer to a certified mail on its own"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -148,7 +242,7 @@ class SubmissionHandler:
             outcome = await self.answer(user, tx, Accept() if verb == "accept" else Refuse())
             if outcome != "done":
                 log.info("%s could not %s %s: %s", user, verb, tx, outcome)
-                return f"550 5.7.1 Cannot {verb} {tx}: {outcome}"
+                return f"550 5.7.1 Cannot {verb} {tx}: {reply_text(outcome)}"
             results.append(f"{verb}ed {tx}")
             log.info("%s %sed certified mail %s by mail", user, verb, tx)
         if self.on_submit is not None:
@@ -162,13 +256,17 @@ class SubmissionHandler:
         recipients = list(envelope.rcpt_tos)
         if recipients and self._control(recipients[0]) is not None:
             return await self._answer(sender.lower(), recipients)
-        if is_tagged(content, self.tag):
-            headers = email.parser.BytesHeaderParser(
-                policy=email.policy.default).parsebytes(content)
+        headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(
+            content)
+        subject = str(headers.get("Subject", ""))
+        if has_tag(subject, self.tag):
+            refusal = uncertifiable(sender, recipients, subject)
+            if refusal is not None:
+                log.info("certified mail from %s refused at the door: %s", sender, refusal)
+                return refusal
             sid = await self.store.add_submission(
-                message_id=str(headers.get("Message-ID", "")), sender=sender,
-                recipients=recipients, subject=str(headers.get("Subject", "")), raw=content,
-                now=int(time.time()))
+                message_id=message_id_of(headers), sender=sender,
+                recipients=recipients, subject=subject, raw=content, now=int(time.time()))
             log.info("certified submission #%d from %s to %d recipient(s) stored", sid, sender,
                      len(recipients))
             if self.on_submit is not None:
@@ -177,18 +275,58 @@ class SubmissionHandler:
         try:
             errors, reply = await self.upstream.send_mail(content, sender, recipients)
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            return f"550 5.1.1 Upstream refused every recipient: {exc.recipients[0].message}"
+            return ("550 5.1.1 Upstream refused every recipient: "
+                    + reply_text(exc.recipients[0].message))
         except aiosmtplib.SMTPResponseException as exc:
-            return f"{exc.code} {exc.message}"
+            code = exc.code if 400 <= exc.code <= 599 else 451
+            return f"{code} {reply_text(exc.message)}"
         except (aiosmtplib.SMTPException, OSError) as exc:
             log.warning("upstream SMTP unavailable: %s", exc)
             return "451 4.4.1 The upstream mail server is unavailable; try again later"
         if errors:  # accepted for some recipients only: say which were refused
             refused = ", ".join(f"{r} ({e.code})" for r, e in errors.items())
             log.warning("upstream refused %s for mail from %s", refused, sender)
-            return f"250 2.0.0 Relayed, but the upstream refused: {refused}"
+            return f"250 2.0.0 Relayed, but the upstream refused: {reply_text(refused)}"
         log.info("relayed untagged mail from %s to %d recipient(s)", sender, len(recipients))
-        return f"250 2.0.0 Relayed: {reply}"
+        return f"250 2.0.0 Relayed: {reply_text(reply)}"
+
+
+def message_id_of(headers: EmailMessage) -> str:
+    """The Message-ID as one line of printable text, at most 998 characters (the column)."""
+    try:
+        value = str(headers.get("Message-ID", ""))
+    except Exception:  # the standard library's parser fails on some values, e.g. "<"
+        value = next((v for k, v in headers.raw_items() if k.lower() == "message-id"), "")
+    value = value.encode("utf-8", "replace").decode()  # undecodable bytes are kept as "?"
+    return "".join(c for c in " ".join(value.split()) if c.isprintable())[:998]
+
+
+def uncertifiable(sender: str, recipients: list[str], subject: str) -> str | None:
+    """The 5xx answer to certified mail that cannot enter the protocol (a sender or a
+    recipient that cannot be a party name, a Subject that would break a header), or None."""
+    error = party_name_error(sender)
+    if error is not None:
+        return f"550 5.1.7 Cannot certify mail from this sender: {error}; nothing was stored"
+    bad = [(r, e) for r in recipients if (e := party_name_error(r)) is not None]
+    if bad:
+        address, error = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        return (f"550 5.1.3 Cannot certify mail to <{reply_text(address, 100)}>: {error}"
+                f"{more}; nothing was stored")
+    error = subject_error(subject)
+    if error is not None:
+        return f"554 5.6.0 Cannot certify this mail: {error}; nothing was stored"
+    return None
+
+
+class _FairSMTP(SMTP):
+    """aiosmtpd's session, but it lets every other connection have a turn after each
+    reply: a client that pipelines thousands of commands is served at the same pace as
+    everyone else, not before everyone else (a buffered line is read without waiting)."""
+
+    async def push(self, status: AnyStr) -> None:
+        await super().push(status)
+        await asyncio.sleep(0)
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -207,7 +345,7 @@ async def start(handler: SubmissionHandler, *, tls: ssl.SSLContext,
     def factory(implicit: bool) -> SMTP:
         # On the implicit-TLS listener the transport itself is TLS, which aiosmtpd does not
         # see (it only tracks STARTTLS): AUTH needs no further TLS check there.
-        return SMTP(handler, data_size_limit=max_size, hostname="tcms-gateway",
+        return _FairSMTP(handler, data_size_limit=max_size, hostname="tcms-gateway", ident=BANNER,
                     tls_context=None if implicit else tls, require_starttls=not implicit,
                     auth_required=True, auth_require_tls=not implicit,
                     auth_exclude_mechanism=["CRAM-MD5"])

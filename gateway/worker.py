@@ -1,7 +1,21 @@
-"""The gateway's protocol worker: it turns stored certified submissions into one protocol
-run per recipient, reads protocol mail and the accept/refuse folders of the users it
-serves, fires deadlines (R1S, R1R, R2S), and drains the outbox.  All state is in SQL, so a
-restarted or second worker carries on where another stopped."""
+"""The gateway's protocol worker: independent loops, one per kind of work, each claiming
+rows from SQL (gateway/queue.py) and handling every row on its own.
+
+- inbound: protocol mail the intake stored (gateway/inbound.py);
+- submissions: a certified submission becomes one sender run per recipient;
+- answers: the accept/refuse folders of one user who filed a notice there (the IMAP
+  proxy says so at once) or who has a notice pending (polled, for other clients);
+- deadlines: R1S, R1R, R2S for runs whose timer is due;
+- outbox: m1 to the TSS, m3-m6 to the peer gateway, requests to the TTP, mails for users
+  (gateway/dispatch.py).
+
+One item never delays another: items run concurrently (at most ``CONCURRENCY`` per loop),
+and an item that raises is retried with backoff or quarantined without touching the rest
+(logged once with its traceback when the failure is unexpected).  All state is in SQL, so
+a restarted or second worker carries on where another stopped; a local kick (the intake,
+the submission proxy, the IMAP proxy) wakes the loops at once, and every loop also looks
+for work every ``poll_interval`` seconds (work stored by another replica).
+"""
 
 from __future__ import annotations
 
@@ -12,27 +26,33 @@ import email.policy
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
+import aiosmtplib
 import httpx
 
 from dc.records import DirectoryError
-from gateway import dispatch, mailformat, notices
+from gateway import dispatch, inbound, notices
 from gateway.context import GatewayContext
 from gateway.imap import ImapError, Mailbox
+from gateway.queue import AnswerCheck, InboundItem, SubmissionItem, backoff
 from gateway.runs import apply, outbox, record
 from gateway.subject import strip_tag, subject_of, without_tag
-from tcms.identity import normalise_name
-from tcms.protocol.events import Accept, Event, Ignored, Received, Refuse, Tick
-from tcms.protocol.messages import M3, Description, MessageError
-from tcms.protocol.receiver import Receiver
+from tcms.identity import check_party_name, normalise_name
+from tcms.protocol.events import Accept, Event, Ignored, Refuse, Tick
+from tcms.protocol.messages import Description, one_line
 from tcms.protocol.sender import Sender
 from tcms.store import ConcurrentUpdate, OutMessage, RunRecord
 
 log = logging.getLogger("tcms.gateway.worker")
 ACCEPT, REFUSE = ("Certified", "Accept"), ("Certified", "Refuse")
-REJECTED = ("Certified", "Rejected")
+CONCURRENCY = 8  # items of one kind handled at the same time
+# failures that may pass: retried quietly (a warning), quarantined past max_attempts
+TRANSIENT: tuple[type[BaseException], ...] = (
+    inbound.Transient, ImapError, OSError, TimeoutError, httpx.HTTPError,
+    aiosmtplib.SMTPException, ConcurrentUpdate, DirectoryError, dispatch.Retry)
+T = TypeVar("T")
 
 
 def now_s() -> int:
@@ -42,103 +62,51 @@ def now_s() -> int:
 # --- submissions ------------------------------------------------------------------------
 
 
-async def start_submissions(ctx: GatewayContext, now: int) -> int:
-    """One sender run per recipient of each new certified submission; a recipient with no
-    usable key at the DC gets no mail, and the sender a notice saying so."""
-    done = 0
-    for sub in await ctx.store.new_submissions():
-        try:
-            await _start_submission(ctx, sub, now)
-            done += 1
-        except (httpx.HTTPError, DirectoryError) as exc:
-            log.warning("submission #%d waits: the DC is unavailable (%s)", sub["id"], exc)
-    return done
-
-
-async def _start_submission(ctx: GatewayContext, sub: dict[str, Any], now: int) -> None:
-    sid, sender = int(sub["id"]), normalise_name(str(sub["sender"]))
-    raw = bytes(sub["raw"])
+async def start_submission(ctx: GatewayContext, sub: SubmissionItem, now: int) -> None:
+    """One sender run per recipient; a recipient that cannot be certified (no usable key
+    at the DC, or not an address a party can have) gets no mail, and the sender a notice
+    saying so.  Raises (to be retried) only when the DC cannot be asked."""
+    sender = normalise_name(sub.sender)
     me = await ctx.enroll(sender)
-    m0 = strip_tag(raw, ctx.tag)
-    subject = without_tag(subject_of(raw), ctx.tag)
-    desc = Description(subject[:900], len(m0), str(sub["message_id"])[:900])
+    m0 = strip_tag(sub.raw, ctx.tag)
+    subject = one_line(without_tag(subject_of(sub.raw), ctx.tag))
+    desc = Description(subject, len(m0), one_line(sub.message_id))
     runs: list[tuple[RunRecord, list[OutMessage]]] = []
     refused: list[OutMessage] = []
-    recipients = dict.fromkeys(normalise_name(r) for r in json.loads(str(sub["recipients"])))
-    for rcpt in recipients:
+    wanted: dict[str, None] = {}
+    for raw_rcpt in sub.recipients:
+        try:
+            wanted[check_party_name(raw_rcpt)] = None
+        except ValueError as exc:
+            log.warning("submission #%d: %s", sub.id, exc)
+            refused.append(OutMessage("mailbox", "uncertifiable", _status_json(
+                subject, str(exc)), sender, one_line(raw_rcpt, 200)))
+    for rcpt in wanted:
         party = await ctx.party_of(rcpt)
         if party is None:
             why = (f"{rcpt} has no key at the Distribution Center, so the mail cannot be "
                    "certified for them")
-            log.warning("submission #%d: %s", sid, why)
-            refused.append(OutMessage("mailbox", "uncertifiable", json.dumps(
-                {"subject": subject, "text": why}).encode(), sender, rcpt))
+            log.warning("submission #%d: %s", sub.id, why)
+            refused.append(OutMessage("mailbox", "uncertifiable", _status_json(subject, why),
+                                      sender, rcpt))
             continue
         machine, actions = Sender.start(me, ctx.trust, party, m0, desc, ctx.deadlines(now),
                                         tss=ctx.settings.tss.url,
                                         cipher_alg=ctx.settings.protocol.cipher)
-        runs.append((record(machine, "sender", sender, rcpt, submission_id=sid),
+        runs.append((record(machine, "sender", sender, rcpt, submission_id=sub.id),
                      outbox(actions, sender, rcpt)))
     status = "started" if runs else "failed"
-    if await ctx.store.start_submission(sid, runs, refused, now=now, actor=ctx.me.name,
+    if await ctx.store.start_submission(sub.id, runs, refused, now=now, actor=ctx.me.name,
                                         status=status, detail=f"{len(runs)} run(s)"):
         log.info("submission #%d from %s: %d exchange(s) started, %d recipient(s) not "
-                 "certifiable", sid, sender, len(runs), len(refused))
+                 "certifiable", sub.id, sender, len(runs), len(refused))
 
 
-# --- protocol mail ------------------------------------------------------------------------
+def _status_json(subject: str, text: str) -> bytes:
+    return json.dumps({"subject": subject, "text": text}).encode()
 
 
-async def take_protocol_mail(ctx: GatewayContext, user: str, raw: bytes, now: int) -> str:
-    """Process one protocol mail found in ``user``'s mailbox.  Returns ``done`` (consumed
-    or a harmless repeat) or the reason it was rejected."""
-    try:
-        pm = mailformat.parse(raw)
-    except mailformat.MailFormatError as exc:
-        return f"malformed protocol mail: {exc}"
-    if pm is None:
-        return "not a protocol mail"
-    if pm.kind == "m3":
-        return await _take_m3(ctx, user, pm.data, now)
-    role = "receiver" if pm.kind == "m5" else "sender"
-    runs = [r for r in await ctx.store.find_runs(pm.tx) if r.role == role and r.owner == user]
-    if not runs:
-        return f"{pm.kind} for an exchange {pm.tx} that {user} has no {role} run in"
-    actions = await apply(ctx, runs[0], Received(pm.data), now,
-                          received=(pm.kind, pm.data))
-    ignored = [a.reason for a in actions if isinstance(a, Ignored)]
-    if ignored and len(ignored) == len(actions):
-        if "phase" in ignored[0]:  # a repeat of a message already handled
-            return "done"
-        return "; ".join(ignored)
-    return "done"
-
-
-async def _take_m3(ctx: GatewayContext, user: str, data: bytes, now: int) -> str:
-    me = ctx.identity(user)
-    if me is None:
-        return f"{user} is not enrolled at this gateway"
-    try:
-        sender_name = M3.decode(data).core.header.sender.name
-    except MessageError as exc:
-        return f"m3 does not parse: {exc}"
-    sender = await ctx.party_of(sender_name)  # network errors: try the mail again later
-    machine, actions = Receiver.from_m3(me, ctx.trust, data, now,
-                                        lambda n: sender if n == sender_name else None)
-    rec = record(machine, "receiver", user, sender_name)
-    try:
-        await ctx.store.save_run(rec, now=now, outbox=outbox(actions, user, sender_name),
-                                 received=[("m3", data)],
-                                 audit=[("receiver", f"phase.{machine.phase}",
-                                         machine.state.reason)])
-    except ConcurrentUpdate:
-        return "done"  # the same m3 again
-    if machine.phase == "rejected":
-        log.warning("exchange %s: m3 from %s rejected: %s", rec.tx, sender_name,
-                    machine.state.reason)
-        return f"m3 rejected: {machine.state.reason}"
-    log.info("exchange %s: sealed mail from %s for %s", rec.tx, sender_name, user)
-    return "done"
+# --- answers --------------------------------------------------------------------------------
 
 
 async def answer(ctx: GatewayContext, user: str, tx: str, event: Event, now: int) -> str:
@@ -148,28 +116,19 @@ async def answer(ctx: GatewayContext, user: str, tx: str, event: Event, now: int
     if not runs:
         return f"{user} has no certified mail {tx}"
     actions = await apply(ctx, runs[0], event, now)
-    ignored = [a.reason for a in actions if isinstance(a, Ignored)]
-    return "; ".join(ignored) if ignored else "done"
+    ignored = [a for a in actions if isinstance(a, Ignored)]
+    return "; ".join(a.reason for a in ignored) if ignored else "done"
 
 
-# --- one scan of a user's mailbox -----------------------------------------------------------
+def is_answer_folder(name: str) -> bool:
+    """``Certified.Accept``, ``Certified/Refuse``... (any delimiter, any case)."""
+    flat = name.strip('"').replace("/", ".").lower()
+    return flat in ("certified.accept", "certified.refuse")
 
 
-async def scan_mailbox(ctx: GatewayContext, user: str, now: int) -> None:
+async def check_answers(ctx: GatewayContext, user: str, now: int) -> None:
+    """Act on the notices ``user`` filed into Certified.Accept / Certified.Refuse."""
     async with ctx.imap.open(user) as box:
-        hidden = await box.folder(ctx.settings.gateway.protocol_folder, subscribe=False)
-        for folder in (hidden, "INBOX"):
-            for uid in await box.search_header(folder, "TCMS-Message"):
-                raw = await box.fetch(uid)
-                if raw is None:
-                    continue
-                outcome = await take_protocol_mail(ctx, user, raw, now)
-                if outcome == "done":
-                    await box.delete(uid)
-                else:
-                    log.warning("%s: protocol mail moved to %s: %s", user,
-                                ".".join(REJECTED), outcome)
-                    await box.move(uid, await box.folder(*REJECTED))
         for parts, event in ((ACCEPT, Accept()), (REFUSE, Refuse())):
             await _answers(ctx, box, user, await box.folder(*parts), event, now)
 
@@ -201,49 +160,169 @@ async def _answers(ctx: GatewayContext, box: Mailbox, user: str, folder: str, ev
 # --- deadlines ---------------------------------------------------------------------------------
 
 
-async def fire_deadlines(ctx: GatewayContext, now: int) -> int:
-    due = [r for r in await ctx.store.due_runs(now) if ctx.identity(r.owner) is not None]
-    for rec in due:
-        await apply(ctx, rec, Tick(), now)
-    return len(due)
+def deadline_key(rec: RunRecord) -> str:
+    return f"{rec.cid.hex()}/{rec.role}"
 
 
-# --- the loop -------------------------------------------------------------------------------
+# --- the loops -------------------------------------------------------------------------------
 
 
 class Worker:
     def __init__(self, ctx: GatewayContext, clock: Callable[[], int] = now_s) -> None:
         self.ctx = ctx
         self.clock = clock
-        self.kick = asyncio.Event()
+        self._wake: dict[str, asyncio.Event] = {}
 
-    async def _guard(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
+    def kick(self) -> None:
+        """New work was stored here: wake every loop now."""
+        for ev in self._wake.values():
+            ev.set()
+
+    async def answers_filed(self, user: str, folder: str) -> None:
+        """The IMAP proxy saw ``user`` file mail into ``folder``: if it is an answer
+        folder, look at that user's answers now."""
+        if not is_answer_folder(folder):
+            return
         try:
-            await step()
-        except (ImapError, OSError, httpx.HTTPError) as exc:
-            log.warning("%s: %s (will retry)", what, exc)
-        except Exception:
-            log.exception("%s failed (will retry)", what)
+            name = normalise_name(user)
+        except ValueError:
+            return
+        now = self.clock()
+        await self.ctx.queues.want_answer_check(name, now, now)
+        self.kick()
+
+    # --- isolation ------------------------------------------------------------------
+
+    async def isolated(self, kind: str, key: str | int, attempts: int,
+                       work: Callable[[], Awaitable[object]], what: str = "") -> None:
+        """Run one item; a failure is the item's alone: retried with backoff, or
+        quarantined after max_attempts.  An unexpected one is logged with its traceback
+        on its first try only.  ``what`` describes the item in log lines."""
+        name = f"{kind} {key}" + (f" ({what})" if what else "")
+        try:
+            await work()
+            return
+        except asyncio.CancelledError:
+            raise
+        except TRANSIENT as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            error = f"unexpected {type(exc).__name__}: {exc}"
+            if attempts <= 1:
+                log.exception("%s failed unexpectedly", name)
+        try:
+            status = await self.ctx.queues.fail(kind, key, attempts, self.clock(), error)
+        except Exception as exc:  # the database itself: the lease runs out, then a retry
+            log.warning("%s: %s; could not record the failure: %r", name, error, exc)
+            return
+        if status == "quarantined":
+            log.error("%s quarantined after %d tries: %s (see `tcms queue show %s %s`)",
+                      name, attempts, error, kind, key)
+        else:
+            log.warning("%s: %s (try %d; retrying in %ds)", name, error, attempts,
+                        backoff(attempts))
+
+    async def each(self, items: Iterable[T], handle: Callable[[T], Awaitable[None]]) -> int:
+        gate = asyncio.Semaphore(CONCURRENCY)
+        todo = list(items)
+
+        async def one(item: T) -> None:
+            async with gate:
+                await handle(item)
+
+        await asyncio.gather(*(one(i) for i in todo))
+        return len(todo)
+
+    # --- one pass of each kind ------------------------------------------------------
+
+    async def inbound_pass(self) -> int:
+        ctx = self.ctx
+
+        async def handle(item: InboundItem) -> None:
+            async def work() -> None:
+                outcome = await inbound.handle(ctx, item.id, item.raw, self.clock())
+                if outcome.status == "rejected":
+                    log.warning("inbound #%d from %s rejected: %s", item.id, item.mail_from,
+                                outcome.detail)
+                await ctx.queues.finish("inbound", item.id, self.clock(),
+                                        status=outcome.status, detail=outcome.detail)
+            await self.isolated("inbound", item.id, item.attempts, work)
+
+        return await self.each(await ctx.queues.claim_inbound(self.clock()), handle)
+
+    async def submissions_pass(self) -> int:
+        ctx = self.ctx
+
+        async def handle(sub: SubmissionItem) -> None:
+            await self.isolated("submission", sub.id, sub.attempts,
+                                lambda: start_submission(ctx, sub, self.clock()))
+
+        return await self.each(await ctx.queues.claim_submissions(self.clock()), handle)
+
+    async def answers_pass(self) -> int:
+        ctx = self.ctx
+        poll = ctx.settings.gateway.answer_poll_interval
+
+        async def handle(check: AnswerCheck) -> None:
+            async def work() -> None:
+                await check_answers(ctx, check.owner, self.clock())
+                now = self.clock()
+                if await ctx.store.has_pending_notice(check.owner):
+                    await ctx.queues.reschedule_answers(check.owner, int(now + poll), now)
+                else:
+                    await ctx.queues.finish("answers", check.owner, now)
+            await self.isolated("answers", check.owner, check.attempts, work)
+
+        return await self.each(await ctx.queues.claim_answer_checks(self.clock()), handle)
+
+    async def deadlines_pass(self) -> int:
+        ctx = self.ctx
+        now = self.clock()
+        due = [r for r in await ctx.store.due_runs(now) if ctx.identity(r.owner) is not None]
+
+        async def handle(rec: RunRecord) -> None:
+            await self.isolated("deadline", deadline_key(rec), rec.attempts + 1,
+                                lambda: apply(ctx, rec, Tick(), self.clock()))
+
+        return await self.each(due, handle)
+
+    async def outbox_pass(self) -> int:
+        return await dispatch.drain(self.ctx, self.clock(), self.isolated)
 
     async def once(self) -> None:
-        """One pass over every kind of work."""
-        ctx = self.ctx
-        await self._guard("submissions", lambda: start_submissions(ctx, self.clock()))
-        await self._guard("outbox", lambda: dispatch.drain(ctx, self.clock()))
-        for user in ctx.users():
-            await self._guard(f"mailbox of {user}", self._scanner(user))
-        await self._guard("deadlines", lambda: fire_deadlines(ctx, self.clock()))
-        await self._guard("outbox", lambda: dispatch.drain(ctx, self.clock()))
+        """One pass of every kind (tests and tools; the service runs the loops)."""
+        for step in self._steps().values():
+            await step()
 
-    def _scanner(self, user: str) -> Callable[[], Awaitable[None]]:
-        return lambda: scan_mailbox(self.ctx, user, self.clock())
+    def _steps(self) -> dict[str, Callable[[], Awaitable[int]]]:
+        return {"inbound": self.inbound_pass, "submissions": self.submissions_pass,
+                "answers": self.answers_pass, "deadlines": self.deadlines_pass,
+                "outbox": self.outbox_pass}
+
+    async def _loop(self, name: str, step: Callable[[], Awaitable[int]]) -> None:
+        wake = self._wake[name]
+        interval = self.ctx.settings.gateway.poll_interval
+        while True:
+            wake.clear()
+            try:
+                handled = await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. the database is down: wait, then look again
+                log.warning("%s: could not look for work: %r", name, exc)
+                handled = 0
+            if handled:
+                self.kick()  # what was handled may have made work for the other loops
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=interval)
 
     async def run(self) -> None:
-        interval = self.ctx.settings.gateway.poll_interval
-        log.info("protocol worker started for %s (%d user(s)); polling every %.1fs",
-                 ", ".join(self.ctx.domains), len(self.ctx.users()), interval)
-        while True:
-            await self.once()
-            self.kick.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.kick.wait(), timeout=interval)
+        ctx = self.ctx
+        steps = self._steps()
+        self._wake = {name: asyncio.Event() for name in steps}
+        log.info("protocol worker started for %s (protocol mail to %s); looking for work "
+                 "every %.1fs", ", ".join(ctx.domains),
+                 ", ".join(ctx.protocol_address(d) for d in ctx.domains),
+                 ctx.settings.gateway.poll_interval)
+        await asyncio.gather(*(self._loop(name, step) for name, step in steps.items()))

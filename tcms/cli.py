@@ -14,20 +14,14 @@ import click
 
 from tcms import config as config_mod
 from tcms import evidence
+from tcms.cliutil import settings_of, with_store
 from tcms.keystore import Keystore, KeystoreError
 
 log = logging.getLogger("tcms")
 
 
 def _settings(ctx: click.Context) -> config_mod.Settings:
-    obj: dict[str, Any] = ctx.ensure_object(dict)
-    if "settings" not in obj:
-        try:
-            obj["settings"] = config_mod.load(obj.get("config"))
-        except config_mod.ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
-    settings: config_mod.Settings = obj["settings"]
-    return settings
+    return settings_of(ctx)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -310,8 +304,8 @@ def serve(ctx: click.Context, service: str) -> None:
 
 
 async def _start_gateway(settings: config_mod.Settings) -> None:
-    """The gateway: its SMTP listeners and its protocol worker, until cancelled."""
-    from gateway import context, imapproxy, submission
+    """The gateway: its SMTP, IMAP and intake listeners and its protocol worker."""
+    from gateway import context, imapproxy, intake, submission
     from gateway.worker import Worker, answer
 
     g = settings.gateway
@@ -320,7 +314,8 @@ async def _start_gateway(settings: config_mod.Settings) -> None:
                                    "every listener speaks TLS")
     try:
         ctx = context.create(settings)
-    except config_mod.ConfigError as exc:
+        clients = intake.networks(g.intake_clients)
+    except (config_mod.ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     await ctx.store.upgrade()
     worker = Worker(ctx)
@@ -329,13 +324,20 @@ async def _start_gateway(settings: config_mod.Settings) -> None:
         return await answer(ctx, user, tx, event, worker.clock())
 
     handler = submission.SubmissionHandler(
-        ctx.store, ctx.upstream, g.tag, on_login=ctx.enroll, on_submit=worker.kick.set,
-        answer=answer_by_mail, domains=tuple(g.domains))
+        ctx.store, ctx.upstream, g.tag, on_login=ctx.enroll, on_submit=worker.kick,
+        answer=answer_by_mail, domains=tuple(g.domains), max_recipients=g.max_recipients)
     tls = submission.tls_context(str(g.tls_cert), str(g.tls_key))
     await submission.start(handler, tls=tls, submission=g.split(g.submission),
                            smtps=g.split(g.smtps), max_size=g.max_message_size)
     log.info("gateway SMTP listening: submission %s (STARTTLS), smtps %s (TLS)",
              g.submission, g.smtps)
+    addresses = list(g.protocol_addresses().values())
+    await intake.start(intake.IntakeHandler(ctx.queues, addresses, [str(c) for c in clients],
+                                            on_stored=worker.kick),
+                       listen=g.split(g.intake), tls=tls,
+                       max_size=intake.max_size(g.max_message_size))
+    log.info("gateway intake listening: %s (LMTP) for %s, from %s", g.intake,
+             ", ".join(addresses), ", ".join(g.intake_clients))
     up = ctx.upstream
     await imapproxy.start(imapproxy.ProxyConfig(up.imap_host, up.imap_port, g.protocol_folder,
                                                 tls, up.imap_tls),
@@ -455,32 +457,49 @@ def _dc_client(ctx: click.Context, url: str | None) -> Any:
 @dc.command("register")
 @click.argument("domain")
 @click.argument("gateway_keys", type=click.File("r"))
+@click.option("--protocol-address", default=None, metavar="ADDRESS",
+              help="Where the domain's MTA routes protocol mail to the gateway "
+                   "(default: tcms-gateway@DOMAIN; the gateway's [gateway] "
+                   "protocol_address).")
 @click.pass_context
-def dc_register(ctx: click.Context, domain: str, gateway_keys: Any) -> None:
+def dc_register(ctx: click.Context, domain: str, gateway_keys: Any,
+                protocol_address: str | None) -> None:
     """Allow the gateway whose public keys are in GATEWAY_KEYS (`tcms keys export`) to
-    publish and revoke keys for DOMAIN (run on the DC's host: writes its database)."""
+    publish and revoke keys for DOMAIN, and publish the address its peers send protocol
+    mail to (run on the DC's host: writes its database)."""
     import time
 
     from dc import store as dc_store
-    from tcms.identity import Party
+    from tcms.identity import Party, check_party_name
     from tcms.store import Store
 
     try:
         gateway = Party.from_json(json.load(gateway_keys))
     except (ValueError, KeyError) as exc:
         raise click.ClickException(f"not a public key file: {exc}") from None
+    domain = domain.strip().lower()
+    address = protocol_address or f"tcms-gateway@{domain}"
+    try:
+        address = check_party_name(address)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--protocol-address") from None
+    if address.rsplit("@", 1)[1] != domain:
+        raise click.BadParameter(f"{address} is not in {domain}",
+                                 param_hint="--protocol-address")
     settings = _settings(ctx)
 
     async def go() -> None:
         store = Store(settings.database.url)
         try:
             await store.upgrade()
-            await dc_store.register_gateway(store, domain.lower(), gateway, int(time.time()))
+            await dc_store.register_gateway(store, domain, gateway, int(time.time()),
+                                            address)
         finally:
             await store.close()
 
     asyncio.run(go())
-    click.echo(f"{gateway.name} [{gateway.fingerprint}] may now publish keys for {domain}")
+    click.echo(f"{gateway.name} [{gateway.fingerprint}] may now publish keys for {domain}; "
+               f"its protocol mail goes to {address}")
 
 
 @dc.command("publish")
@@ -670,19 +689,7 @@ def tx() -> None:
 
 
 def _with_store(ctx: click.Context, fn: Any) -> Any:
-    from tcms.store import Store
-
-    settings = _settings(ctx)
-
-    async def go() -> Any:
-        store = Store(settings.database.url)
-        try:
-            await store.upgrade()
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    return with_store(ctx, fn)
 
 
 def _when(t: int | None) -> str:
@@ -802,6 +809,15 @@ def demo(scenario: str, out: str) -> None:
         click.echo(f"\n=== scenario: {name} " + "=" * (50 - len(name)))
         asyncio.run(demo_mod.run(Path(out) / name, name, say=click.echo))
 
+
+def _add_package_commands() -> None:
+    """Commands that live with the package that owns them."""
+    from gateway.cli import queue_group
+
+    main.add_command(queue_group)
+
+
+_add_package_commands()
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tcms.identity import party_name_error
+
 DEFAULT_FILE = Path("config/tcms.toml")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -157,6 +159,7 @@ class GatewayConfig(BaseModel):
     upstream_smtp_tls: Literal["none", "starttls"] = "none"  # starttls: required
     upstream_ca_file: Path | None = None  # CA to verify them (default: the system's)
     max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 1000  # per mail, as Postfix's smtpd_recipient_limit; more: 452
     tag: str = "[certified]"
     # who the gateway is and whom it serves
     identity: str = "gateway@tcms.local"  # its own key: signs DC requests and notices
@@ -170,7 +173,17 @@ class GatewayConfig(BaseModel):
     # (`tcms keys export`); unset: the public files of [ttp]/[dc] identity in [keys] dir
     trust_file: Path | None = None
     dc_key_file: Path | None = None
-    poll_interval: float = 5.0  # seconds between mailbox scans and deadline checks
+    poll_interval: float = 5.0  # seconds between looks for work (kicked sooner locally)
+    # the intake: the MTA hands protocol mail for <protocol_address>@<domain> to this LMTP
+    # listener (Postfix: one transport_maps line); only these MTA hosts may connect
+    intake: str = "127.0.0.1:8024"
+    intake_clients: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    protocol_address: str = "tcms-gateway"  # local part; registered at the DC per domain
+    # units of work: tries before an item is quarantined (`tcms queue`)
+    max_attempts: int = 10
+    # how often the accept/refuse folders of a user with a pending notice are looked at
+    # when their client files it without the IMAP proxy (the proxy triggers a look at once)
+    answer_poll_interval: float = 60.0
     # where the organisation's delivery (e.g. a Sieve rule on the TCMS-Message header) files
     # protocol mail; the IMAP proxy hides it.  INBOX is read too, for mail filed nowhere.
     protocol_folder: str = "TCMS"
@@ -178,7 +191,7 @@ class GatewayConfig(BaseModel):
     imaps_proxy: str = "127.0.0.1:8993"  # implicit TLS
 
     @field_validator("submission", "smtps", "upstream_smtp", "upstream_imap", "imap_proxy",
-                     "imaps_proxy")
+                     "imaps_proxy", "intake")
     @classmethod
     def _host_port(cls, v: str) -> str:
         return ServiceConfig._host_port(v)
@@ -198,12 +211,38 @@ class GatewayConfig(BaseModel):
             raise ValueError("must be mail domains such as example.org")
         return out
 
-    @field_validator("poll_interval")
+    @field_validator("max_recipients")
+    @classmethod
+    def _max_recipients(cls, v: int) -> int:
+        if not 1 <= v <= 100_000:
+            raise ValueError("must be between 1 and 100000")
+        return v
+
+    @field_validator("poll_interval", "answer_poll_interval")
     @classmethod
     def _interval(cls, v: float) -> float:
         if not 0.05 <= v <= 3600:
             raise ValueError("must be between 0.05 and 3600 seconds")
         return v
+
+    @field_validator("protocol_address")
+    @classmethod
+    def _protocol_local(cls, v: str) -> str:
+        v = v.strip().lower()
+        if "@" in v or party_name_error(f"{v}@example.org") is not None:
+            raise ValueError("must be the local part of an address, e.g. tcms-gateway")
+        return v
+
+    @field_validator("max_attempts")
+    @classmethod
+    def _attempts(cls, v: int) -> int:
+        if not 1 <= v <= 100:
+            raise ValueError("must be between 1 and 100")
+        return v
+
+    def protocol_addresses(self) -> dict[str, str]:
+        """The gateway's protocol address in each of its domains."""
+        return {d: f"{self.protocol_address}@{d}" for d in self.domains}
 
     def get_master_password(self) -> str:
         if self.master_password:

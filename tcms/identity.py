@@ -17,11 +17,88 @@ from tcms.crypto import h, tagged
 KINDS = ("user", "gateway", "tss", "ttp", "dc")
 
 
+MAX_NAME = 254  # RFC 5321: a path holds at most 256 octets, the brackets included
+MAX_LOCAL_PART = 64
+# RFC 5322 atext without "/", "?", "#" and "%", which would change the meaning of the name in
+# a URL (the DC lookup is GET /keys/{name}); quoted local parts are not party names
+_LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                         "!$&'*+-=^_`{|}~.")
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def party_name_error(address: str) -> str | None:
+    """Why ``address`` cannot be the name of a protocol party, or None if it can.
+
+    A party name is a plain ASCII mail address ``local@domain`` (either case; names are
+    kept lower-case by ``normalise_name``): at most 254 characters; a local part of at most
+    64 characters from RFC 5322's atext without ``/ ? # %``, with no leading, trailing or
+    double dot; a domain of dot-separated LDH labels of 1 to 63 characters.  Not accepted:
+    quoted local parts, address literals, spaces, control characters, other characters.
+    Pure and linear in the length of ``address``; the reason is plain ASCII and quotes
+    nothing of ``address`` but at most one offending character (escaped), so it can go into
+    a reply or a log as it is.
+    """
+    if not address:
+        return "the address is empty"
+    if len(address) > MAX_NAME:
+        return f"the address is longer than {MAX_NAME} characters"
+    for c in address:
+        if not c.isprintable():  # also every space but U+0020 (CR, LF, TAB, U+2028, ...)
+            return f"the address contains a control character ({_shown(c)})"
+        if c.isspace():
+            return f"the address contains a space ({_shown(c)})"
+        if not c.isascii():
+            return f"the address contains a non-ASCII character ({_shown(c)})"
+    if address.count("@") != 1:
+        return "the address must contain exactly one @"
+    local, domain = address.split("@")
+    if local.startswith('"'):
+        return "a quoted local part cannot be a party name"
+    if not local:
+        return "the local part (before the @) is empty"
+    if len(local) > MAX_LOCAL_PART:
+        return f"the local part is longer than {MAX_LOCAL_PART} characters"
+    for c in local:
+        if c not in _LOCAL_CHARS:
+            return f"the local part contains {_shown(c)}, which a party name may not hold"
+    if local[0] == "." or local[-1] == "." or ".." in local:
+        return "the local part begins or ends with a dot or has two dots in a row"
+    if not domain:
+        return "the domain (after the @) is empty"
+    if domain.startswith("["):
+        return "an address literal cannot be a party name"
+    for label in domain.split("."):
+        if not label:
+            return "the domain has an empty label (a leading, trailing or double dot)"
+        if len(label) > 63:
+            return "a label of the domain is longer than 63 characters"
+        for c in label:
+            if c not in _LABEL_CHARS:
+                return f"the domain contains {_shown(c)}, which a domain name may not hold"
+        if label[0] == "-" or label[-1] == "-":
+            return "a label of the domain begins or ends with a hyphen"
+    return None
+
+
+def _shown(c: str) -> str:
+    """One character, shown safely in ASCII: 'x' or U+0000."""
+    return f"'{c}'" if c.isascii() and c.isprintable() and c != " " else f"U+{ord(c):04X}"
+
+
+def check_party_name(name: str) -> str:
+    """``name`` normalised, or ValueError naming why it cannot be a party's name."""
+    norm = normalise_name(name)
+    why = party_name_error(norm)
+    if why is not None:
+        raise ValueError(f"{name[:80]!r} cannot be certified: {why}")
+    return norm
+
+
 def normalise_name(name: str) -> str:
     """Addresses compare case-insensitively; store them lower-case and stripped."""
     name = name.strip().lower()
-    if not name or any(c.isspace() for c in name) or len(name) > 254:
-        raise ValueError(f"not a valid identity name: {name!r}")
+    if not name or any(c.isspace() or not c.isprintable() for c in name) or len(name) > 254:
+        raise ValueError(f"not a valid identity name: {name[:80]!r}")
     return name
 
 

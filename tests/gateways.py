@@ -55,6 +55,7 @@ class GatewayProc:
     smtps: int = field(default_factory=free_port)
     imap: int = field(default_factory=free_port)
     imaps: int = field(default_factory=free_port)
+    intake: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log: BinaryIO | None = None
     home: Path | None = None  # keys and trust files (default: workdir); a replica shares them
@@ -62,6 +63,7 @@ class GatewayProc:
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.identity = f"gateway@{self.domain}"
+        self.protocol_address = f"tcms-gateway@{self.domain}"
         res = subprocess.run(
             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
             "-keyout gw.key -out gw.crt -days 2 -subj /CN=127.0.0.1 "
@@ -84,6 +86,8 @@ class GatewayProc:
             "TCMS_GATEWAY__SMTPS": f"127.0.0.1:{self.smtps}",
             "TCMS_GATEWAY__IMAP_PROXY": f"127.0.0.1:{self.imap}",
             "TCMS_GATEWAY__IMAPS_PROXY": f"127.0.0.1:{self.imaps}",
+            "TCMS_GATEWAY__INTAKE": f"127.0.0.1:{self.intake}",
+            "TCMS_GATEWAY__ANSWER_POLL_INTERVAL": "1",
             "TCMS_GATEWAY__TLS_CERT": str(w / "gw.crt"),
             "TCMS_GATEWAY__TLS_KEY": str(w / "gw.key"),
             # TLS both ways: implicit TLS to Dovecot, STARTTLS to Postfix
@@ -103,12 +107,15 @@ class GatewayProc:
         return env
 
     def setup(self) -> None:
-        """The gateway's own key, registered at the DC for its domain; what it trusts."""
+        """The gateway's own key, registered at the DC for its domain with its protocol
+        address, which the MTA routes to its intake; what it trusts."""
         gw = Keystore(self.workdir / "keys", PASSPHRASE.encode()).create(self.identity,
                                                                          "gateway")
         (self.workdir / "gw-public.json").write_text(json.dumps(gw.party.to_json()))
-        tcms(["dc", "register", self.domain, str(self.workdir / "gw-public.json")],
+        tcms(["dc", "register", self.domain, str(self.workdir / "gw-public.json"),
+              "--protocol-address", self.protocol_address],
              self.services.env(), self.services.workdir)
+        self.stack.route(self.protocol_address, self.intake)
         trust = httpx.get(self.services.ttp + "/identity", timeout=10).json()
         (self.workdir / "trust.json").write_text(json.dumps(trust))
         (self.workdir / "dc.json").write_text(json.dumps(DC.party.to_json()))
@@ -117,7 +124,20 @@ class GatewayProc:
         tcms(["gateway", "enroll", *addresses], self.env(), self.workdir)
 
     def start(self) -> GatewayProc:
+        """Start it; when a listening port was taken meanwhile (another test run on this
+        machine), start again on fresh ports (the MTA's route to the intake follows)."""
+        for _ in range(3):
+            if self._start_once():
+                return self
+            for name in ("submission", "smtps", "imap", "imaps", "intake"):
+                setattr(self, name, free_port())
+            if self.home is None:
+                self.stack.route(self.protocol_address, self.intake)
+        raise RuntimeError(self.log_text())
+
+    def _start_once(self) -> bool:
         self.log = open(self.workdir / "gateway.log", "ab")  # noqa: SIM115
+        mark = self.log.tell()
         self.proc = subprocess.Popen([sys.executable, "-m", "tcms.cli", "serve", "gateway"],
                                      env=self.env(), cwd=self.workdir, stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -125,9 +145,14 @@ class GatewayProc:
         while True:
             try:
                 with smtplib.SMTP("127.0.0.1", self.submission, timeout=2):
-                    return self
+                    return True
             except OSError:
-                if self.proc.poll() is not None or time.time() > deadline:
+                if self.proc.poll() is not None:
+                    self.log.close()
+                    if "address already in use" in self.log_text()[mark:]:
+                        return False
+                    raise RuntimeError(self.log_text()) from None
+                if time.time() > deadline:
                     raise RuntimeError(self.log_text()) from None
                 time.sleep(0.2)
 
@@ -136,7 +161,8 @@ class GatewayProc:
 
     def replica(self, name: str) -> GatewayProc:
         """Another instance of this organisation's gateway: its own ports, the same
-        keys, configuration and database."""
+        keys, configuration and database (the MTA keeps routing to the first one's
+        intake; every replica works on what any of them stored)."""
         return GatewayProc(self.workdir / name, self.domain, self.stack, self.services,
                            self.db_url, home=self.home or self.workdir)
 
@@ -296,3 +322,38 @@ def start_orgs(workdir: Path, services_db: str, a_db: str, b_db: str) -> Orgs:
         orgs.stop()
         raise
     return orgs
+
+
+def query(db_url: str, sql: str, *args: object) -> list[tuple[object, ...]]:
+    """Rows of a gateway's database, SQLite or PostgreSQL (``?`` placeholders)."""
+    import asyncio
+    import sqlite3
+
+    import asyncpg
+
+    if db_url.startswith("sqlite"):
+        with sqlite3.connect(db_url.split(":///", 1)[1], timeout=10) as db:
+            return [tuple(r) for r in db.execute(sql, args).fetchall()]
+    parts = sql.split("?")
+    pg_sql = parts[0] + "".join(f"${i}{p}" for i, p in enumerate(parts[1:], start=1))
+
+    async def pg() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            return [tuple(r) for r in await conn.fetch(pg_sql, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(pg())
+
+
+def inbound_outcome(db_url: str, tx: str, timeout: float = 60) -> tuple[str, str]:
+    """(status, detail) of the newest inbound item of exchange ``tx``, once handled."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = query(db_url, "SELECT status, detail FROM inbound WHERE tx = ? "
+                             "ORDER BY id DESC", tx)
+        if rows and rows[0][0] != "new":
+            return str(rows[0][0]), str(rows[0][1] or "")
+        time.sleep(0.1)
+    raise AssertionError(f"the intake never handled protocol mail of exchange {tx}")

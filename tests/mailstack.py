@@ -32,14 +32,6 @@ DOMAINS = ("a.test", "b.test")
 MASTER = ("gateway", "gateway-master-secret")
 REFUSED_RCPT = "refuse-me@b.test"  # Postfix answers 554 at RCPT
 REFUSED_HEADER = "X-Refuse-Me"  # Postfix answers 550 after DATA
-# What an organisation adds to its delivery (Dovecot LMTP + Pigeonhole): TCMS protocol mail
-# goes to the folder the gateway reads and its IMAP proxy hides.
-SIEVE = """require ["fileinto", "mailbox"];
-if exists "TCMS-Message" {
-  fileinto :create "TCMS";
-  stop;
-}
-"""
 
 
 def free_port() -> int:
@@ -166,11 +158,6 @@ service lmtp {{
 }}
 protocol lmtp {{
   postmaster_address = postmaster@a.test
-  mail_plugins = $mail_plugins sieve
-}}
-plugin {{
-  # the organisation files TCMS protocol mail out of its users' view (the gateway reads it)
-  sieve_before = {d}/tcms.sieve
 }}
 """
 
@@ -179,9 +166,6 @@ plugin {{
         for sub in ("run", "state", "mail"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "dovecot.conf").write_text(self._dovecot_conf())
-        (d / "tcms.sieve").write_text(SIEVE)
-        subprocess.run(["sievec", "-c", str(d / "dovecot.conf"), str(d / "tcms.sieve")],
-                       check=True, capture_output=True, timeout=30)
         lines = [f"{addr}:{{PLAIN}}{pw}::::{d}/mail/{addr}" for addr, pw in self.users.items()]
         (d / "users").write_text("\n".join(lines) + "\n")
         (d / "masters").write_text(f"{MASTER[0]}:{{PLAIN}}{MASTER[1]}\n")

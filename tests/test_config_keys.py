@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tcms import config
-from tcms.identity import Identity, Party
+from tcms.identity import Identity, Party, party_name_error
 from tcms.keystore import Keystore, KeystoreError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +61,15 @@ def test_unknown_keys_and_bad_toml_are_errors(tmp_path: Path) -> None:
         config.load(tmp_path / "missing.toml")
 
 
+def test_max_recipients_defaults_to_postfixs_limit_and_is_checked(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, "")).gateway.max_recipients == 1000
+    assert config.load(write(tmp_path, "[gateway]\nmax_recipients = 50\n")
+                       ).gateway.max_recipients == 50
+    for bad in ("0", "100001", '"many"'):
+        with pytest.raises(config.ConfigError, match=r"gateway\.max_recipients"):
+            config.load(write(tmp_path, f"[gateway]\nmax_recipients = {bad}\n"))
+
+
 def test_inconsistent_windows(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="resolve_window"):
         config.load(write(tmp_path, '[protocol]\nm5_window = "2d"\nresolve_window = "1d"\n'))
@@ -85,6 +94,43 @@ def test_identity_names_and_fingerprints() -> None:
         Party.from_json({**a.party.to_json(), "fingerprint": "00"})
     with pytest.raises(ValueError):
         Identity.generate("has space@a.test")
+
+
+@pytest.mark.parametrize("name", [
+    "alice@a.test", "Alice.Smith@A.Test", "bob+tag@b.test", "x@localhost", "o'brien@x.org",
+    "a-b_c=d!$&*^`{|}~@sub-1.example.org", "a" * 64 + "@" + ("b" * 63 + ".") * 2 + "c" * 60,
+])
+def test_party_names_that_are_valid(name: str) -> None:
+    assert party_name_error(name) is None
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("", "empty"),
+    ('"x y"@b.test', "space (U+0020)"), ("a\tb@b.test", "control character (U+0009)"),
+    ('"xy"@b.test', "quoted local part"),
+    ("a\x00b@b.test", "control character (U+0000)"),
+    ("a\rb@b.test", "control character (U+000D)"),
+    ("a\x7fb@b.test", "control character (U+007F)"),
+    ("a\u2028b@b.test", "control character (U+2028)"),
+    ("grüße@b.test", "non-ASCII character (U+00FC)"),
+    ("alice@a.test?format=json", "'?', which a domain name may not hold"),
+    ("a?b@b.test", "'?', which a party name may not hold"),
+    ("a/b@b.test", "'/'"), ("a%b@b.test", "'%'"), ("a#b@b.test", "'#'"),
+    ("a(b)@b.test", "'('"), ("a\\b@b.test", "'\\'"),
+    ("ab.test", "exactly one @"), ("a@b@b.test", "exactly one @"),
+    ("@b.test", "local part (before the @) is empty"), ("a@", "domain (after the @) is empty"),
+    (".a@b.test", "dot"), ("a.@b.test", "dot"), ("a..b@b.test", "dot"),
+    ("a@[127.0.0.1]", "address literal"), ("a@b..test", "empty label"),
+    ("a@b.test.", "empty label"), ("a@-b.test", "hyphen"), ("a@b_c.test", "'_'"),
+    ("a" * 65 + "@b.test", "local part is longer than 64"),
+    ("a@" + "b" * 64 + ".test", "longer than 63"),
+    ("a@" + "b." * 126 + "test", "longer than 254"),
+])
+def test_party_names_that_are_refused_say_why(name: str, why: str) -> None:
+    error = party_name_error(name)
+    assert error is not None and why in error, error
+    error.encode("ascii")  # fit for an SMTP reply and a log line as it is
+    assert "\x00" not in error and "\r" not in error
 
 
 def test_keystore_encrypts_private_keys_at_rest(tmp_path: Path) -> None:

@@ -16,9 +16,11 @@ import pytest
 from gateways import (
     Orgs,
     attachment,
+    inbound_outcome,
     messages,
     move,
     parse,
+    query,
     subject_starts,
     wait_mail,
 )
@@ -367,7 +369,7 @@ def test_two_replicas_share_postgresql_and_send_nothing_twice(orgs: Orgs) -> Non
     imap = orgs.proxy
     replica = orgs.a.replica("replica").start()
     try:
-        before = deliveries(orgs, "alice@a.test", "dave@b.test")
+        before = deliveries(orgs, "tcms-gateway@a.test", "tcms-gateway@b.test")
         n = 4
         for i in range(n):
             gw = orgs.a if i % 2 == 0 else replica
@@ -388,8 +390,8 @@ def test_two_replicas_share_postgresql_and_send_nothing_twice(orgs: Orgs) -> Non
                                                               f"Replicated {i}")) == 1
             assert count(orgs, "alice@a.test", subject_starts(
                 "Sent for certification", f"Replicated {i}")) == 1
-        # exactly m3 and m5 per exchange went from alice's side to dave's
-        assert deliveries(orgs, "alice@a.test", "dave@b.test") - before == 2 * n
+        # exactly m3 and m5 per exchange went from alice's gateway to dave's
+        assert deliveries(orgs, "tcms-gateway@a.test", "tcms-gateway@b.test") - before == 2 * n
         assert "protocol worker started" in replica.log_text()
     finally:
         replica.stop()
@@ -415,8 +417,9 @@ def _sender_state(orgs: Orgs, subject: str) -> tuple[str, bytes]:
 
 
 def test_malformed_forged_and_replayed_protocol_mail(orgs: Orgs) -> None:
-    """Protocol mail that is malformed or forged is set aside where the user can see it
-    (nothing is lost) and changes nothing; a replay is consumed as a repeat."""
+    """Protocol mail that is malformed or forged, sent straight to the MTA, is rejected by
+    the intake with its named check (kept for the administrator) and changes nothing; a
+    replay is consumed as a repeat."""
     from gateway import mailformat
     from tcms.identity import Identity
     from tcms.protocol import checks
@@ -426,13 +429,12 @@ def test_malformed_forged_and_replayed_protocol_mail(orgs: Orgs) -> None:
 
     imap = orgs.proxy
     mta = orgs.stack.smtp_port
+    intake = "tcms-gateway@a.test"
     # 1. malformed: claims to be m3, carries garbage
-    junk = (b"From: mallory@evil.test\r\nTo: bob@b.test\r\nSubject: junk protocol mail\r\n"
-            b"TCMS-Message: m3\r\nTCMS-Transaction: " + b"ab" * 16 + b"\r\n\r\nnot cbor\r\n")
+    junk = (b"From: mallory@evil.test\r\nTo: tcms-gateway@a.test\r\nSubject: junk\r\n"
+            b"TCMS-Message: m4\r\nTCMS-Transaction: " + b"ab" * 16 + b"\r\n\r\nnot cbor\r\n")
     with smtplib.SMTP("127.0.0.1", mta, timeout=30) as s:
-        s.sendmail("mallory@evil.test", ["bob@b.test"], junk)
-    wait_mail(imap, "bob@b.test", subject_starts("junk protocol mail"),
-              folder="Certified.Rejected")
+        s.sendmail("mallory@evil.test", [intake], junk)
     # 2. forged: an m4 for a live exchange, signed by someone who is not bob
     send(orgs, certified("[certified] Forgery target", "forged-9"), ["bob@b.test"])
     uid, _ = notice_for(orgs, "bob@b.test", "Forgery target")
@@ -441,13 +443,16 @@ def test_malformed_forged_and_replayed_protocol_mail(orgs: Orgs) -> None:
     assert st.eoo is not None
     mallory = Identity.generate("bob@b.test")  # bob's name, not bob's key
     forged = checks.sign_m4(mallory, Core.decode(st.core), st.eoo).encode()
-    mail = mailformat.build(forged, sender="bob@b.test", recipient="alice@a.test", tx=tx,
+    mail = mailformat.build(forged, sender="bob@b.test", recipient=intake, tx=tx,
                             domain="b.test", description="forged")
     with smtplib.SMTP("127.0.0.1", mta, timeout=30) as s:
-        s.sendmail("bob@b.test", ["alice@a.test"], mail)
-    wait_mail(imap, "alice@a.test", lambda m: m["TCMS-Transaction"] == tx,
-              folder="Certified.Rejected")
+        s.sendmail("bob@b.test", [intake], mail)
+    status, detail = inbound_outcome(orgs.a.db_url, tx)
+    assert status == "rejected" and "m4.sig" in detail, detail
     assert _sender_state(orgs, "Forgery target")[1] == state  # nothing changed
+    junk_rows = query(orgs.a.db_url, "SELECT status, detail FROM inbound WHERE tx = ?",
+                      "ab" * 16)
+    assert junk_rows and junk_rows[0][0] == "rejected", junk_rows
     # the real exchange is untouched: bob accepts, both sides finish
     move(imap, "bob@b.test", uid, "Certified.Accept")
     _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", "Forgery target"))
@@ -455,11 +460,17 @@ def test_malformed_forged_and_replayed_protocol_mail(orgs: Orgs) -> None:
     # 3. replayed: bob's genuine m4, sent again after the exchange ended
     done = load_state(SenderState, _sender_state(orgs, "Forgery target")[1])
     assert done.m4 is not None and done.m6 is not None
-    replay = mailformat.build(done.m4, sender="bob@b.test", recipient="alice@a.test", tx=tx,
+    replay = mailformat.build(done.m4, sender="bob@b.test", recipient=intake, tx=tx,
                               domain="b.test", description="replay")
+    before = len(query(orgs.a.db_url, "SELECT id FROM inbound WHERE tx = ?", tx))
     with smtplib.SMTP("127.0.0.1", mta, timeout=30) as s:
-        s.sendmail("bob@b.test", ["alice@a.test"], replay)
-    time.sleep(3)
+        s.sendmail("bob@b.test", [intake], replay)
+    deadline = time.time() + 60
+    while len(query(orgs.a.db_url, "SELECT id FROM inbound WHERE tx = ?", tx)) == before:
+        assert time.time() < deadline, "the replay never reached the intake"
+        time.sleep(0.1)
+    status, detail = inbound_outcome(orgs.a.db_url, tx)
+    assert status == "done" and "m4 again" in detail, detail
     no_protocol_mail_left(orgs, "alice@a.test", "bob@b.test")
     assert count(orgs, "alice@a.test", subject_starts("Receipt:", "Forgery target")) == 1
     res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "forged-9.json")

@@ -5,16 +5,28 @@ and certified mail held for the protocol (never sent uncertified)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import logging
 import smtplib
+import socket
+import ssl
 import subprocess
+import time
+import uuid
 from email.header import Header
+from pathlib import Path
+from typing import Any
 
 import pytest
-from gateways import GatewayProc, Orgs
-from mailstack import REFUSED_HEADER, REFUSED_RCPT, MailStack
+from gateways import USERS, GatewayProc, Orgs
+from mailstack import REFUSED_HEADER, REFUSED_RCPT, MailStack, free_port
+from sqlalchemy import select
 from test_mailstack import wait_for
 
-from tcms.store import Store
+from gateway import submission
+from gateway.context import Upstream
+from tcms.store import Store, models
 
 MAX_SIZE = 30 * 1024 * 1024  # tests/gateways.py sets the gateways' limit
 
@@ -146,3 +158,309 @@ def test_a_refused_mail_leaves_the_upstream_session_usable(gateway: GatewayProc,
             s.sendmail("alice@a.test", ["bob@b.test"], raw_mail("yes", f"after-refusal-{i}"))
     for i in range(3):
         wait_for(stack.imap_port, "bob@b.test", "bob-password", f"after-refusal-{i}".encode())
+
+
+# --- at the door: limits, refusals, replies and logs (issue 11 items 5 and 6, issue 10 item 4) --
+
+
+class Wire:
+    """A raw SMTP session on the gateway's STARTTLS port (asyncio streams): lines go out
+    exactly as written, pipelined if wanted; replies are read one at a time and must be
+    ASCII."""
+
+    def __init__(self, port: int, tls: ssl.SSLContext) -> None:
+        self.port, self.tls = port, tls
+        self.greeting = self.ehlo = (0, "")
+
+    @classmethod
+    def to(cls, gateway: GatewayProc) -> Wire:
+        return cls(gateway.submission, gateway.tls)
+
+    async def open(self, user: str | None = None) -> Wire:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.greeting = await self.reply()
+        assert (await self.cmd("EHLO client.test"))[0] == 250
+        assert (await self.cmd("STARTTLS"))[0] == 220
+        await self.writer.start_tls(self.tls, server_hostname="127.0.0.1")
+        self.ehlo = await self.cmd("EHLO client.test")
+        assert self.ehlo[0] == 250
+        if user is not None:
+            assert (await self.auth_plain(user, USERS[user]))[0] == 235
+        return self
+
+    async def reply(self) -> tuple[int, str]:
+        lines = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), 60)
+            if not line:
+                raise ConnectionError("the gateway closed the connection")
+            lines.append(line.decode("ascii").rstrip("\r\n"))
+            if line[3:4] != b"-":
+                return int(lines[-1][:3]), "\n".join(x[4:] for x in lines)
+
+    async def cmd(self, line: str | bytes) -> tuple[int, str]:
+        self.writer.write((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return await self.reply()
+
+    async def auth_plain(self, user: str, password: str) -> tuple[int, str]:
+        return await self.cmd("AUTH PLAIN " + b64(f"\0{user}\0{password}"))
+
+    async def mail(self, data: bytes) -> tuple[int, str]:
+        assert (await self.cmd("DATA"))[0] == 354
+        data = data.replace(b"\r\n.", b"\r\n..")
+        return await self.cmd(data + (b"." if data.endswith(b"\r\n") else b"\r\n."))
+
+    async def close(self) -> None:
+        self.writer.write(b"QUIT\r\n")
+        self.writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self.writer.wait_closed()
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+async def submissions(db_url: str) -> list[dict[str, Any]]:
+    """Every certified submission the gateway has stored."""
+    store = Store(db_url)
+    try:
+        async with store.engine.connect() as conn:
+            rows = await conn.execute(select(models.submissions).order_by(
+                models.submissions.c.id))
+            return [dict(r) for r in rows.mappings()]
+    finally:
+        await store.close()
+
+
+def encoded_word(text: str) -> str:
+    """One RFC 2047 encoded-word, whatever ``text`` holds (Header() folds at U+2028)."""
+    return f"=?utf-8?b?{b64(text)}?="
+
+
+def greeting_after(gateway: GatewayProc) -> tuple[float, bytes]:
+    """Seconds from connecting to another client's greeting, and the greeting."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", gateway.submission), timeout=30) as s:
+        line = s.makefile("rb").readline()
+    return time.monotonic() - t0, line
+
+
+async def test_10000_pipelined_recipients_get_452_past_the_limit_and_block_no_one(
+        gateway: GatewayProc) -> None:
+    """10,000 RCPTs in one write: the first 1000 (the default limit) are taken, every
+    other one gets Postfix's 452 4.5.3, another client is greeted meanwhile (the issue asks
+    for a bound: under 1 s), and the session then sends a mail as usual."""
+    n, limit = 10_000, 1000
+    w = await Wire.to(gateway).open("alice@a.test")
+    assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+    w.writer.write(b"RCPT TO:<bob@b.test>\r\n" * n)
+    replies = [await w.reply()]  # the gateway is working through them
+    other = asyncio.ensure_future(asyncio.to_thread(greeting_after, gateway))
+    replies += [await w.reply() for _ in range(n - 1)]
+    waited, greeting = await other
+    assert greeting.startswith(b"220 "), greeting
+    assert waited < 1.0, f"another client waited {waited:.2f} s for its greeting"
+    assert replies[:limit] == [(250, "OK")] * limit
+    assert replies[limit:] == [(452, "4.5.3 Too many recipients")] * (n - limit)
+    # the session is still usable: a mail to one recipient is relayed
+    assert await w.cmd("RSET") == (250, "OK")
+    assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+    assert (await w.cmd("RCPT TO:<bob@b.test>"))[0] == 250
+    code, text = await w.mail(raw_mail("after the flood", "after-flood-10"))
+    assert code == 250 and text.startswith("2.0.0 Relayed"), text
+    await w.close()
+
+
+async def test_an_answer_to_a_notice_goes_on_its_own(gateway: GatewayProc) -> None:
+    """Control addresses (tcms+accept-TX@) and mail recipients never share a transaction,
+    in either order; an answer alone reaches the worker and is answered with its reason."""
+    control = f"tcms+accept-{'ab' * 16}@a.test"
+    w = await Wire.to(gateway).open("alice@a.test")
+    for first, second in ((control, "bob@b.test"), ("bob@b.test", control)):
+        assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+        assert (await w.cmd(f"RCPT TO:<{first}>"))[0] == 250
+        assert await w.cmd(f"RCPT TO:<{second}>") == (
+            452, "4.5.3 Send an answer to a certified mail on its own")
+        assert (await w.cmd("RSET"))[0] == 250
+    assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+    assert (await w.cmd(f"RCPT TO:<{control}>"))[0] == 250
+    assert await w.mail(b"Subject: yes\r\n\r\nyes") == (
+        550, f"5.7.1 Cannot accept {'ab' * 16}: alice@a.test has no certified mail {'ab' * 16}")
+    await w.close()
+
+
+async def test_the_banner_names_no_library_or_version(gateway: GatewayProc) -> None:
+    w = await Wire.to(gateway).open()
+    assert w.greeting == (220, "tcms-gateway ESMTP TCMS")
+    assert w.ehlo[1].startswith("tcms-gateway\n")
+    for text in (w.greeting[1], w.ehlo[1]):
+        assert "python" not in text.lower() and "aiosmtpd" not in text.lower()
+    await w.close()
+
+
+@pytest.mark.parametrize("command", [
+    b"MAIL FROM:<alice@a.test\x00>", b"MAIL FROM:<alice\r@a.test>",
+    b"RCPT TO:<bob\x00@b.test>", b"RCPT TO:<bob\r@b.test>", b'RCPT TO:<"b\x00b"@b.test>',
+    b"RCPT TO:<bob@b.test\x1b>",
+])
+async def test_control_characters_in_addresses_get_501(gateway: GatewayProc,
+                                                       command: bytes) -> None:
+    w = await Wire.to(gateway).open("alice@a.test")
+    if command.startswith(b"RCPT"):
+        assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+    code, text = await w.cmd(command)
+    assert code == 501 and text.startswith("5.1.3 Bad "), text
+    if command.startswith(b"MAIL"):
+        assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+    assert (await w.cmd("RCPT TO:<bob@b.test>"))[0] == 250  # the transaction goes on
+    code, text = await w.mail(raw_mail("after a bad address", "after-501"))
+    assert code == 250 and "Relayed" in text, text
+    await w.close()
+
+
+async def test_failed_auth_is_answered_plainly_and_never_logs_the_typed_name(
+        gateway: GatewayProc) -> None:
+    """A password typed as the user name, names AUTH cannot carry (NUL, CR: the reply used to
+    hold Python's ValueError text), an over-long AUTH line and a line sent out of turn: each
+    gets its SMTP answer, and once the 535 says the gateway has handled it, its log holds
+    neither the typed name nor its base64."""
+    secret = f"Hunter2-{uuid.uuid4().hex}"
+    w = await Wire.to(gateway).open()
+    replies = [await w.auth_plain(secret, "wrong-password")]
+    assert replies[-1] == (535, "5.7.8 Authentication credentials invalid")
+    replies.append(await w.cmd("AUTH LOGIN " + b64(secret + "\r\n")))
+    assert replies[-1][0] == 334
+    replies.append(await w.cmd(b64("x")))
+    assert replies[-1] == (535, "5.7.8 Authentication credentials invalid")
+    replies.append(await w.auth_plain("alice@a.test\rx", "alice-password"))
+    assert replies[-1] == (535, "5.7.8 Authentication credentials invalid")
+    replies.append(await w.cmd("AUTH LOGIN " + b64("alice@a.test")))
+    replies.append(await w.cmd(b64(secret) * 40))  # 2.4 KB: beyond the reader's line
+    assert replies[-1] == (500, "5.5.6 Authentication exchange line is too long")
+    # a client that gave up after a bad user name sends its password as a command
+    replies.append(await w.cmd("AUTH LOGIN"))
+    replies.append(await w.cmd("*"))
+    assert replies[-1][0] == 501
+    replies.append(await w.cmd(b64(secret)))
+    assert replies[-1][0] == 500
+    assert all("Error: (" not in text and "ValueError" not in text for _, text in replies)
+    assert (await w.auth_plain("alice@a.test", "alice-password"))[0] == 235  # still usable
+    await w.close()
+    log_text = gateway.log_text()
+    assert f"<{len(secret)} chars, ref " in log_text  # the failure was logged, redacted
+    for typed in (secret, b64(secret), b64(secret).upper(), b64(secret + "\r\n")):
+        assert typed not in log_text
+
+
+@pytest.mark.parametrize(("recipient", "why"), [
+    ('"x y"@b.test', "the address contains a space (U+0020)"),
+    ("b?c@b.test", "the local part contains '?', which a party name may not hold"),
+    ("bob@b.test?format=json", "the domain contains '?'"),
+    ('"b,c"@b.test', "a quoted local part cannot be a party name"),
+    ("b" * 65 + "@b.test", "the local part is longer than 64 characters"),
+    ("bob@[127.0.0.1]", "an address literal cannot be a party name"),
+])
+async def test_certified_mail_to_a_name_no_party_can_have_is_refused_at_data(
+        gateway: GatewayProc, recipient: str, why: str) -> None:
+    """Tagged: 550 after DATA naming the recipient and why, nothing stored, and the next
+    certified mail is stored and started by the worker.  Untagged: relayed as the MTA
+    decides (the test Postfix takes any recipient of its domains)."""
+    before = len(await submissions(gateway.db_url))
+    w = await Wire.to(gateway).open("alice@a.test")
+    assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+    assert (await w.cmd("RCPT TO:<bob@b.test>"))[0] == 250
+    assert (await w.cmd(f"RCPT TO:<{recipient}>"))[0] == 250
+    code, text = await w.mail(raw_mail("[certified] to a bad name", "bad-rcpt"))
+    assert code == 550, text
+    assert text.startswith(f"5.1.3 Cannot certify mail to <{recipient}>: {why}"), text
+    assert text.endswith("nothing was stored")
+    assert len(await submissions(gateway.db_url)) == before
+    marker = f"good-after-bad-{uuid.uuid4().hex[:8]}"
+    assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+    assert (await w.cmd("RCPT TO:<bob@b.test>"))[0] == 250
+    code, text = await w.mail(raw_mail("[certified] good", marker))
+    assert code == 250 and "Queued for certification" in text, text
+    assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+    assert (await w.cmd(f"RCPT TO:<{recipient}>"))[0] == 250
+    code, text = await w.mail(raw_mail("untagged to a bad name", "untagged-bad-rcpt"))
+    assert ((code == 250 and text.startswith("2.0.0 Relayed"))  # the MTA's decision
+            or (code == 550 and text.startswith("5.1.1 Upstream refused every recipient"))), text
+    await w.close()
+    deadline = time.monotonic() + 60
+    while True:  # the worker takes it up: nothing before it blocks the queue
+        mine = [s for s in await submissions(gateway.db_url) if s["message_id"] ==
+                f"<{marker}@a.test>"]
+        assert len(mine) == 1
+        if mine[0]["status"] == "started":
+            break
+        assert time.monotonic() < deadline, mine
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize(("subject", "why"), [
+    ("=?utf-8?q?[certified]_a=0D=0ABcc:_carol@b.test?=", "line break (U+000D)"),
+    ("[certified] " + encoded_word("a\u2028b"), "line break (U+2028)"),
+    ("[certified] =?utf-8?q?a=0Bb?=", "line break (U+000B)"),
+    ("[certified] =?utf-8?q?a=0Cb?=", "line break (U+000C)"),
+    ("[certified] =?utf-8?q?a=00b?=", "control character (U+0000)"),
+    ("[certified] " + encoded_word("a\u2029b"), "line break (U+2029)"),
+])
+async def test_certified_mail_whose_subject_would_break_a_header_is_refused(
+        gateway: GatewayProc, subject: str, why: str) -> None:
+    before = len(await submissions(gateway.db_url))
+    w = await Wire.to(gateway).open("alice@a.test")
+    assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+    assert (await w.cmd("RCPT TO:<bob@b.test>"))[0] == 250
+    assert await w.mail(raw_mail(subject, "bad-subject")) == (
+        554, f"5.6.0 Cannot certify this mail: the Subject holds a {why}; nothing was stored")
+    await w.close()
+    assert len(await submissions(gateway.db_url)) == before
+
+
+async def test_a_message_id_the_email_package_cannot_parse_is_kept(
+        gateway: GatewayProc) -> None:
+    """`Message-ID: <` makes the standard library raise IndexError; the reply used to be
+    `500 Error: (IndexError) …`."""
+    w = await Wire.to(gateway).open("alice@a.test")
+    assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+    assert (await w.cmd("RCPT TO:<bob@b.test>"))[0] == 250
+    mail = raw_mail("[certified] odd id", "odd-id").replace(b"<odd-id@a.test>", b"<")
+    code, text = await w.mail(mail)
+    assert code == 250 and "Queued for certification as #" in text, text
+    await w.close()
+    sid = int(text.rsplit("#", 1)[1])
+    stored = [s for s in await submissions(gateway.db_url) if s["id"] == sid]
+    assert stored[0]["message_id"] == "<" and stored[0]["raw"] == mail
+
+
+async def test_an_internal_error_is_answered_451_without_its_text(
+        orgs: Orgs, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The real handler, listening here, over a database without its tables: the client
+    hears `451 4.3.0 Internal error` (not the SQL error), the traceback is logged once, and
+    the session goes on."""
+    gw, stack = orgs.a, orgs.stack
+    handler = submission.SubmissionHandler(
+        Store(f"sqlite:///{tmp_path / 'no-tables.db'}"),
+        Upstream("127.0.0.1", stack.smtp_port, "127.0.0.1", stack.imap_port), "[certified]")
+    port = free_port()
+    servers = await submission.start(
+        handler, tls=submission.tls_context(str(gw.workdir / "gw.crt"),
+                                            str(gw.workdir / "gw.key")),
+        submission=("127.0.0.1", port), smtps=None, max_size=MAX_SIZE)
+    try:
+        with caplog.at_level(logging.INFO, "tcms.gateway.smtp"):
+            w = await Wire(port, gw.tls).open("alice@a.test")
+            assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
+            assert (await w.cmd("RCPT TO:<bob@b.test>"))[0] == 250
+            assert await w.mail(raw_mail("[certified] x", "internal")) == (
+                451, "4.3.0 Internal error")
+            assert await w.cmd("NOOP") == (250, "OK")
+            await w.close()
+        errors = [r for r in caplog.records if r.getMessage() == "SMTP session error"]
+        assert len(errors) == 1 and errors[0].exc_info is not None
+        assert "no such table" in str(errors[0].exc_info[1])
+    finally:
+        for server in servers:
+            server.close()
+        await handler.store.close()

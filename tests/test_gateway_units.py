@@ -10,7 +10,7 @@ import pytest
 from conftest import ALICE, BOB
 
 from gateway import notices
-from gateway.subject import is_tagged, strip_tag, subject_of, without_tag
+from gateway.subject import is_tagged, strip_tag, subject_error, subject_of, without_tag
 
 TAG = "[certified]"
 
@@ -26,6 +26,22 @@ def test_the_tag_is_found_in_any_case_and_encoding(subject: str) -> None:
 @pytest.mark.parametrize("subject", ["Contract", "[certify] x", "certified", ""])
 def test_untagged_subjects(subject: str) -> None:
     assert not is_tagged(f"Subject: {subject}\r\n\r\nbody".encode(), TAG)
+
+
+@pytest.mark.parametrize("subject", ["[certified] Vertrag über Grüße 契約", "tab\tinside", ""])
+def test_subjects_that_can_go_into_headers(subject: str) -> None:
+    assert subject_error(subject) is None
+
+
+@pytest.mark.parametrize(("subject", "why"), [
+    ("a\rb", "line break (U+000D)"), ("a\nb", "line break (U+000A)"),
+    ("a\vb", "line break (U+000B)"), ("a\fb", "line break (U+000C)"),
+    ("a\u2028b", "line break (U+2028)"), ("a\u2029b", "line break (U+2029)"),
+    ("a\x85b", "line break (U+0085)"), ("a\x00b", "control character (U+0000)"),
+    ("a\x1bb", "control character (U+001B)"), ("a\x7fb", "control character (U+007F)"),
+])
+def test_subjects_that_would_break_a_header_say_why(subject: str, why: str) -> None:
+    assert subject_error(subject) == f"the Subject holds a {why}"
 
 
 def test_without_tag_leaves_the_rest_of_the_subject() -> None:

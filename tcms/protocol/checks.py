@@ -191,6 +191,8 @@ def check_m3(me: Identity, m3: M3, trust: Trust, now: int,
     info = check_origin(m3.core, m3.token, m3.eoo, trust)
     if now > hdr.deadlines.accept_by:
         raise ProtocolError("hdr.deadline", "m3 arrived after its accept deadline")
+    if hdr.deadlines.resolve_by > now + MAX_HORIZON:
+        raise ProtocolError("hdr.deadline", "the deadlines lie more than a year ahead")
     return info, open_e_r(me, m3.core, m3.e_r)
 
 
@@ -305,5 +307,12 @@ def open_release(me: Identity, core: Core, resolved: Resolved) -> bytes:
     return k_t
 
 
+MAX_HORIZON = 366 * 86400  # no exchange may stay open longer than this
+
+
 def utc(t: int) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """A time for people; total: a time no date can show is said as such, never raised."""
+    try:
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"@{t} (not a representable date)"

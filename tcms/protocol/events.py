@@ -74,9 +74,14 @@ class Deliver:
 
 @dataclass(frozen=True)
 class Ignored:
-    """An input was rejected or is redundant; state is unchanged.  ``reason`` names the check."""
+    """An input was rejected or is redundant; state is unchanged.  ``reason`` says why in
+    prose; ``check`` names the failed check (empty when none failed); ``repeat`` is true
+    when the input is harmless because it was already handled (a repeated or late message,
+    an answer in a phase that has moved on), so a caller never decides from the prose."""
 
     reason: str
+    check: str = ""
+    repeat: bool = False
 
 
 Action = Send | Notify | Deliver | Ignored

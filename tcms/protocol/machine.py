@@ -57,7 +57,8 @@ class RoleMachine(Generic[StateT]):
             return self._dispatch(event, now)
         except (ProtocolError, MessageError, TimestampError) as exc:
             self.state = saved
-            return [Ignored(str(exc))]
+            check = exc.check if isinstance(exc, ProtocolError) else "format"
+            return [Ignored(str(exc), check=check)]
 
     def _dispatch(self, event: Event, now: int) -> list[Action]:
         raise NotImplementedError

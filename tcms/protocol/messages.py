@@ -16,9 +16,16 @@ from typing import Self
 
 from tcms import codec
 from tcms.crypto import HASH_ALG, PROTOCOL, SIG_ALG, WRAP_ALG, h, tagged
-from tcms.identity import Party
+from tcms.identity import Party, party_name_error
 
 VERSION = 1
+# The latest time a deadline may name: 9999-12-31 23:59:59 UTC, the last second that dates
+# can be shown for.  A deadline past it is malformed, not merely far away.
+MAX_TIME = 253_402_300_799
+# Characters that must never reach a header or a notice: C0/C1 controls, DEL, and the
+# Unicode line and paragraph separators (a mail client may break a line at them).
+_FORBIDDEN = frozenset([*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0)),
+                        "\u2028", "\u2029", "\u0085"])
 
 
 class MessageError(ValueError):
@@ -47,6 +54,28 @@ def _str(v: codec.Value, what: str, limit: int = 998) -> str:
     return v
 
 
+def _line(v: codec.Value, what: str, limit: int = 998) -> str:
+    """Text shown to people on one line (a subject): no control or line-break characters."""
+    text = _str(v, what, limit)
+    if not _FORBIDDEN.isdisjoint(text):
+        raise MessageError(f"{what}: holds a control or line-break character")
+    return text
+
+
+def one_line(text: str, limit: int = 900) -> str:
+    """``text`` made fit for a header or a notice line: control and line-break characters
+    become spaces, runs of white space one space, at most ``limit`` characters."""
+    cleaned = "".join(" " if c in _FORBIDDEN else c for c in text)
+    return " ".join(cleaned.split())[:limit]
+
+
+def _time(v: codec.Value, what: str) -> int:
+    t = _int(v, what)
+    if t > MAX_TIME:
+        raise MessageError(f"{what}: later than the year 9999")
+    return t
+
+
 def _list(v: codec.Value, what: str, n: int) -> list[codec.Value]:
     if not isinstance(v, list) or len(v) != n:
         raise MessageError(f"{what}: expected {n} items")
@@ -62,9 +91,13 @@ def _decode(data: bytes, name: str, n: int) -> list[codec.Value]:
 
 def _party(v: codec.Value, what: str) -> Party:
     try:
-        return Party.from_value(v)
+        party = Party.from_value(v)
     except (codec.CodecError, ValueError):
         raise MessageError(f"{what}: malformed party") from None
+    why = party_name_error(party.name)
+    if why is not None or party.name != party.name.strip().lower():
+        raise MessageError(f"{what}: not a usable address ({why or 'not lower-case'})")
+    return party
 
 
 def message_type(data: bytes) -> str:
@@ -162,9 +195,9 @@ class Header:
             ttp=_party(f[5], "ttp"),
             tss=_str(f[6], "tss"),
             cipher=_str(algs[3], "cipher", 64),
-            deadlines=Deadlines(*(_int(x, "deadline") for x in dl)),
+            deadlines=Deadlines(*(_time(x, "deadline") for x in dl)),
             description=Description(
-                _str(desc[0], "subject"), _int(desc[1], "size"), _str(desc[2], "message-id")
+                _line(desc[0], "subject"), _int(desc[1], "size"), _line(desc[2], "message-id")
             ),
         )
 
@@ -327,7 +360,7 @@ class AbortRequest:
     @classmethod
     def decode(cls, data: bytes) -> AbortRequest:
         f = _decode(data, "ABORT-REQ", 4)
-        return cls(Core.from_value(f[1]), _int(f[2], "t"), _bytes(f[3], "sig", 64))
+        return cls(Core.from_value(f[1]), _time(f[2], "t"), _bytes(f[3], "sig", 64))
 
 
 @dataclass(frozen=True)
@@ -365,7 +398,7 @@ class ResolveRequest:
             raise MessageError("resolve request: m5 only comes from S")
         return cls(str(by), Core.from_value(f[2]), _bytes(f[3], "token"),
                    _bytes(f[4], "EOO", 64), _bytes(f[5], "m4"), _bytes(f[6], "e_T"),
-                   m5, _int(f[8], "t"), _bytes(f[9], "sig", 64))
+                   m5, _time(f[8], "t"), _bytes(f[9], "sig", 64))
 
 
 # --- the TTP's signed answers ----------------------------------------------------------
@@ -388,7 +421,7 @@ class Aborted:
     @classmethod
     def decode(cls, data: bytes) -> Aborted:
         f = _decode(data, "ABORTED", 4)
-        return cls(_bytes(f[1], "cid", 32), _int(f[2], "t"), _bytes(f[3], "sig", 64))
+        return cls(_bytes(f[1], "cid", 32), _time(f[2], "t"), _bytes(f[3], "sig", 64))
 
 
 @dataclass(frozen=True)
@@ -418,7 +451,7 @@ class Resolved:
         if kind not in (DELIVERED, MADE_AVAILABLE):
             raise MessageError("resolution: unknown kind")
         return cls(_bytes(f[1], "cid", 32), str(kind), _bytes(f[3], "m4"),
-                   _bytes(f[4], "w_T"), _int(f[5], "t"), _bytes(f[6], "sig", 64))
+                   _bytes(f[4], "w_T"), _time(f[5], "t"), _bytes(f[6], "sig", 64))
 
 
 @dataclass(frozen=True)
@@ -436,7 +469,7 @@ class BadEscrow:
     @classmethod
     def decode(cls, data: bytes) -> BadEscrow:
         f = _decode(data, "BAD-ESCROW", 5)
-        return cls(_bytes(f[1], "cid", 32), _str(f[2], "reason"), _int(f[3], "t"),
+        return cls(_bytes(f[1], "cid", 32), _str(f[2], "reason"), _time(f[3], "t"),
                    _bytes(f[4], "sig", 64))
 
 
@@ -456,7 +489,7 @@ class Rejection:
     @classmethod
     def decode(cls, data: bytes) -> Rejection:
         f = _decode(data, "REJECTED", 5)
-        return cls(_bytes(f[1], "cid", 32), _str(f[2], "reason"), _int(f[3], "t"),
+        return cls(_bytes(f[1], "cid", 32), _str(f[2], "reason"), _time(f[3], "t"),
                    _bytes(f[4], "sig", 64))
 
 

@@ -85,7 +85,7 @@ class Receiver(RoleMachine[ReceiverState]):
             info, k_r = checks.check_m3(me, m3, trust, now, known_sender)
         except ProtocolError as exc:
             state = ReceiverState("rejected", data, reason=str(exc))
-            return cls(me, trust, state), [Ignored(str(exc))]
+            return cls(me, trust, state), [Ignored(str(exc), check=exc.check)]
         sent_at = checks.token_time(info)
         state = ReceiverState("pending", data, sent_at=sent_at, k_r=k_r)
         hdr = m3.core.header
@@ -140,7 +140,7 @@ class Receiver(RoleMachine[ReceiverState]):
 
     def _on_accept(self, now: int) -> list[Action]:
         if self.state.phase != "pending":
-            return [Ignored(f"receiver: accept in phase {self.state.phase}")]
+            return [Ignored(f"receiver: accept in phase {self.state.phase}", repeat=True)]
         if now > self.core.header.deadlines.accept_by:
             return self._on_tick(now)
         m4 = checks.sign_m4(self.me, self.core, self.msg.eoo).encode()
@@ -149,7 +149,7 @@ class Receiver(RoleMachine[ReceiverState]):
 
     def _on_refuse(self) -> list[Action]:
         if self.state.phase != "pending":
-            return [Ignored(f"receiver: refuse in phase {self.state.phase}")]
+            return [Ignored(f"receiver: refuse in phase {self.state.phase}", repeat=True)]
         refusal = checks.sign_refusal(self.me, self.core, self.msg.eoo).encode()
         self._set(phase="refused", refusal=refusal, reason="refused by the recipient")
         return [Send("peer", "refusal", refusal)]
@@ -182,7 +182,8 @@ class Receiver(RoleMachine[ReceiverState]):
             m0 = checks.decrypt_payload(self.core, self.msg.c, st.k_r, k_t)
         except ProtocolError as exc:
             # both shares match their commitments yet c does not open: S cheated
-            self._set(phase="cheated", k_t=k_t, reason=str(exc), **changes)
+            self._set(**{**changes, "phase": "cheated", "k_t": k_t,
+                         "reason": f"the mail does not decrypt: {exc}"})
             return [Notify("failed", f"the sender's mail does not decrypt: {exc}")]
         self._set(phase="done", k_t=k_t, **changes)
         return [Deliver(m0)]
@@ -191,10 +192,10 @@ class Receiver(RoleMachine[ReceiverState]):
         kind = message_type(data)
         st = self.state
         if kind == "M3":
-            return [Ignored("receiver: duplicate m3")]
+            return [Ignored("receiver: duplicate m3", repeat=True)]
         if kind == "M5":
             if st.phase not in ("await-m5", "resolving"):
-                return [Ignored(f"receiver: m5 in phase {st.phase}")]
+                return [Ignored(f"receiver: m5 in phase {st.phase}", repeat=True)]
             m5 = M5.decode(data)
             k_t = checks.open_m5(self.me, self.core, m5)
             actions = self._finish(k_t, m5=data, reason="m5")
@@ -205,7 +206,7 @@ class Receiver(RoleMachine[ReceiverState]):
             return actions
         if kind in ("ABORTED", "RESOLVED", "BAD-ESCROW", "REJECTED"):
             if st.phase != "resolving":
-                return [Ignored(f"receiver: TTP answer in phase {st.phase}")]
+                return [Ignored(f"receiver: TTP answer in phase {st.phase}", repeat=True)]
             answer = decode_ttp_answer(data)
             checks.check_ttp_answer(self.core, answer, self.trust)
             if isinstance(answer, Resolved):

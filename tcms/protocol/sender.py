@@ -219,7 +219,7 @@ class Sender(RoleMachine[SenderState]):
         if kind == "M4":
             m4 = M4.decode(data)
             if st.phase != "await-m4":
-                return [Ignored(f"sender: m4 in phase {st.phase}")]
+                return [Ignored(f"sender: m4 in phase {st.phase}", repeat=True)]
             assert st.eoo is not None
             checks.check_m4(self.core, st.eoo, m4)
             if now > self.core.header.deadlines.accept_by:
@@ -231,7 +231,7 @@ class Sender(RoleMachine[SenderState]):
         if kind == "REFUSE":
             refusal = Refusal.decode(data)
             if st.phase != "await-m4":
-                return [Ignored(f"sender: refusal in phase {st.phase}")]
+                return [Ignored(f"sender: refusal in phase {st.phase}", repeat=True)]
             assert st.eoo is not None
             checks.check_refusal(self.core, st.eoo, refusal)
             self._set(refusal=data)
@@ -240,7 +240,7 @@ class Sender(RoleMachine[SenderState]):
         if kind == "M6":
             m6 = M6.decode(data)
             if st.phase not in ("await-m6", "resolving") or st.m6 is not None:
-                return [Ignored(f"sender: m6 in phase {st.phase}")]
+                return [Ignored(f"sender: m6 in phase {st.phase}", repeat=True)]
             assert st.m5 is not None
             checks.check_m6(self.core, st.m5, m6)
             tsq, _ = make_request(h(data))
@@ -254,7 +254,7 @@ class Sender(RoleMachine[SenderState]):
     def _on_ttp(self, data: bytes) -> list[Action]:
         st = self.state
         if st.phase not in ("aborting", "resolving"):
-            return [Ignored(f"sender: TTP answer in phase {st.phase}")]
+            return [Ignored(f"sender: TTP answer in phase {st.phase}", repeat=True)]
         answer = decode_ttp_answer(data)
         checks.check_ttp_answer(self.core, answer, self.trust)
         rcpt = self.core.header.recipient.name

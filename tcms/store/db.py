@@ -50,6 +50,11 @@ class RunRecord:
     submission_id: int | None = None
     created_at: int = 0
     updated_at: int = 0
+    # the deadline as a unit of work (see gateway/queue.py)
+    attempts: int = 0
+    next_attempt: int | None = None
+    last_error: str | None = None
+    quarantined: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,8 @@ class Store:
                          audit: Sequence[tuple[str, str, str]]) -> RunRecord:
         values = dict(tx=run.tx, owner=run.owner, peer=run.peer, subject=run.subject,
                       phase=run.phase, terminal=run.terminal, deadline=run.deadline,
-                      state=run.state, updated_at=now)
+                      state=run.state, updated_at=now, attempts=0, next_attempt=None,
+                      last_error=None)
         if run.version == 0:
             try:
                 await conn.execute(insert(m.runs).values(
@@ -207,7 +213,8 @@ class Store:
         for actor, ev, detail in audit:
             await self.append_audit(conn, now, actor, ev, run.cid.hex(), detail)
         return RunRecord(**{**run.__dict__, "version": run.version + 1,
-                            "created_at": created, "updated_at": now})
+                            "created_at": created, "updated_at": now, "attempts": 0,
+                            "next_attempt": None, "last_error": None})
 
     async def _queue(self, conn: AsyncConnection, cid: bytes, role: str,
                      outbox: Sequence[OutMessage], now: int) -> None:
@@ -239,11 +246,20 @@ class Store:
             rows = (await conn.execute(q)).mappings().all()
         return [RunRecord(**r) for r in rows]
 
+    async def has_pending_notice(self, owner: str) -> bool:
+        """Whether ``owner`` has a certified mail waiting for their accept or refuse."""
+        q = select(m.runs.c.cid).where(m.runs.c.owner == owner, m.runs.c.role == "receiver",
+                                       m.runs.c.phase == "pending").limit(1)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(q)).first() is not None
+
     async def due_runs(self, now: int, limit: int = 100) -> list[RunRecord]:
-        """Runs whose next deadline has passed: the timer's work list (survives restarts)."""
+        """Runs whose next deadline has passed: the timer's work list (survives restarts).
+        A run whose timer failed waits for its backoff; a quarantined one for an admin."""
         q = (select(m.runs)
              .where(m.runs.c.terminal.is_(False), m.runs.c.deadline.is_not(None),
-                    m.runs.c.deadline <= now)
+                    m.runs.c.deadline <= now, m.runs.c.quarantined.is_(False),
+                    m.runs.c.next_attempt.is_(None) | (m.runs.c.next_attempt <= now))
              .order_by(m.runs.c.deadline).limit(limit))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).mappings().all()
@@ -270,7 +286,8 @@ class Store:
         """Claim unsent outbox messages for ``lease`` seconds, oldest first.  A message whose
         lease ran out (its worker died) is claimed again: delivery is at least once, and
         every receiver of a protocol message or mailbox copy treats a repeat as a no-op."""
-        free = m.messages.c.claimed_until.is_(None) | (m.messages.c.claimed_until < now)
+        free = ((m.messages.c.claimed_until.is_(None) | (m.messages.c.claimed_until <= now))
+                & m.messages.c.quarantined_at.is_(None))
         q = (select(m.messages.c.id).where(m.messages.c.direction == "out",
                                            m.messages.c.sent_at.is_(None), free)
              .order_by(m.messages.c.id).limit(limit))

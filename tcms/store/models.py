@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData(
@@ -40,6 +41,50 @@ submissions = Table(
     # new -> started (runs created) | failed (nothing could be certified); see ``detail``
     Column("status", String(12), nullable=False, server_default="new", index=True),
     Column("detail", Text, nullable=True),
+    # a unit of work (gateway/queue.py): tries so far, when it may be tried next (a lease
+    # while a worker holds it, then the backoff), and what went wrong last
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt", BigInteger, nullable=True),
+    Column("last_error", Text, nullable=True),
+)
+
+# Protocol mail handed to the gateway's intake (LMTP) by the MTA: stored before the 250,
+# then handled once.  new -> done | rejected (a check failed: ``detail``) | quarantined
+# (kept failing: an administrator decides, `tcms queue`) | dropped.
+inbound = Table(
+    "inbound",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", BigInteger, nullable=False),
+    Column("mail_from", String(254), nullable=False),
+    Column("rcpt", Text, nullable=False),  # JSON list: the protocol addresses it came to
+    Column("peer", String(64), nullable=False),  # the MTA host that handed it over
+    Column("raw", LargeBinary, nullable=False),  # emptied once handled
+    Column("size", Integer, nullable=False),
+    Column("kind", String(16), nullable=True),  # m3 ... refusal, once parsed
+    Column("tx", String(32), nullable=True),
+    Column("status", String(12), nullable=False, server_default="new"),
+    Column("detail", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt", BigInteger, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("finished_at", BigInteger, nullable=True),
+    Index("ix_inbound_work", "status", "next_attempt"),
+)
+
+# Users whose Certified.Accept / Certified.Refuse folders must be looked at: set when the
+# IMAP proxy sees a notice filed there, and while a notice of theirs is pending (for
+# clients that do not use the proxy).  due -> idle; quarantined when it keeps failing.
+answer_checks = Table(
+    "answer_checks",
+    metadata,
+    Column("owner", String(254), primary_key=True),
+    Column("status", String(12), nullable=False, server_default="due"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt", BigInteger, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_answer_checks_work", "status", "next_attempt"),
 )
 
 # One protocol run per (exchange, role): the serialised role machine and its next deadline.
@@ -60,6 +105,12 @@ runs = Table(
     Column("version", Integer, nullable=False, default=1),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # the deadline as a unit of work: a timer that raised is retried with backoff, and
+    # quarantined (not fired again until an administrator retries it) past the bound
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt", BigInteger, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("quarantined", Boolean, nullable=False, server_default=false()),
     Index("ix_runs_due", "terminal", "deadline"),
 )
 
@@ -82,6 +133,7 @@ messages = Table(
     Column("claimed_until", BigInteger, nullable=True),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("last_error", Text, nullable=True),
+    Column("quarantined_at", BigInteger, nullable=True),  # out: set aside, see `tcms queue`
     Index("ix_messages_outbox", "direction", "sent_at"),
 )
 
@@ -133,6 +185,8 @@ dc_gateways = Table(
     Column("gateway", String(254), nullable=False),
     Column("sig_pk", LargeBinary(32), nullable=False),
     Column("registered_at", BigInteger, nullable=False),
+    Column("enc_pk", LargeBinary(32), nullable=True),
+    Column("protocol_address", String(254), nullable=True),  # where its MTA routes m3-m6
 )
 
 dc_keys = Table(

@@ -1,0 +1,112 @@
+"""`tcms queue`: the gateway's units of work as an administrator sees them.
+
+Kinds: inbound (protocol mail from the MTA), submission, outbox, answers (a user's
+accept/refuse folders), deadline (a run's timer, keyed CID/role).  Items that keep failing
+are quarantined; `retry` tries one again now, `drop` gives up on it (kept in the audit).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import click
+
+from gateway.queue import KINDS, Entry, Queues
+from tcms.cliutil import with_store
+from tcms.store import Store
+
+KIND = click.Choice(KINDS)
+
+
+def _when(t: int | None) -> str:
+    if t is None:
+        return "-"
+    try:
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return str(t)
+
+
+def _line(e: Entry) -> str:
+    error = f"  last error: {e.last_error[:120]}" if e.last_error else ""
+    return (f"{e.kind:<10} {e.key:<20.70} {e.status:<11} tries {e.attempts:<3} "
+            f"next {_when(e.next_attempt)}  {e.summary[:100]}{error}")
+
+
+@click.group("queue")
+def queue_group() -> None:
+    """The gateway's work: what waits, what fails, what is quarantined."""
+
+
+@queue_group.command("list")
+@click.option("--kind", type=KIND, default=None, help="Only this kind of work.")
+@click.option("--all", "everything", is_flag=True, help="Finished items too.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.pass_context
+def queue_list(ctx: click.Context, kind: str | None, everything: bool, limit: int) -> None:
+    """Items waiting, failing or quarantined (one line each)."""
+    async def go(store: Store) -> list[Entry]:
+        return await Queues(store).entries(kind, everything=everything, limit=limit)
+
+    entries = with_store(ctx, go)
+    for e in entries:
+        click.echo(_line(e))
+    quarantined = sum(e.status == "quarantined" for e in entries)
+    click.echo(f"{len(entries)} item(s), {quarantined} quarantined", err=True)
+
+
+@queue_group.command("show")
+@click.argument("kind", type=KIND)
+@click.argument("key")
+@click.pass_context
+def queue_show(ctx: click.Context, kind: str, key: str) -> None:
+    """One item whole: KIND and KEY as `tcms queue list` prints them."""
+    async def go(store: Store) -> Entry | None:
+        return await Queues(store).entry(kind, key)
+
+    try:
+        e = with_store(ctx, go)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="KEY") from None
+    if e is None:
+        raise click.ClickException(f"no {kind} item {key}")
+    for label, value in (("kind", e.kind), ("key", e.key), ("status", e.status),
+                         ("attempts", str(e.attempts)), ("next try", _when(e.next_attempt)),
+                         ("what", e.summary), ("outcome", e.detail or "-"),
+                         ("last error", e.last_error or "-")):
+        click.echo(f"{label + ':':<12}{value}")
+
+
+def _act(ctx: click.Context, kind: str, key: str, verb: str) -> None:
+    async def go(store: Store) -> bool:
+        q = Queues(store)
+        now = int(time.time())
+        return await (q.retry(kind, key, now) if verb == "retry" else q.drop(kind, key, now))
+
+    try:
+        changed = with_store(ctx, go)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="KEY") from None
+    if not changed:
+        raise click.ClickException(f"no {kind} item {key} that can be {verb}ped"
+                                   if verb == "drop" else f"no {kind} item {key} to retry")
+    click.echo(f"{kind} {key}: {'will be tried again now' if verb == 'retry' else 'dropped'}")
+
+
+@queue_group.command("retry")
+@click.argument("kind", type=KIND)
+@click.argument("key")
+@click.pass_context
+def queue_retry(ctx: click.Context, kind: str, key: str) -> None:
+    """Try a failed or quarantined item again now (its tries start from zero)."""
+    _act(ctx, kind, key, "retry")
+
+
+@queue_group.command("drop")
+@click.argument("kind", type=KIND)
+@click.argument("key")
+@click.pass_context
+def queue_drop(ctx: click.Context, kind: str, key: str) -> None:
+    """Give up on an item for good (recorded in the audit log)."""
+    _act(ctx, kind, key, "drop")

@@ -1,0 +1,410 @@
+"""The gateway's units of work in SQL, each an isolated, claimed row.
+
+Five kinds of work, each a row with ``attempts``, ``next_attempt`` and ``last_error``:
+
+- ``inbound``: protocol mail the MTA handed to the intake (table ``inbound``);
+- ``submission``: a certified mail a user submitted (table ``submissions``);
+- ``outbox``: a message to send or a mail to file (table ``messages``, direction out);
+- ``answers``: a user whose accept/refuse folders must be looked at (``answer_checks``);
+- ``deadline``: a run whose timer is due (table ``runs``).
+
+A worker claims a row by moving ``next_attempt`` past now (a lease: if the worker dies,
+the row is claimed again once the lease ends).  The outcome is one of:
+
+- done: the row is finished (``done``, or for an outbox message ``sent_at``);
+- rejected: a deterministic failure (a check, a malformed field): finished at once, with
+  its named reason in ``detail``;
+- retry: a transient failure (network) or an unexpected one (a bug): tried again after a
+  backoff of 2, 4, 8 ... 300 s; after ``max_attempts`` tries the row is quarantined (the
+  Mailman "shunt" idea) and waits for an administrator (``tcms queue retry|drop``).
+
+Quarantining inbound mail never stops an exchange: its deadlines still drive R1S, R1R and
+R2S.  Rows are read into typed records, never handed around as dictionaries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from tcms.store import Store
+from tcms.store import models as m
+
+KINDS = ("inbound", "submission", "outbox", "answers", "deadline")
+ERROR_LIMIT = 1000  # characters of an error kept in last_error
+
+
+def backoff(attempts: int) -> int:
+    """Seconds to wait before try number ``attempts + 1``: 2, 4, 8 ... at most 300."""
+    return int(min(300, 2 ** min(max(attempts, 1), 9)))
+
+
+@dataclass(frozen=True)
+class InboundItem:
+    id: int
+    received_at: int
+    mail_from: str
+    rcpt: list[str]
+    peer: str
+    raw: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class SubmissionItem:
+    id: int
+    message_id: str
+    sender: str
+    recipients: list[str]
+    subject: str
+    raw: bytes
+    created_at: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class AnswerCheck:
+    owner: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One unit of work as an administrator sees it (`tcms queue list|show`)."""
+
+    kind: str
+    key: str
+    status: str
+    attempts: int
+    next_attempt: int | None
+    last_error: str | None
+    summary: str
+    detail: str = ""
+
+
+def _free(t: Table, now: int) -> ColumnElement[bool]:
+    return t.c.next_attempt.is_(None) | (t.c.next_attempt <= now)
+
+
+class Queues:
+    """Claiming, finishing and failing units of work; the administrator's view of them."""
+
+    def __init__(self, store: Store, *, lease: int = 120, max_attempts: int = 10) -> None:
+        self.store = store
+        self.lease = lease
+        self.max_attempts = max_attempts
+
+    # --- claiming -------------------------------------------------------------------
+
+    async def _claim(self, t: Table, key: Any, pending: ColumnElement[bool], now: int,
+                     limit: int) -> list[Any]:
+        """Claim up to ``limit`` pending rows in one statement.  The outer WHERE repeats
+        the conditions, so a row another worker claimed meanwhile is not returned twice;
+        on PostgreSQL, rows another worker is claiming are skipped, not waited for."""
+        ids = (select(key).where(pending, _free(t, now)).order_by(key).limit(limit)
+               .with_for_update(skip_locked=True))  # PostgreSQL: racing workers split rows
+        stmt = (update(t).where(key.in_(ids.scalar_subquery()), pending, _free(t, now))
+                .values(attempts=t.c.attempts + 1, next_attempt=now + self.lease)
+                .returning(*t.c))
+        async with self.store.transaction() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return sorted(rows, key=lambda r: r[key.name])
+
+    async def claim_inbound(self, now: int, limit: int = 32) -> list[InboundItem]:
+        t = m.inbound
+        rows = await self._claim(t, t.c.id, t.c.status == "new", now, limit)
+        return [InboundItem(int(r["id"]), int(r["received_at"]), str(r["mail_from"]),
+                            list(json.loads(r["rcpt"])), str(r["peer"]), bytes(r["raw"]),
+                            int(r["attempts"])) for r in rows]
+
+    async def claim_submissions(self, now: int, limit: int = 16) -> list[SubmissionItem]:
+        t = m.submissions
+        rows = await self._claim(t, t.c.id, t.c.status == "new", now, limit)
+        return [SubmissionItem(int(r["id"]), str(r["message_id"]), str(r["sender"]),
+                               [str(x) for x in json.loads(r["recipients"])],
+                               str(r["subject"]), bytes(r["raw"]), int(r["created_at"]),
+                               int(r["attempts"])) for r in rows]
+
+    async def claim_answer_checks(self, now: int, limit: int = 16) -> list[AnswerCheck]:
+        t = m.answer_checks
+        rows = await self._claim(t, t.c.owner, t.c.status == "due", now, limit)
+        return [AnswerCheck(str(r["owner"]), int(r["attempts"])) for r in rows]
+
+    # --- adding work ----------------------------------------------------------------
+
+    async def add_inbound(self, *, mail_from: str, rcpt: Sequence[str], peer: str, raw: bytes,
+                          now: int) -> int:
+        """Store protocol mail durably (the intake answers 250 only after this)."""
+        async with self.store.transaction() as conn:
+            res = await conn.execute(insert(m.inbound).values(
+                received_at=now, mail_from=mail_from[:254], rcpt=json.dumps(list(rcpt)),
+                peer=peer[:64], raw=raw, size=len(raw)).returning(m.inbound.c.id))
+            return int(res.scalar_one())
+
+    async def want_answer_check(self, owner: str, at: int, now: int) -> None:
+        """Look at ``owner``'s answer folders at ``at`` (or sooner if already due sooner).
+        A quarantined check stays quarantined until an administrator retries it."""
+        t = m.answer_checks
+        async with self.store.transaction() as conn:
+            res = await conn.execute(update(t).where(
+                t.c.owner == owner, t.c.status == "idle").values(
+                status="due", attempts=0, next_attempt=at, updated_at=now))
+            if res.rowcount:
+                return
+            await conn.execute(update(t).where(
+                t.c.owner == owner, t.c.status == "due",
+                t.c.next_attempt.is_(None) | (t.c.next_attempt > at)).values(
+                next_attempt=at, updated_at=now))
+            exists = (await conn.execute(select(t.c.owner).where(t.c.owner == owner))).first()
+            if exists is None:
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(insert(t).values(
+                            owner=owner, status="due", next_attempt=at, updated_at=now))
+                except IntegrityError:
+                    pass  # another worker added it at the same moment
+
+    async def reschedule_answers(self, owner: str, at: int, now: int) -> None:
+        """Look at ``owner``'s answer folders again at ``at`` (a notice is still pending)."""
+        t = m.answer_checks
+        async with self.store.transaction() as conn:
+            await conn.execute(update(t).where(t.c.owner == owner, t.c.status == "due").values(
+                attempts=0, next_attempt=at, last_error=None, updated_at=now))
+
+    # --- outcomes -------------------------------------------------------------------
+
+    async def finish(self, kind: str, key: str | int, now: int, *, status: str = "done",
+                     detail: str = "") -> None:
+        """End a claimed row: ``done`` or ``rejected`` (with its named reason)."""
+        async with self.store.transaction() as conn:
+            if kind == "inbound":
+                await conn.execute(update(m.inbound).where(m.inbound.c.id == int(key)).values(
+                    status=status, detail=detail[:ERROR_LIMIT], finished_at=now,
+                    next_attempt=None, raw=b"" if status == "done" else m.inbound.c.raw))
+            elif kind == "answers":
+                await conn.execute(update(m.answer_checks).where(
+                    m.answer_checks.c.owner == str(key),
+                    m.answer_checks.c.status == "due").values(
+                    status="idle", attempts=0, next_attempt=None, last_error=None,
+                    updated_at=now))
+            elif kind == "submission":
+                await conn.execute(update(m.submissions).where(
+                    m.submissions.c.id == int(key), m.submissions.c.status == "new").values(
+                    status=status, detail=detail[:ERROR_LIMIT], next_attempt=None))
+            else:
+                raise ValueError(f"finish: unknown kind {kind!r}")
+
+    async def note_inbound(self, key: int, kind: str, tx: str) -> None:
+        async with self.store.transaction() as conn:
+            await conn.execute(update(m.inbound).where(m.inbound.c.id == key).values(
+                kind=kind[:16], tx=tx[:32]))
+
+    async def fail(self, kind: str, key: str | int, attempts: int, now: int,
+                   error: str) -> str:
+        """A transient or unexpected failure of a claimed row: retry after the backoff,
+        or quarantine it after ``max_attempts`` tries.  Returns the new status."""
+        quarantine = attempts >= self.max_attempts
+        retry_at = None if quarantine else now + backoff(attempts)
+        error = error[:ERROR_LIMIT]
+        async with self.store.transaction() as conn:
+            if kind in ("inbound", "submission", "answers"):
+                t, col, k = {"inbound": (m.inbound, m.inbound.c.id, int(key)),
+                             "submission": (m.submissions, m.submissions.c.id, int(key)),
+                             "answers": (m.answer_checks, m.answer_checks.c.owner, str(key))
+                             }[kind]
+                values: dict[str, Any] = {"next_attempt": retry_at, "last_error": error}
+                if quarantine:
+                    values["status"] = "quarantined"
+                await conn.execute(update(t).where(col == k).values(**values))
+            elif kind == "outbox":
+                await conn.execute(update(m.messages).where(m.messages.c.id == int(key))
+                                   .values(claimed_until=retry_at, last_error=error,
+                                           quarantined_at=now if quarantine else None))
+            elif kind == "deadline":
+                cid, role = _run_key(str(key))
+                await conn.execute(update(m.runs).where(
+                    m.runs.c.cid == cid, m.runs.c.role == role).values(
+                    attempts=attempts, next_attempt=retry_at, last_error=error,
+                    quarantined=quarantine))
+            else:
+                raise ValueError(f"fail: unknown kind {kind!r}")
+        return "quarantined" if quarantine else "retry"
+
+    # --- the administrator's view ------------------------------------------------------
+
+    async def entries(self, kind: str | None = None, *, everything: bool = False,
+                      limit: int = 100) -> list[Entry]:
+        """Work that is waiting, failing or quarantined (``everything``: finished too)."""
+        out: list[Entry] = []
+        for k in KINDS if kind is None else (kind,):
+            out.extend(await self._entries(k, everything, limit, None))
+        return out[:limit] if kind is None else out
+
+    async def entry(self, kind: str, key: str) -> Entry | None:
+        found = await self._entries(kind, True, 1, key)
+        return found[0] if found else None
+
+    async def _entries(self, kind: str, everything: bool, limit: int,
+                       key: str | None) -> list[Entry]:
+        lister = {"inbound": self._inbound_entries, "submission": self._submission_entries,
+                  "outbox": self._outbox_entries, "answers": self._answer_entries,
+                  "deadline": self._deadline_entries}.get(kind)
+        if lister is None:
+            raise ValueError(f"unknown kind of work {kind!r}; one of {', '.join(KINDS)}")
+        return await lister(everything, limit, key)
+
+    async def _rows(self, q: Any) -> list[Any]:
+        async with self.store.engine.connect() as conn:
+            return list((await conn.execute(q)).all())
+
+    async def _inbound_entries(self, everything: bool, limit: int,
+                               key: str | None) -> list[Entry]:
+        t = m.inbound
+        q = select(t.c.id, t.c.status, t.c.attempts, t.c.next_attempt, t.c.last_error,
+                   t.c.mail_from, t.c.kind, t.c.tx, t.c.size, t.c.detail)
+        if key is not None:
+            q = q.where(t.c.id == _int_key(key))
+        elif not everything:
+            q = q.where(t.c.status.in_(("new", "quarantined")))
+        return [Entry("inbound", str(r[0]), r[1], r[2], r[3], r[4],
+                      f"{r[6] or '?'} {r[7] or ''} from {r[5]} ({r[8]} bytes)", r[9] or "")
+                for r in await self._rows(q.order_by(t.c.id).limit(limit))]
+
+    async def _submission_entries(self, everything: bool, limit: int,
+                                  key: str | None) -> list[Entry]:
+        t = m.submissions
+        q = select(t.c.id, t.c.status, t.c.attempts, t.c.next_attempt, t.c.last_error,
+                   t.c.sender, t.c.recipients, t.c.detail)
+        if key is not None:
+            q = q.where(t.c.id == _int_key(key))
+        elif not everything:
+            q = q.where(t.c.status.in_(("new", "quarantined")))
+        return [Entry("submission", str(r[0]), r[1], r[2], r[3], r[4],
+                      f"from {r[5]} to {', '.join(json.loads(r[6]))[:200]}", r[7] or "")
+                for r in await self._rows(q.order_by(t.c.id).limit(limit))]
+
+    async def _outbox_entries(self, everything: bool, limit: int,
+                              key: str | None) -> list[Entry]:
+        t = m.messages
+        q = select(t.c.id, t.c.sent_at, t.c.quarantined_at, t.c.attempts, t.c.claimed_until,
+                   t.c.last_error, t.c.destination, t.c.kind, t.c.owner, t.c.peer
+                   ).where(t.c.direction == "out")
+        if key is not None:
+            q = q.where(t.c.id == _int_key(key))
+        elif not everything:
+            q = q.where(t.c.sent_at.is_(None))
+        return [Entry("outbox", str(r[0]), "sent" if r[1] is not None else
+                      "quarantined" if r[2] is not None else "new", r[3], r[4], r[5],
+                      f"{r[7]} to {r[6]} ({r[8] or '-'} -> {r[9] or '-'})")
+                for r in await self._rows(q.order_by(t.c.id).limit(limit))]
+
+    async def _answer_entries(self, everything: bool, limit: int,
+                              key: str | None) -> list[Entry]:
+        t = m.answer_checks
+        q = select(t.c.owner, t.c.status, t.c.attempts, t.c.next_attempt, t.c.last_error)
+        if key is not None:
+            q = q.where(t.c.owner == key)
+        elif not everything:
+            q = q.where(t.c.status.in_(("due", "quarantined")))
+        return [Entry("answers", r[0], r[1], r[2], r[3], r[4],
+                      f"accept/refuse folders of {r[0]}")
+                for r in await self._rows(q.order_by(t.c.owner).limit(limit))]
+
+    async def _deadline_entries(self, everything: bool, limit: int,
+                                key: str | None) -> list[Entry]:
+        t = m.runs
+        q = select(t.c.cid, t.c.role, t.c.tx, t.c.phase, t.c.deadline, t.c.attempts,
+                   t.c.next_attempt, t.c.last_error, t.c.quarantined, t.c.owner)
+        if key is not None:
+            cid, role = _run_key(key)
+            q = q.where(t.c.cid == cid, t.c.role == role)
+        elif not everything:
+            q = q.where(and_(t.c.terminal.is_(False), t.c.attempts > 0))
+        return [Entry("deadline", f"{bytes(r[0]).hex()}/{r[1]}",
+                      "quarantined" if r[8] else "new", r[5], r[6], r[7],
+                      f"exchange {r[2]} ({r[1]} of {r[9]}, phase {r[3]}, deadline {r[4]})")
+                for r in await self._rows(q.order_by(t.c.deadline).limit(limit))]
+
+    async def retry(self, kind: str, key: str, now: int) -> bool:
+        """Try a failed or quarantined row again now, with its attempts reset."""
+        async with self.store.transaction() as conn:
+            if kind == "inbound":
+                res = await conn.execute(update(m.inbound).where(
+                    m.inbound.c.id == _int_key(key),
+                    m.inbound.c.status.in_(("new", "quarantined", "rejected")),
+                    m.inbound.c.raw != b"").values(
+                    status="new", attempts=0, next_attempt=now, detail=None))
+            elif kind == "submission":
+                res = await conn.execute(update(m.submissions).where(
+                    m.submissions.c.id == _int_key(key),
+                    m.submissions.c.status.in_(("new", "quarantined"))).values(
+                    status="new", attempts=0, next_attempt=now))
+            elif kind == "outbox":
+                res = await conn.execute(update(m.messages).where(
+                    m.messages.c.id == _int_key(key), m.messages.c.direction == "out",
+                    m.messages.c.sent_at.is_(None)).values(
+                    quarantined_at=None, attempts=0, claimed_until=now))
+            elif kind == "answers":
+                res = await conn.execute(update(m.answer_checks).where(
+                    m.answer_checks.c.owner == key).values(
+                    status="due", attempts=0, next_attempt=now))
+            elif kind == "deadline":
+                cid, role = _run_key(key)
+                res = await conn.execute(update(m.runs).where(
+                    m.runs.c.cid == cid, m.runs.c.role == role).values(
+                    quarantined=False, attempts=0, next_attempt=now))
+            else:
+                raise ValueError(f"unknown kind of work {kind!r}")
+            return bool(res.rowcount)
+
+    async def drop(self, kind: str, key: str, now: int) -> bool:
+        """Give up on a row for good (an administrator's decision, kept in the audit)."""
+        async with self.store.transaction() as conn:
+            if kind == "inbound":
+                res = await conn.execute(update(m.inbound).where(
+                    m.inbound.c.id == _int_key(key),
+                    m.inbound.c.status.in_(("new", "quarantined", "rejected"))).values(
+                    status="dropped", finished_at=now, next_attempt=None))
+            elif kind == "submission":
+                res = await conn.execute(update(m.submissions).where(
+                    m.submissions.c.id == _int_key(key),
+                    m.submissions.c.status.in_(("new", "quarantined"))).values(
+                    status="dropped", next_attempt=None))
+            elif kind == "outbox":
+                res = await conn.execute(update(m.messages).where(
+                    m.messages.c.id == _int_key(key), m.messages.c.direction == "out",
+                    m.messages.c.sent_at.is_(None)).values(
+                    sent_at=now, claimed_until=None, last_error="dropped by an administrator"))
+            elif kind == "answers":
+                res = await conn.execute(delete(m.answer_checks).where(
+                    m.answer_checks.c.owner == key))
+            else:
+                raise ValueError(f"cannot drop {kind!r} work (a deadline belongs to its "
+                                 "exchange: retry it, or let the exchange end)")
+            if res.rowcount:
+                await self.store.append_audit(conn, now, "admin", "queue.drop", None,
+                                              f"{kind}:{key}")
+            return bool(res.rowcount)
+
+
+def _int_key(key: str) -> int:
+    try:
+        return int(key)
+    except ValueError:
+        raise ValueError(f"{key!r} is not a row number") from None
+
+
+def _run_key(key: str) -> tuple[bytes, str]:
+    cid, _, role = key.partition("/")
+    try:
+        raw = bytes.fromhex(cid)
+    except ValueError:
+        raise ValueError(f"{key!r} is not CID/role") from None
+    if len(raw) != 32 or role not in ("sender", "receiver"):
+        raise ValueError(f"{key!r} is not CID/role")
+    return raw, role

@@ -1,0 +1,181 @@
+"""Units of work (gateway/queue.py) on SQLite and PostgreSQL: claimed once, retried with
+backoff, quarantined past the bound, and handled by an administrator with `tcms queue`;
+the worker's isolation: one item's failure is that item's alone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.queue import Queues, backoff
+from gateway.worker import Worker
+from tcms.store import Store
+
+T0 = 1_800_000_000
+
+
+async def add(q: Queues, n: int = 1) -> list[int]:
+    return [await q.add_inbound(mail_from=f"m{i}@x.test", rcpt=["tcms-gateway@b.test"],
+                                peer="127.0.0.1", raw=b"raw %d" % i, now=T0) for i in range(n)]
+
+
+async def test_an_item_is_claimed_once_even_by_racing_workers(store: Store) -> None:
+    q = Queues(store, lease=60)
+    ids = await add(q, 20)
+    claims = await asyncio.gather(*(q.claim_inbound(T0, limit=5) for _ in range(8)))
+    claimed = [item.id for batch in claims for item in batch]
+    assert len(claimed) == len(set(claimed))  # none twice
+    claimed += [item.id for item in await q.claim_inbound(T0, limit=100)]
+    assert sorted(claimed) == ids  # every item once
+    assert all(item.attempts == 1 for batch in claims for item in batch)
+    assert await q.claim_inbound(T0 + 59) == []  # held by the lease
+    again = await q.claim_inbound(T0 + 60)  # the lease ran out: the worker died
+    assert sorted(i.id for i in again) == ids[:len(again)] and again[0].attempts == 2
+
+
+async def test_failures_back_off_then_quarantine(store: Store) -> None:
+    q = Queues(store, lease=60, max_attempts=3)
+    (item,) = await add(q)
+    now = T0
+    for attempt in (1, 2):
+        (got,) = await q.claim_inbound(now)
+        assert got.attempts == attempt
+        assert await q.fail("inbound", item, got.attempts, now, "boom") == "retry"
+        assert await q.claim_inbound(now + backoff(attempt) - 1) == []
+        now += backoff(attempt)
+    (got,) = await q.claim_inbound(now)
+    assert await q.fail("inbound", item, got.attempts, now, "boom again") == "quarantined"
+    assert await q.claim_inbound(now + 10_000) == []  # never again on its own
+    entry = await q.entry("inbound", str(item))
+    assert entry is not None and entry.status == "quarantined"
+    assert entry.attempts == 3 and entry.last_error == "boom again"
+    assert [e.key for e in await q.entries("inbound")] == [str(item)]
+    assert await q.retry("inbound", str(item), now)
+    (got,) = await q.claim_inbound(now)
+    assert got.attempts == 1
+    await q.finish("inbound", item, now, status="rejected", detail="m3.format: bad")
+    entry = await q.entry("inbound", str(item))
+    assert entry is not None and (entry.status, entry.detail) == ("rejected", "m3.format: bad")
+    assert await q.entries("inbound") == []  # finished items only with everything=True
+    assert len(await q.entries("inbound", everything=True)) == 1
+
+
+async def test_done_inbound_mail_is_emptied_and_answer_checks_coalesce(store: Store) -> None:
+    q = Queues(store)
+    (item,) = await add(q)
+    await q.claim_inbound(T0)
+    await q.finish("inbound", item, T0)
+    with pytest.raises(ValueError):
+        await q.entry("inbound", "not-a-number")
+    assert not await q.retry("inbound", str(item), T0)  # nothing left to retry
+    await q.want_answer_check("bob@b.test", T0 + 60, T0)
+    await q.want_answer_check("bob@b.test", T0 + 5, T0)  # sooner wins
+    await q.want_answer_check("bob@b.test", T0 + 90, T0)
+    assert await q.claim_answer_checks(T0 + 4) == []
+    (check,) = await q.claim_answer_checks(T0 + 5)
+    assert check.owner == "bob@b.test"
+    await q.finish("answers", check.owner, T0 + 5)
+    assert await q.claim_answer_checks(T0 + 10_000) == []  # idle until asked again
+    await q.want_answer_check("bob@b.test", T0 + 6, T0 + 6)
+    assert [c.owner for c in await q.claim_answer_checks(T0 + 6)] == ["bob@b.test"]
+
+
+def _worker(store: Store, max_attempts: int = 3) -> Worker:
+    ctx: Any = SimpleNamespace(queues=Queues(store, max_attempts=max_attempts))
+    return Worker(ctx, clock=lambda: T0)
+
+
+async def test_one_failing_item_never_delays_another(store: Store,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    worker = _worker(store)
+    ids = await add(worker.ctx.queues, 3)
+    items = await worker.ctx.queues.claim_inbound(T0)
+    handled: list[int] = []
+    release = asyncio.Event()
+
+    async def handle(item: Any) -> None:
+        async def work() -> None:
+            if item.id == ids[0]:
+                raise RuntimeError("a bug in this item's handling")
+            if item.id == ids[1]:
+                await release.wait()  # a slow item
+            handled.append(item.id)
+        await worker.isolated("inbound", item.id, item.attempts, work)
+
+    async def unblock() -> None:
+        while ids[2] not in handled:  # the third finishes while the second still waits
+            await asyncio.sleep(0.01)
+        release.set()
+
+    with caplog.at_level(logging.INFO, logger="tcms.gateway.worker"):
+        await asyncio.gather(worker.each(items, handle), unblock())
+    assert handled == [ids[2], ids[1]]
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1 and "failed unexpectedly" in tracebacks[0].getMessage()
+    entry = await worker.ctx.queues.entry("inbound", str(ids[0]))
+    assert entry is not None and entry.status == "new"
+    assert entry.last_error == "unexpected RuntimeError: a bug in this item's handling"
+
+
+async def test_an_unexpected_failure_is_logged_with_its_traceback_once(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    worker = _worker(store, max_attempts=3)
+    (item,) = await add(worker.ctx.queues)
+
+    async def boom() -> None:
+        raise KeyError("deep inside")
+
+    with caplog.at_level(logging.INFO, logger="tcms.gateway.worker"):
+        for attempts in (1, 2, 3):
+            await worker.isolated("inbound", item, attempts, boom)
+    assert sum(1 for r in caplog.records if r.exc_info) == 1
+    assert any("quarantined after 3 tries" in r.getMessage() for r in caplog.records)
+    entry = await worker.ctx.queues.entry("inbound", str(item))
+    assert entry is not None and entry.status == "quarantined"
+
+
+def tcms(args: list[str], db: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
+    env["TCMS_DATABASE__URL"] = f"sqlite:///{db}"
+    return subprocess.run([sys.executable, "-m", "tcms.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_an_administrator_lists_shows_retries_and_drops(tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+
+    async def prepare() -> list[int]:
+        store = Store(f"sqlite:///{db}")
+        await store.upgrade()
+        q = Queues(store, max_attempts=1)
+        ids = await add(q, 2)
+        for item in await q.claim_inbound(T0):
+            await q.fail("inbound", item.id, item.attempts, T0, "DC unreachable")
+        await store.close()
+        return ids
+
+    first, second = asyncio.run(prepare())
+    listed = tcms(["queue", "list"], db)
+    assert listed.returncode == 0, listed.stderr
+    lines = [x for x in listed.stdout.splitlines() if x.startswith("inbound")]
+    assert len(lines) == 2 and all("quarantined" in x and "DC unreachable" in x for x in lines)
+    assert "2 item(s), 2 quarantined" in listed.stderr
+    shown = tcms(["queue", "show", "inbound", str(first)], db)
+    assert shown.returncode == 0 and "last error: DC unreachable" in shown.stdout
+    assert tcms(["queue", "retry", "inbound", str(first)], db).returncode == 0
+    assert "status:     new" in tcms(["queue", "show", "inbound", str(first)], db).stdout
+    dropped = tcms(["queue", "drop", "inbound", str(second)], db)
+    assert dropped.returncode == 0 and "dropped" in dropped.stdout
+    assert tcms(["queue", "drop", "inbound", str(second)], db).returncode == 1
+    assert tcms(["queue", "show", "inbound", "999"], db).returncode == 1
+    bad = tcms(["queue", "show", "deadline", "nonsense"], db)
+    assert bad.returncode == 2 and "CID/role" in bad.stderr
+    assert "drop" in tcms(["queue", "--help"], db).stdout
