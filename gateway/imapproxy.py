@@ -1,17 +1,23 @@
 """The gateway's IMAP proxy: a user's own client logs in to the gateway with the usual
 credentials and works on the real mailbox behind it.
 
-- TLS on every listener: STARTTLS (LOGINDISABLED until then) and implicit TLS;
+- TLS on every listener: STARTTLS (LOGINDISABLED until then) and implicit TLS; whatever a
+  client sent after STARTTLS and before the handshake is dropped (the CVE-2011-0411 class);
 - LOGIN and AUTHENTICATE PLAIN are checked by logging in to the upstream server with the
-  same credentials; from then on the session is relayed command by command;
-- the folder holding protocol mail (``protocol_folder``) is hidden: it never appears in
-  LIST, LSUB or STATUS answers, and a command naming it (SELECT, EXAMINE, STATUS, APPEND,
-  COPY, MOVE, RENAME, DELETE, CREATE, SUBSCRIBE...) is answered ``NO [NONEXISTENT]``;
-- literals (synchronising or not) work in both directions, and IDLE is relayed; the proxy
-  acknowledges a client's synchronising literal itself and sends every command upstream
-  whole, with non-synchronising literals (LITERAL+), so that it can read a command before
-  it decides;
-- COMPRESS is not offered (removed from every capability list, refused if asked).
+  same credentials; before that the proxy answers every command itself, within small limits
+  (4 KB lines, 1 KB literals, 8 KB commands; past them: BYE and the connection closed);
+- after login every command is read as the upstream server reads it (gateway/imapwire.py,
+  modelled on Dovecot's imap-parser.c: where a command ends, which literals it has), vetted
+  (gateway/imappolicy.py: only commands the server knows, never an unknown one, no CATENATE or
+  URL command, no COMPRESS or NOTIFY) and sent upstream whole, with non-synchronising
+  literals (LITERAL+; the proxy answers a client's synchronising literal itself). Commands stay
+  below Dovecot's 64 KB line limit (APPEND's messages aside, up to 64 MB);
+- the folder holding protocol mail (``protocol_folder``) is hidden: it never appears in LIST,
+  LSUB or STATUS answers; a command naming it is sent upstream naming a folder that does not
+  exist, so the client gets exactly the server's answer for a missing folder; CREATE or RENAME
+  to it are refused whether it exists or not;
+- only the capabilities the proxy supports are shown;
+- ``ProxyConfig.on_filed`` is awaited after the server accepted a COPY or MOVE (UID too).
 """
 
 from __future__ import annotations
@@ -26,18 +32,43 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gateway.imappolicy import (
+    Answer,
+    HiddenFolder,
+    after_login,
+    before_login,
+    keep_capabilities,
+    vet,
+)
+from gateway.imapwire import (
+    Atom,
+    Command,
+    CommandReader,
+    Continue,
+    Event,
+    LimitExceeded,
+    Limits,
+    Line,
+    ParenList,
+    Rejected,
+    String,
+    parse_args,
+)
+
 log = logging.getLogger("tcms.gateway.imap-proxy")
 LITERAL = re.compile(rb"\{(\d+)(\+?)\}\r\n$")
 MAX_LITERAL = 64 * 1024 * 1024
-MAX_LINE = 64 * 1024
-HIDDEN_CAPS = re.compile(rb" (COMPRESS=\S+|STARTTLS|LOGINDISABLED|AUTH=\S+)(?=[ \]\r])",
-                         re.IGNORECASE)
-# commands whose first argument is a mailbox, and those whose last one is
-FIRST_ARG = {b"SELECT", b"EXAMINE", b"STATUS", b"APPEND", b"DELETE", b"RENAME", b"CREATE",
-             b"SUBSCRIBE", b"UNSUBSCRIBE", b"GETQUOTAROOT", b"MYRIGHTS", b"GETACL",
-             b"SETACL", b"DELETEACL", b"LISTRIGHTS", b"GETMETADATA", b"SETMETADATA"}
-LAST_ARG = {b"COPY", b"MOVE", b"RENAME"}
+MAX_LINE = 64 * 1024  # the longest line the proxy reads from the client or the server
+UPSTREAM_LINE = 1024 * 1024  # the longest answer line accepted from the server
+CHUNK = 64 * 1024
+# Before login the proxy answers everything itself: a few KB is plenty for a login.
+BEFORE_LOGIN = Limits(max_line=4096, max_literal=1024, max_text=8192, max_command=8192)
+# After login: lines and commands stay below Dovecot's imap_max_line_length (64 KB, literals
+# included for every command but APPEND): past it the server would skip the rest of a line.
+AFTER_LOGIN = Limits(max_line=60 * 1024, max_literal=MAX_LITERAL, max_text=60 * 1024,
+                     max_command=MAX_LITERAL + 1024 * 1024)
 PRE_AUTH_CAPS = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE"
+Filed = Callable[[str, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -47,16 +78,17 @@ class ProxyConfig:
     hidden: str  # the protocol folder
     tls: ssl.SSLContext
     upstream_tls: ssl.SSLContext | None = None  # implicit TLS to the upstream server
+    # after the server answered OK to a logged-in user's COPY or MOVE (UID too): the user and
+    # the destination as the client named it (decoded from modified UTF-7)
+    on_filed: Filed | None = None
 
 
 class ProxyError(Exception):
     pass
 
 
-# --- reading IMAP: lines with their literals ------------------------------------------------
-
-
 async def read_line(reader: asyncio.StreamReader) -> bytes:
+    """One line from the upstream server."""
     try:
         line = await reader.readuntil(b"\r\n")
     except asyncio.LimitOverrunError:
@@ -66,41 +98,8 @@ async def read_line(reader: asyncio.StreamReader) -> bytes:
     return line
 
 
-def tokens(data: bytes) -> list[bytes]:
-    """Atoms, quoted strings (unquoted) and literals of a whole command, in order; the
-    parentheses of lists are left out.  Enough to find the mailboxes a command names."""
-    out: list[bytes] = []
-    i, n = 0, len(data)
-    while i < n:
-        c = data[i:i + 1]
-        if c in (b" ", b"(", b")", b"\r", b"\n"):
-            i += 1
-        elif c == b'"':
-            j, buf = i + 1, bytearray()
-            while j < n and data[j:j + 1] != b'"':
-                if data[j:j + 1] == b"\\":
-                    j += 1
-                buf += data[j:j + 1]
-                j += 1
-            out.append(bytes(buf))
-            i = j + 1
-        elif c == b"{" and (m := re.match(rb"\{(\d+)\+?\}\r\n", data[i:])):
-            size = int(m.group(1))
-            start = i + m.end()
-            out.append(data[start:start + size])
-            i = start + size
-        else:
-            j = i
-            while j < n and data[j:j + 1] not in (b" ", b"(", b")", b"\r", b"\n"):
-                j += 1
-            out.append(data[i:j])
-            i = j
-    return out
-
-
-def names_hidden(name: bytes, hidden: str, delimiter: str = ".") -> bool:
-    h = hidden.encode()
-    return name == h or name.startswith(h + delimiter.encode()) or name.startswith(h + b"/")
+def tagged(tag: bytes | None, answer: str) -> str:
+    return f"{(tag or b'*').decode('ascii')} {answer}"
 
 
 class Session:
@@ -111,6 +110,9 @@ class Session:
         self.writer = writer
         self.tls = implicit_tls
         self.user = ""
+        self.wire = CommandReader(before_login, BEFORE_LOGIN)
+        self.folder = HiddenFolder(cfg.hidden)
+        self.filing: dict[bytes, list[str]] = {}  # tag -> destinations of COPY/MOVE sent
         self.up_reader: asyncio.StreamReader | None = None
         self.up_writer: asyncio.StreamWriter | None = None
 
@@ -125,43 +127,44 @@ class Session:
             return f"{PRE_AUTH_CAPS} AUTH=PLAIN"
         return f"{PRE_AUTH_CAPS} STARTTLS LOGINDISABLED"
 
-    async def read_command(self) -> bytes:
-        """One whole client command, its literals included; a synchronising literal is
-        acknowledged here, and every literal is passed on as non-synchronising."""
-        parts = bytearray()
-        total = 0
+    async def event(self) -> Event:
+        """The client's next command (or rejected command, or expected line); synchronising
+        literals are acknowledged here. Past a limit: BYE, and the session ends."""
         while True:
-            line = await read_line(self.reader)
-            m = LITERAL.search(line)
-            if not m:
-                parts += line
-                return bytes(parts)
-            size = int(m.group(1))
-            total += size
-            if total > MAX_LITERAL:
-                raise ProxyError("literal too large")
-            parts += line[: m.start()] + b"{%d+}\r\n" % size
-            if not m.group(2):
-                await self.say("+ go ahead")
             try:
-                parts += await self.reader.readexactly(size)
-            except asyncio.IncompleteReadError:
-                raise ProxyError("connection closed in a literal") from None
+                event = self.wire.next()
+            except LimitExceeded as exc:
+                await self.say(f"* BYE [TOOBIG] {str(exc).capitalize()}")
+                raise ProxyError(str(exc)) from None
+            if isinstance(event, Continue):
+                await self.say("+ go ahead")
+            elif event is not None:
+                return event
+            else:
+                data = await self.reader.read(CHUNK)
+                if not data:
+                    raise ProxyError("connection closed")
+                self.wire.feed(data)
 
-    # -- before authentication -----------------------------------------------------------------
+    # -- before authentication -------------------------------------------------------------
 
     async def greet_and_login(self) -> bool:
         await self.say(f"* OK [CAPABILITY {self.caps()}] TCMS gateway IMAP ready")
         while True:
-            cmd = await self.read_command()
-            parts = cmd.split(b" ", 2)
-            tag = parts[0].decode(errors="replace")
-            name = parts[1].strip().upper() if len(parts) > 1 else b""
+            cmd = await self.event()
+            if not isinstance(cmd, Command):
+                await self.say(tagged(cmd.tag, cmd.answer) if isinstance(cmd, Rejected)
+                               else "* BAD Expected a command")
+                continue
+            tag, name = cmd.tag.decode("ascii"), cmd.name
             if name == b"CAPABILITY":
                 await self.say(f"* CAPABILITY {self.caps()}")
                 await self.say(f"{tag} OK CAPABILITY completed")
-            elif name == b"NOOP" or name == b"ID":
-                await self.say(f"{tag} OK {name.decode()} completed")
+            elif name == b"NOOP":
+                await self.say(f"{tag} OK NOOP completed")
+            elif name == b"ID":
+                await self.say("* ID NIL")
+                await self.say(f"{tag} OK ID completed")
             elif name == b"LOGOUT":
                 await self.say("* BYE logging out")
                 await self.say(f"{tag} OK LOGOUT completed")
@@ -171,36 +174,58 @@ class Session:
                     await self.say(f"{tag} BAD TLS is already active")
                     continue
                 await self.say(f"{tag} OK Begin TLS negotiation now")
-                await self.writer.start_tls(self.cfg.tls)
-                self.tls = True
-            elif name in (b"LOGIN", b"AUTHENTICATE"):
-                if not self.tls:
-                    await self.say(f"{tag} NO [PRIVACYREQUIRED] Use STARTTLS first")
-                    continue
-                creds = await self._credentials(tag, name, cmd)
-                if creds is None:
-                    continue
-                if await self._login_upstream(tag, *creds):
-                    return True
+                await self._start_tls()
+            elif not self.tls:  # LOGIN or AUTHENTICATE
+                await self.say(f"{tag} NO [PRIVACYREQUIRED] Use STARTTLS first")
             else:
-                await self.say(f"{tag} BAD Log in first")
+                creds = await self._credentials(tag, cmd)
+                if creds is not None and await self._login_upstream(tag, *creds):
+                    self.wire.policy, self.wire.limits = after_login, AFTER_LOGIN
+                    return True
 
-    async def _credentials(self, tag: str, name: bytes, cmd: bytes) -> tuple[str, str] | None:
-        args = tokens(cmd)[2:]
+    async def _start_tls(self) -> None:
+        """TLS on this connection. Whatever the client sent after STARTTLS, before the
+        handshake, is dropped: it was not protected (the CVE-2011-0411 class)."""
+        loop = asyncio.get_running_loop()
+        await self.writer.drain()
+        reader = asyncio.StreamReader(limit=MAX_LINE, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport = await loop.start_tls(self.writer.transport, protocol, self.cfg.tls,
+                                         server_side=True)
+        if transport is None:
+            raise ProxyError("TLS handshake failed")
+        dropped = self.wire.pending()
+        if dropped:
+            log.info("IMAP STARTTLS: %d bytes sent before the handshake dropped", dropped)
+        self.reader = reader
+        self.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        self.wire = CommandReader(before_login, BEFORE_LOGIN)
+        self.tls = True
+
+    async def _credentials(self, tag: str, cmd: Command) -> tuple[str, str] | None:
+        args = [a.value for a in cmd.args if not isinstance(a, ParenList)]
+        if len(args) != len(cmd.args):
+            await self.say(f"{tag} BAD malformed credentials")
+            return None
         try:
-            if name == b"LOGIN":
+            if cmd.name == b"LOGIN":
                 if len(args) != 2:
                     await self.say(f"{tag} BAD LOGIN user password")
                     return None
                 return args[0].decode(), args[1].decode()
-            if not args or args[0].upper() != b"PLAIN":
+            if not args or args[0].upper() != b"PLAIN" or len(args) > 2:
                 await self.say(f"{tag} NO [CANNOT] Only AUTHENTICATE PLAIN is offered")
                 return None
             if len(args) > 1:
                 blob = args[1]
             else:
                 await self.say("+ ")
-                blob = (await read_line(self.reader)).strip()
+                self.wire.expect_line()
+                line = await self.event()
+                if not isinstance(line, Line):
+                    await self.say(f"{tag} BAD malformed credentials")
+                    return None
+                blob = line.data.strip()
             if blob == b"*":
                 await self.say(f"{tag} BAD AUTHENTICATE cancelled")
                 return None
@@ -214,7 +239,7 @@ class Session:
         try:
             r, w = await asyncio.open_connection(self.cfg.upstream_host,
                                                  self.cfg.upstream_port,
-                                                 ssl=self.cfg.upstream_tls, limit=MAX_LINE)
+                                                 ssl=self.cfg.upstream_tls, limit=UPSTREAM_LINE)
             await read_line(r)  # greeting
             u, p = user.encode(), password.encode()
             w.write(b"L LOGIN {%d+}\r\n%s {%d+}\r\n%s\r\n" % (len(u), u, len(p), p))
@@ -233,70 +258,57 @@ class Session:
             await self.say(f"{tag} NO [AUTHENTICATIONFAILED] Authentication failed")
             return False
         self.user, self.up_reader, self.up_writer = user.lower(), r, w
-        w.write(b"C CAPABILITY\r\n")
+        w.write(b'C CAPABILITY\r\nD LIST "" ""\r\n')
         await w.drain()
         caps = b""
         while True:
             line = await read_line(r)
             if line.startswith(b"* CAPABILITY"):
-                caps = HIDDEN_CAPS.sub(b"", line.strip())[len(b"* CAPABILITY "):]
-            if line.startswith(b"C "):
+                caps = keep_capabilities(line.strip())[len(b"* CAPABILITY "):]
+            elif line.startswith(b"* LIST "):
+                self._learn_delimiter(line)
+            elif line.startswith(b"D "):
                 break
         log.info("IMAP session for %s", self.user)
         await self.say(f"{tag} OK [CAPABILITY {caps.decode()}] Logged in")
         return True
 
+    def _learn_delimiter(self, line: bytes) -> None:
+        """The server's hierarchy delimiter, from ``* LIST (...) "." ""``."""
+        try:
+            args = parse_args(line[2:])
+        except ValueError:
+            return
+        if len(args) > 2 and isinstance(args[2], String):
+            self.folder = HiddenFolder(self.folder.name, args[2].value.decode("latin-1"),
+                                       self.folder.substitute)
+        elif len(args) > 2 and isinstance(args[2], Atom):  # NIL: a flat name space
+            self.folder = HiddenFolder(self.folder.name, "", self.folder.substitute)
+
     # -- relaying --------------------------------------------------------------------------
-
-    def refuses(self, cmd: bytes) -> str | None:
-        """Why the proxy answers this command itself (None: relay it)."""
-        toks = tokens(cmd)
-        if len(toks) < 2:
-            return None
-        name, args = toks[1].upper(), toks[2:]
-        if name == b"UID" and args:
-            name, args = args[0].upper(), args[1:]
-        if name == b"COMPRESS":
-            return "NO [CANNOT] COMPRESS is not offered"
-        if name in (b"STARTTLS", b"LOGIN", b"AUTHENTICATE"):
-            return "BAD Already logged in"
-        named = []
-        if name in FIRST_ARG and args:
-            named.append(args[0])
-        if name in LAST_ARG and args:
-            named.append(args[-1])
-        if any(names_hidden(n, self.cfg.hidden) for n in named):
-            return "NO [NONEXISTENT] Unknown mailbox"
-        return None
-
-    def shown(self, line: bytes) -> bool:
-        """Whether an upstream answer line may reach the client (not one about the hidden
-        folder)."""
-        if not line.startswith(b"* "):
-            return True
-        kind = line[2:9].upper()
-        if not kind.startswith((b"LIST ", b"LSUB ", b"STATUS ")):
-            return True
-        toks = tokens(line)
-        if kind.startswith(b"STATUS "):
-            box = toks[2] if len(toks) > 2 else b""
-        else:  # * LIST (flags) "delim" name
-            flags_end = line.find(b")")
-            rest = tokens(line[flags_end + 1:]) if flags_end > 0 else []
-            box = rest[1] if len(rest) > 1 else b""
-        return not names_hidden(box, self.cfg.hidden)
 
     async def client_to_upstream(self) -> None:
         assert self.up_writer is not None
         while True:
-            cmd = await self.read_command()
-            why = self.refuses(cmd)
-            if why is not None:
-                tag = cmd.split(b" ", 1)[0].decode(errors="replace")
-                await self.say(f"{tag} {why}")
+            cmd = await self.event()
+            if isinstance(cmd, Rejected):
+                await self.say(tagged(cmd.tag, cmd.answer))
                 continue
-            self.up_writer.write(cmd)
+            if isinstance(cmd, Line):  # the end of IDLE: whatever the client said, it ends
+                self.up_writer.write(b"DONE\r\n")
+                await self.up_writer.drain()
+                continue
+            assert isinstance(cmd, Command)
+            verdict = vet(cmd, self.folder)
+            if isinstance(verdict, Answer):
+                await self.say(tagged(cmd.tag, verdict.text))
+                continue
+            if verdict.filed_to is not None:
+                self.filing.setdefault(cmd.tag, []).append(verdict.filed_to)
+            self.up_writer.writelines(verdict.wire)
             await self.up_writer.drain()
+            if cmd.name == b"IDLE":
+                self.wire.expect_line()
 
     async def upstream_to_client(self) -> None:
         assert self.up_reader is not None
@@ -305,18 +317,39 @@ class Session:
             chunk = bytearray(line)
             while m := LITERAL.search(line):  # a literal, then the rest of the line
                 size = int(m.group(1))
+                if size > MAX_LITERAL:
+                    raise ProxyError("upstream literal too large")
                 try:
                     chunk += await self.up_reader.readexactly(size)
                 except asyncio.IncompleteReadError:
                     raise ProxyError("upstream closed in a literal") from None
                 line = await read_line(self.up_reader)
                 chunk += line
-            if not self.shown(bytes(chunk)):
+            answer = bytes(chunk)
+            if self.folder.listed(answer):
                 continue
-            if b"CAPABILITY" in chunk[:200]:
-                chunk = bytearray(HIDDEN_CAPS.sub(b"", bytes(chunk)))
-            self.writer.write(chunk)
+            answer = self.folder.restore(answer)
+            if len(answer) == len(line) and b"CAPABILITY" in answer[:200].upper():
+                answer = keep_capabilities(answer)  # one line: no literal data is touched
+            self.writer.write(answer)
             await self.writer.drain()
+            if not answer.startswith((b"*", b"+")):
+                await self._tagged_answer(answer)
+
+    async def _tagged_answer(self, answer: bytes) -> None:
+        tag, _, rest = answer.partition(b" ")
+        pending = self.filing.get(tag)
+        if not pending:
+            return
+        destination = pending.pop(0)
+        if not pending:
+            del self.filing[tag]
+        if rest[:3].upper() == b"OK " and self.cfg.on_filed is not None:
+            try:
+                await self.cfg.on_filed(self.user, destination)
+            except Exception:
+                log.error("on_filed for %s (%s) failed", self.user, destination,
+                          exc_info=True)
 
     async def run(self) -> None:
         try:
@@ -328,10 +361,16 @@ class Session:
             _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in pending:
                 t.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ProxyError, OSError):
-                    await t
+            # every task's outcome is retrieved: a session's end is not an error
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(outcome, ProxyError | OSError | asyncio.CancelledError):
+                    log.debug("IMAP session %s ended: %s", self.user, outcome)
+                elif isinstance(outcome, BaseException):
+                    log.error("IMAP session %s failed: %r", self.user, outcome)
         except (ProxyError, OSError, ssl.SSLError) as exc:
             log.debug("IMAP session %s ended: %s", self.user or "(not logged in)", exc)
+        except Exception:  # a bug: logged, the connection closed, nothing said to the client
+            log.error("IMAP session %s failed", self.user or "(not logged in)", exc_info=True)
         finally:
             for w in (self.up_writer, self.writer):
                 if w is not None:

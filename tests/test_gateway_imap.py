@@ -4,14 +4,18 @@ and the real Dovecot behind: TLS, logins, literals, IDLE, and the protocol folde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import imaplib
+import re
 import smtplib
 import socket
 import subprocess
+import threading
+import time
 
 import aioimaplib
 import pytest
-from gateways import USERS, Orgs
+from gateways import USERS, GatewayProc, Orgs
 
 pytestmark = pytest.mark.slow
 
@@ -42,34 +46,247 @@ def test_the_protocol_folder_exists_upstream_but_never_through_the_proxy(orgs: O
         assert "TCMS" not in names(imap, "LSUB")
         for cmd, args in (("SELECT", ("TCMS",)), ("EXAMINE", ("TCMS",)),
                           ("STATUS", ("TCMS", "(MESSAGES)")), ("DELETE", ("TCMS",)),
-                          ("RENAME", ("INBOX.x", "TCMS.y")), ("CREATE", ("TCMS.z",))):
+                          ("RENAME", ("TCMS.sub", "Other"))):
             typ, data = imap._simple_command(cmd, *args)  # type: ignore[attr-defined]
-            assert typ == "NO" and b"NONEXISTENT" in data[0], (cmd, typ, data)
+            assert typ == "NO" and b"Mailbox doesn't exist: TCMS" in data[0], (cmd, typ, data)
+        for cmd, args in (("RENAME", ("INBOX.x", "TCMS.y")), ("CREATE", ("TCMS.z",))):
+            typ, data = imap._simple_command(cmd, *args)  # type: ignore[attr-defined]
+            assert typ == "NO" and b"Reserved" in data[0], (cmd, typ, data)
+        imap.append("INBOX", None, None, b"Subject: x\r\n\r\nx\r\n")  # type: ignore[arg-type]
         imap.select("INBOX")
-        typ, _ = imap.copy("1:*", "TCMS")
-        assert typ == "NO"
+        typ, data = imap.copy("1:*", "TCMS")
+        assert typ == "NO" and b"[TRYCREATE] Mailbox doesn't exist: TCMS" in data[0], data
 
 
-def test_a_literal_cannot_smuggle_the_hidden_name(orgs: Orgs) -> None:
-    ctx = orgs.b.tls
-    with socket.create_connection(("127.0.0.1", orgs.b.imaps), timeout=30) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-        f = s.makefile("rb")
+# --- raw sessions: the exact bytes of the issue's reproductions -------------------------------
+
+TIMING = re.compile(rb" \(\d+\.\d+(?: \+ \d+\.\d+)+ secs\)")
+
+
+class Raw:
+    """One IMAP connection driven byte by byte: to the gateway's proxy over TLS, or straight
+    to Dovecot (``port``, plain)."""
+
+    def __init__(self, gw: GatewayProc | None = None, port: int | None = None) -> None:
+        raw = socket.create_connection(("127.0.0.1", port or gw.imaps), timeout=30)  # type: ignore[union-attr]
+        self.sock: socket.socket = (gw.tls.wrap_socket(raw, server_hostname="127.0.0.1")
+                                    if gw else raw)
+        self.f = self.sock.makefile("rb")
+        assert self.f.readline().startswith(b"* OK")
+
+    def login(self, user: str) -> Raw:
+        self.sock.sendall(f'l LOGIN "{user}" "{USERS[user]}"\r\n'.encode())
+        assert self.until(b"l")[-1].startswith(b"l OK")
+        return self
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def until(self, tag: bytes) -> list[bytes]:
+        """Every line up to the tagged answer for ``tag``."""
+        lines = []
+        while True:
+            line = self.f.readline()
+            assert line, f"connection closed before {tag!r}: {lines}"
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                return lines
+
+    def answer(self, tag: bytes, data: bytes) -> list[bytes]:
+        """The lines answering ``data`` (whose last command is ``tag``), tags and timings
+        taken out."""
+        self.send(data)
+        return [TIMING.sub(b"", line).removeprefix(tag + b" ") for line in self.until(tag)]
+
+    def close(self) -> None:
+        self.f.close()
+        self.sock.close()
+
+
+def hidden_message(orgs: Orgs, marker: str) -> None:
+    """A message in bob's protocol folder, put there directly on Dovecot."""
+    with imaplib.IMAP4("127.0.0.1", orgs.stack.imap_port) as direct:
+        direct.login("bob@b.test", USERS["bob@b.test"])
+        direct.create("TCMS")
+        msg = f"Subject: hidden\r\nX-Marker: {marker}\r\n\r\nsecret\r\n".encode()
+        assert direct.append("TCMS", None, None, msg)[0] == "OK"  # type: ignore[arg-type]
+
+
+def inbox_has(orgs: Orgs, user: str, marker: str) -> bool:
+    with imaplib.IMAP4("127.0.0.1", orgs.stack.imap_port) as direct:
+        direct.login(user, USERS[user])
+        direct.select("INBOX")
+        _, data = direct.search(None, "HEADER", "X-Marker", marker)
+        return bool(data[0])
+
+
+class Missing:
+    """What Dovecot itself answers for a mailbox that does not exist: Bob's own session
+    straight on Dovecot, with a surely absent name where the protocol folder's name would be,
+    put back as TCMS in the answer (the answer the proxy must give for its hidden folder)."""
+
+    def __init__(self, orgs: Orgs) -> None:
+        self.raw = Raw(port=orgs.stack.imap_port).login("bob@b.test")
+        self.absent = b"Absent%d" % time.monotonic_ns()
+
+    def answer(self, tag: bytes, data: bytes) -> list[bytes]:
+        data = data.replace(b"TCMS", self.absent)
+        data = re.sub(rb"\{(\d+)\+\}\r\n" + self.absent,
+                      lambda m: b"{%d+}\r\n" % len(self.absent) + self.absent, data)
+        return [line.replace(self.absent, b"TCMS") for line in self.raw.answer(tag, data)]
+
+
+def test_a_literal8_in_noop_cannot_open_the_hidden_folder(orgs: Orgs) -> None:
+    """Issue 11 item 1: ``s1 NOOP ~{14+}`` CRLF ``s2 SELECT TCMS`` selected it READ-WRITE."""
+    hidden_message(orgs, "noop-literal8")
+    bob, missing = Raw(orgs.b).login("bob@b.test"), Missing(orgs)
+    got = bob.answer(b"s2", b"s1 NOOP ~{14+}\r\ns2 SELECT TCMS\r\n")
+    assert got[0].startswith(b"s1 OK") and not any(b"READ-WRITE" in line for line in got)
+    assert got[1:] == missing.answer(b"s2", b"s2 SELECT TCMS\r\n")  # as if it did not exist
+    assert bob.answer(b"s3", b"s3 FETCH 1:* (BODY[])\r\n") == [b"BAD No mailbox selected.\r\n"]
+    got = bob.answer(b"s5", b"s4 NOOP ~{30+}\r\ns5 STATUS TCMS (MESSAGES UNSEEN)\r\n")
+    assert got[1:] == missing.answer(b"s5", b"s5 STATUS TCMS (MESSAGES UNSEEN)\r\n")
+    got = bob.answer(b"s7", b"s6 NOOP ~{25+}\r\ns7 APPEND TCMS {5+}\r\nhello\r\n")
+    assert got[1:] == missing.answer(b"s7", b"s7 APPEND TCMS {5+}\r\nhello\r\n")
+    # a literal after the arguments a command reads is not a way in either
+    got = bob.answer(b"s9", b"s8 UNSUBSCRIBE INBOX.none {15+}\r\ns9 SELECT TCMS\r\n\r\n")
+    assert b"READ-WRITE" not in b"".join(got)
+    bob.close()
+    missing.raw.close()
+
+
+def test_catenate_and_urls_cannot_copy_a_hidden_message_out(orgs: Orgs) -> None:
+    """Issue 11 item 1: ``APPEND INBOX CATENATE (URL "/TCMS/;UID=2")`` copied a hidden
+    message out, and BADURL answers told which UIDs exist."""
+    hidden_message(orgs, "catenate")
+    bob = Raw(orgs.b).login("bob@b.test")
+    answers = [bob.answer(b"c", b'c APPEND INBOX CATENATE (URL "/TCMS/;UID=%d")\r\n' % uid)
+               for uid in (1, 2, 999_999)]
+    assert answers[0] == answers[1] == answers[2]  # nothing to tell one UID from another
+    assert answers[0][0].startswith(b"NO [CANNOT]")
+    assert bob.answer(b"u", b"u URLFETCH imap://bob@127.0.0.1/TCMS/;UID=1\r\n")[0].startswith(
+        b"NO")
+    assert bob.answer(b"g", b"g GENURLAUTH imap://bob@127.0.0.1/TCMS/;UID=1 INTERNAL\r\n")[
+        0].startswith(b"NO")
+    caps = b"".join(bob.answer(b"k", b"k CAPABILITY\r\n"))
+    for cap in (b"CATENATE", b"URL-PARTIAL", b"URLAUTH", b"NOTIFY", b"COMPRESS"):
+        assert cap not in caps
+    bob.close()
+    assert not inbox_has(orgs, "bob@b.test", "catenate")
+
+
+def test_a_hidden_name_is_answered_exactly_as_a_missing_one(orgs: Orgs) -> None:
+    """Bob's TCMS exists (hidden by the proxy): every answer Bob gets through the proxy about
+    it is, byte for byte (timings aside), Dovecot's answer for a folder that does not exist."""
+    hidden_message(orgs, "as-missing")
+    bob, missing = Raw(orgs.b).login("bob@b.test"), Missing(orgs)
+    bob.answer(b"a", b"a APPEND INBOX {12+}\r\nSubject: x\r\n\r\n")
+    for who in (bob, missing):
+        who.answer(b"i", b"i SELECT INBOX\r\n")
+    for cmd in (b"COPY 1 TCMS", b"UID COPY 1:* TCMS.sub", b"MOVE 1 {4+}\r\nTCMS",
+                b"UID MOVE 1:* TCMS", b"STATUS TCMS (MESSAGES)", b'STATUS "TCMS.sub" (UIDNEXT)',
+                b"APPEND TCMS (\\Seen) {5+}\r\nhello", b"DELETE TCMS", b"DELETE TCMS.sub",
+                b"RENAME TCMS Elsewhere", b"SUBSCRIBE TCMS", b"UNSUBSCRIBE TCMS",
+                b"EXAMINE TCMS", b"SELECT TCMS.", b"SELECT TCMS"):
+        data = b"h " + cmd + b"\r\n"
+        assert bob.answer(b"h", data) == missing.answer(b"h", data), cmd
+    # CREATE: refused alike whether the folder exists (TCMS) or not (TCMS.new)
+    assert bob.answer(b"r", b"r CREATE TCMS\r\n") == bob.answer(b"r", b"r CREATE TCMS.new\r\n")
+    bob.close()
+    missing.raw.close()
+    with imaplib.IMAP4("127.0.0.1", orgs.stack.imap_port) as direct:  # nothing happened to it
+        direct.login("bob@b.test", USERS["bob@b.test"])
+        typ, data = direct.select("TCMS")
+        assert typ == "OK" and int(data[0] or 0) >= 1
+
+
+def test_a_960_kb_line_before_login_is_cut_at_once_and_others_go_on(orgs: Orgs) -> None:
+    """Issue 11 item 2: this line took 26 s, during which the gateway served nobody."""
+    gw = orgs.b
+    attacker = Raw(gw)
+    line = b"x LOGIN " + (b'"{ "' * 1000 + b" {0+}\r\n") * 240
+
+    def attack() -> None:
+        with contextlib.suppress(OSError):  # the proxy closes the connection: expected
+            attacker.send(line)
+
+    start = time.monotonic()
+    sender = threading.Thread(target=attack)
+    sender.start()
+    with smtplib.SMTP("127.0.0.1", gw.submission, timeout=30) as smtp:  # the same process
+        assert smtp.noop()[0] == 250
+    with proxy(orgs, "carol@b.test") as other:
+        assert other.select("INBOX")[0] == "OK"
+    others = time.monotonic() - start
+    got = attacker.f.read()  # until the proxy closes the connection
+    cut = time.monotonic() - start
+    sender.join(30)
+    assert b"* BYE [TOOBIG]" in got and cut < 10 and others < 10, (got[-200:], cut, others)
+
+
+@pytest.mark.parametrize("logged_in", [False, True])
+def test_unfinished_commands_cannot_grow_memory(orgs: Orgs, logged_in: bool) -> None:
+    """Issue 11 item 2: 200 MB of ``"A"*65000 {0+}`` lines grew the gateway by 200 MB."""
+    client = Raw(orgs.b)
+    prefix = b"x SEARCH " if logged_in else b"x LOGIN "
+    if logged_in:
+        client.login("bob@b.test")
+    sent, closed = [0], threading.Event()
+    chunk = (b'"' + b"A" * 65000 + b'" {0+}\r\n') * 16
+
+    def flood() -> None:
+        try:
+            client.send(prefix)
+            while sent[0] < 200_000_000 and not closed.is_set():
+                client.send(chunk)
+                sent[0] += len(chunk)
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=flood)
+    sender.start()
+    got = client.f.read()  # the proxy says BYE and closes
+    closed.set()
+    at_close = sent[0]
+    sender.join(60)
+    assert b"* BYE [TOOBIG]" in got
+    assert at_close < 20_000_000, at_close  # socket buffers aside, the first lines were enough
+
+
+def test_starttls_drops_what_was_sent_before_the_handshake(orgs: Orgs) -> None:
+    """Issue 11 item 3: a LOGIN injected in clear after STARTTLS ran inside TLS."""
+    gw = orgs.b
+    with socket.create_connection(("127.0.0.1", gw.imap), timeout=30) as raw:
+        f = raw.makefile("rb", buffering=0)
         assert f.readline().startswith(b"* OK")
-        s.sendall(b'a LOGIN "bob@b.test" "bob-password"\r\n')
-        assert f.readline().startswith(b"a OK")
-        s.sendall(b"b SELECT {4}\r\n")
-        assert f.readline().startswith(b"+")  # a synchronising literal is acknowledged
-        s.sendall(b"TCMS\r\n")
-        assert f.readline().startswith(b"b NO [NONEXISTENT]")
-        s.sendall(b"c SELECT {5+}\r\nINBOX\r\n")  # and a non-synchronising one works
-        line = f.readline()
-        while not line.startswith(b"c "):
-            line = f.readline()
-        assert line.startswith(b"c OK")
-        s.sendall(b"d COMPRESS DEFLATE\r\n")
-        assert f.readline().startswith(b"d NO")
-        s.sendall(b"e LOGOUT\r\n")
+        raw.sendall(b"b STARTTLS\r\nx LOGIN bob@b.test bob-password\r\n")
+        assert f.readline().startswith(b"b OK")
+        with gw.tls.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"y SELECT INBOX\r\nz LOGOUT\r\n")
+            got = b""
+            while chunk := tls.recv(65536):
+                got += chunk
+    assert got.startswith(b"y BAD Log in first\r\n"), got  # not logged in: x never ran
+    assert b"\r\nx " not in got and b"z OK" in got
+
+
+def test_logout_leaves_no_task_exception_in_the_log(orgs: Orgs) -> None:
+    """Issue 11 item 4: each clean LOGOUT logged ``Task exception was never retrieved``."""
+    gw = orgs.b
+    sessions = gw.log_text().count("IMAP session for")
+    for _ in range(3):
+        bob = Raw(gw).login("bob@b.test")
+        assert bob.answer(b"o", b"o LOGOUT\r\n")[-1].startswith(b"OK")
+        assert bob.f.read() == b""  # the proxy closed its side
+        bob.close()
+    with proxy(orgs, "carol@b.test") as later:  # a positive signal after those sessions ended
+        later.noop()
+    deadline = time.monotonic() + 30
+    while gw.log_text().count("IMAP session for") < sessions + 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    log = gw.log_text()
+    assert "Task exception was never retrieved" not in log and "ProxyError" not in log
 
 
 def test_tls_logins_and_capabilities(orgs: Orgs) -> None:
