@@ -83,6 +83,9 @@ class ProxyConfig:
     on_filed: Filed | None = None
 
 
+LINGER_SECONDS, LINGER_BYTES = 2.0, 8 * 1024 * 1024  # after a BYE for a client over a limit
+
+
 class ProxyError(Exception):
     pass
 
@@ -122,6 +125,24 @@ class Session:
         self.writer.write(line.encode() + b"\r\n")
         await self.writer.drain()
 
+    async def linger(self) -> None:
+        """Before closing on a client that is still sending: read and drop what it sends
+        for a moment (at most LINGER_SECONDS and LINGER_BYTES), so that the kernel does
+        not answer the unread bytes with a reset that destroys the BYE just sent."""
+        if self.writer.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                self.writer.write_eof()
+        dropped, deadline = 0, asyncio.get_running_loop().time() + LINGER_SECONDS
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            while dropped < LINGER_BYTES:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                data = await asyncio.wait_for(self.reader.read(CHUNK), left)
+                if not data:
+                    break
+                dropped += len(data)
+
     def caps(self) -> str:
         if self.tls:
             return f"{PRE_AUTH_CAPS} AUTH=PLAIN"
@@ -135,6 +156,7 @@ class Session:
                 event = self.wire.next()
             except LimitExceeded as exc:
                 await self.say(f"* BYE [TOOBIG] {str(exc).capitalize()}")
+                await self.linger()
                 raise ProxyError(str(exc)) from None
             if isinstance(event, Continue):
                 await self.say("+ go ahead")

@@ -192,6 +192,7 @@ class Worker:
             return
         now = self.clock()
         await self.ctx.queues.want_answer_check(name, now, now)
+        log.info("%s filed mail into %s: looking at their answers now", name, folder)
         self.kick()
 
     # --- isolation ------------------------------------------------------------------

@@ -339,8 +339,10 @@ async def _start_gateway(settings: config_mod.Settings) -> None:
     log.info("gateway intake listening: %s (LMTP) for %s, from %s", g.intake,
              ", ".join(addresses), ", ".join(g.intake_clients))
     up = ctx.upstream
+    # a notice filed into Certified.Accept/Refuse through the proxy is acted on at once
     await imapproxy.start(imapproxy.ProxyConfig(up.imap_host, up.imap_port, g.protocol_folder,
-                                                tls, up.imap_tls),
+                                                tls, up.imap_tls,
+                                                on_filed=worker.answers_filed),
                           starttls=g.split(g.imap_proxy), implicit=g.split(g.imaps_proxy))
     log.info("gateway IMAP listening: %s (STARTTLS), %s (TLS); folder %s hidden",
              g.imap_proxy, g.imaps_proxy, g.protocol_folder)

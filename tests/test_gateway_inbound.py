@@ -222,6 +222,13 @@ def _sent_m3(db_url: str) -> tuple[bytes, str] | None:
     return asyncio.run(look())
 
 
+def test_a_notice_filed_through_the_proxy_is_acted_on_at_once(orgs: Orgs) -> None:
+    mark = len(orgs.b.log_text())
+    exchange_completes(orgs, "Filed through the proxy", "filed-5")
+    assert "bob@b.test filed mail into Certified.Accept: looking at their answers now" \
+        in orgs.b.log_text()[mark:]
+
+
 class Dialog:
     """A raw LMTP conversation (replies read line by line, multi-line aware)."""
 
@@ -264,8 +271,9 @@ def test_the_intake_takes_only_protocol_addresses_from_allowed_hosts(orgs: Orgs)
 
 
 def test_thousands_of_users_cost_no_logins(orgs: Orgs, tmp_path: Path) -> None:
-    """10,000 enrolled users and one pending exchange: the worker logs in to the mailbox
-    of the user with the pending notice and no other (counted at Dovecot)."""
+    """10,000 enrolled users and one pending exchange: over several passes the worker
+    looks at the mailbox of the user with the pending notice and no other; the logins it
+    costs (counted at Dovecot) do not grow with the users."""
     keys = orgs.b.workdir / "keys"
     template = json.loads((keys / "dave@b.test.json").read_text())
     sig = Keystore(keys, PASSPHRASE.encode()).load("dave@b.test")
@@ -287,8 +295,10 @@ def test_thousands_of_users_cost_no_logins(orgs: Orgs, tmp_path: Path) -> None:
         logins = [line.split("user=<", 1)[1].split(">", 1)[0]
                   for line in orgs.stack.dovecot_log()[start:].splitlines() if "Login:" in line]
         at_b = [u for u in logins if u.endswith("@b.test")]
-        assert set(at_b) == {"dave@b.test"}, set(at_b)  # none of the 10,000
-        assert 4 <= len(at_b) <= int(str(passes)) + 2, (len(at_b), passes)
+        # none of the 10,000; at most one login per pass for dave (the gateway keeps its
+        # session to his mailbox open between passes, so usually none at all)
+        assert set(at_b) <= {"dave@b.test"}, set(at_b)
+        assert len(at_b) <= int(str(passes)) + 2, (len(at_b), passes)
     finally:
         for path in keys.glob("scale*@b.test.json"):
             path.unlink()
