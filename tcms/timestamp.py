@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tcms import token_layout
 from tcms.crypto import ct_equal
 
 _HASHES = {
@@ -85,16 +86,25 @@ def token_from_reply(reply: bytes) -> bytes:
     return bytes(resp["time_stamp_token"].dump())
 
 
+def _key_kind(cert: x509.Certificate) -> str:
+    key = cert.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ec"
+    if isinstance(key, rsa.RSAPublicKey):
+        return "rsa"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    raise TimestampError("unsupported TSA key type")
+
+
 def _verify_cms_signature(cert: x509.Certificate, signature: bytes, data: bytes,
-                          sig_alg: str, digest: str) -> None:
+                          digest: str) -> None:
     key = cert.public_key()
     hash_cls = _HASHES[digest][1]
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, data, ec.ECDSA(hash_cls()))
         elif isinstance(key, rsa.RSAPublicKey):
-            if sig_alg == "rsassa_pss":
-                raise TimestampError("RSASSA-PSS TSA signatures are not supported")
             key.verify(signature, data, padding.PKCS1v15(), hash_cls())
         elif isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(signature, data)
@@ -108,8 +118,15 @@ def verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
                  *, nonce: int | None = None) -> TokenInfo:
     """Verify an RFC 3161 token over ``imprint`` against a trusted CA; return what it says.
 
-    Any defect, including a malformed structure found late by lazy ASN.1 parsing, raises
-    TimestampError."""
+    Strict: one token has one accepted encoding, the DER layout of ``tcms.token_layout``
+    (nothing after the ContentInfo, exactly one certificate, the TSA's, a ``sid`` that is
+    that certificate's issuer and serial byte for byte, the digest and signature algorithm
+    identifiers exactly as written there); the whole token is rebuilt from its parts and
+    compared byte for byte.  Any defect, including a malformed structure found late by lazy
+    ASN.1 parsing, raises TimestampError.
+
+    One variation is beyond any encoding rule: an ECDSA signature (r, s) also verifies as
+    (r, n - s), and tokens this TSA has already issued carry either, so both are accepted."""
     try:
         return _verify_token(token, imprint, trusted_ca, nonce)
     except TimestampError:
@@ -120,16 +137,33 @@ def verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
                              ) from None
 
 
-def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
-                  nonce: int | None) -> TokenInfo:
+@dataclass(frozen=True)
+class _Parts:
+    """What a token says, as parsed (lazily parsed fields forced) before any check."""
+
+    digest: str
+    digest_alg_der: bytes
+    listed_der: list[bytes]
+    sig_alg_der: bytes
+    tst_der: bytes
+    tst: tsp.TSTInfo
+    certs: list[cms.Certificate]
+    sid_der: bytes
+    attrs: dict[str, object]
+    signed_der: bytes
+    signature: bytes
+
+
+def _parse(token: bytes) -> _Parts:
     try:
         info = cms.ContentInfo.load(token)
+        if len(info.dump()) != len(token):
+            raise TimestampError("token has trailing bytes after its ContentInfo")
         if info["content_type"].native != "signed_data":
             raise TimestampError("token is not CMS SignedData")
         sd = info["content"]
         if sd["version"].native != "v3":
             raise TimestampError("SignedData version must be 3 (RFC 5652 for id-ct-TSTInfo)")
-        listed = {_digest_name(a) for a in sd["digest_algorithms"]}
         encap = sd["encap_content_info"]
         if encap["content_type"].native != "tst_info":
             raise TimestampError("token does not hold a TSTInfo")
@@ -137,77 +171,110 @@ def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
         if not isinstance(tst_der, bytes):
             raise TimestampError("token has no TSTInfo content")
         tst = tsp.TSTInfo.load(tst_der)
+        tst.native  # noqa: B018 - parse every field now, not lazily later
         signer_infos = sd["signer_infos"]
         if len(signer_infos) != 1:
             raise TimestampError("token must have exactly one signer")
         si = signer_infos[0]
         if si["version"].native != "v1":
             raise TimestampError("SignerInfo version must be 1 (issuerAndSerialNumber)")
-        digest = _digest_name(si["digest_algorithm"])
-        if digest not in listed:
-            raise TimestampError("the signer's digest is not listed in digestAlgorithms")
-        sig_alg = si["signature_algorithm"].signature_algo
-        hash_alg = _digest_name(tst["message_imprint"]["hash_algorithm"])
-        hashed = tst["message_imprint"]["hashed_message"].native
-        gen_time = tst["gen_time"].native
-        serial = tst["serial_number"].native
-        policy = tst["policy"].dotted
-        token_nonce = tst["nonce"].native
-        certs = [c.chosen for c in sd["certificates"]] if sd["certificates"] else []
-        sid = si["sid"].chosen
+        choices = list(sd["certificates"]) if sd["certificates"] else []
+        if any(c.name != "certificate" for c in choices):
+            raise TimestampError("token carries something other than X.509 certificates")
         signed_attrs = si["signed_attrs"]
         if not signed_attrs:
             raise TimestampError("token has no signed attributes")
-        attrs = {a["type"].native: a["values"] for a in signed_attrs}
-        signed_der = signed_attrs.untag().dump()
-        signature = si["signature"].native
         if sd["crls"].native or si["unsigned_attrs"].native:
             raise TimestampError("token carries CRLs or unsigned attributes")
+        parts = _Parts(
+            digest=_digest_name(si["digest_algorithm"]),
+            digest_alg_der=si["digest_algorithm"].dump(),
+            listed_der=[a.dump() for a in sd["digest_algorithms"]],
+            sig_alg_der=si["signature_algorithm"].dump(),
+            tst_der=tst_der, tst=tst, certs=[c.chosen for c in choices],
+            sid_der=si["sid"].dump(),
+            attrs={a["type"].native: a["values"] for a in signed_attrs},
+            signed_der=signed_attrs.untag().dump(),
+            signature=si["signature"].native)
         check_der_lengths(token)
     except TimestampError:
         raise
     except Exception as exc:
         raise TimestampError(f"malformed time-stamp token: {exc}") from None
+    if parts.digest not in _HASHES:
+        raise TimestampError(f"unsupported digest {parts.digest}")
+    return parts
 
-    if digest not in _HASHES:
-        raise TimestampError(f"unsupported digest {digest}")
+
+def _check_encoding(token: bytes, p: _Parts, signer: cms.Certificate,
+                    cert: x509.Certificate) -> None:
+    """The token is the one DER encoding of its parts (see ``tcms.token_layout``)."""
+    digest_alg = token_layout.DIGEST_ALGORITHMS[p.digest]
+    if p.digest_alg_der != digest_alg:
+        raise TimestampError("the signer's digest algorithm is not encoded as "
+                             "SEQUENCE { OID, NULL }")
+    if p.listed_der != [digest_alg]:
+        raise TimestampError("digestAlgorithms must list the signer's digest alone")
+    sid = token_layout.issuer_and_serial(signer["tbs_certificate"]["issuer"].dump(),
+                                         signer.serial_number)
+    if p.sid_der != sid:
+        raise TimestampError("the signer identifier (sid) is not exactly the TSA "
+                             "certificate's issuer and serial number")
+    sig_alg = token_layout.SIGNATURE_ALGORITHMS[_key_kind(cert), p.digest]
+    if p.sig_alg_der != sig_alg:
+        raise TimestampError("the signature algorithm is not the one for the TSA key and "
+                             "digest, encoded exactly")
+    canonical = token_layout.signed_data_token(
+        digest_alg=digest_alg, tst_info=p.tst_der,
+        certificates=token_layout.certificate_set(signer.dump()), sid=sid,
+        signed_attrs=p.signed_der, signature_alg=sig_alg, signature=p.signature)
+    if canonical != token:
+        raise TimestampError("token is not in its one DER encoding")
+
+
+def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
+                  nonce: int | None) -> TokenInfo:
+    p = _parse(token)
+    tst, attrs, digest = p.tst, p.attrs, p.digest
+    hash_alg = _digest_name(tst["message_imprint"]["hash_algorithm"])
+    hashed = tst["message_imprint"]["hashed_message"].native
     if hash_alg != "sha256" or not ct_equal(hashed, imprint):
         raise TimestampError("token imprint does not match the time-stamped data")
+    token_nonce = tst["nonce"].native
     if nonce is not None and token_nonce != nonce:
         raise TimestampError("token nonce does not match the request")
     # signed attributes: content type, message digest, ESS signing certificate v2
-    if attrs.get("content_type") is None or attrs["content_type"][0].native != "tst_info":
+    ctype = attrs.get("content_type")
+    if ctype is None or ctype[0].native != "tst_info":  # type: ignore[index]
         raise TimestampError("signed content-type attribute is not id-ct-TSTInfo")
     md = attrs.get("message_digest")
-    if md is None or not ct_equal(md[0].native, _HASHES[digest][0](tst_der).digest()):
+    if md is None or not ct_equal(md[0].native,  # type: ignore[index]
+                                  _HASHES[digest][0](p.tst_der).digest()):
         raise TimestampError("message-digest attribute does not match the TSTInfo")
-    # the signer certificate
-    signer = None
-    for c in certs:
-        if (
-            isinstance(sid, cms.IssuerAndSerialNumber)
-            and c.issuer == sid["issuer"]
-            and c.serial_number == sid["serial_number"].native
-        ):
-            signer = c
-    if signer is None:
+    # the signer certificate: the one certificate, named by sid and by the ESS attribute
+    if not p.certs:
         raise TimestampError("token does not carry its TSA certificate")
+    if len(p.certs) != 1:
+        raise TimestampError("token must carry exactly one certificate: the TSA's")
+    signer = p.certs[0]
     scv2 = attrs.get("signing_certificate_v2")
     if scv2 is None:
         raise TimestampError("token lacks the ESS signingCertificateV2 attribute")
-    ess = scv2[0]["certs"][0]
+    ess = scv2[0]["certs"][0]  # type: ignore[index]
     ess_alg = ess["hash_algorithm"]["algorithm"].native
     if ess_alg not in _HASHES or not ct_equal(
         ess["cert_hash"].native, _HASHES[ess_alg][0](signer.dump()).digest()
     ):
         raise TimestampError("ESS signingCertificateV2 does not name the TSA certificate")
     cert = x509.load_der_x509_certificate(signer.dump())
-    _verify_cms_signature(cert, signature, signed_der, sig_alg, digest)
+    _check_encoding(token, p, signer, cert)
+    _verify_cms_signature(cert, p.signature, p.signed_der, digest)
+    gen_time = tst["gen_time"].native
     check_tsa_certificate(cert, trusted_ca, gen_time)
     return TokenInfo(
         gen_time=gen_time,
-        serial=serial,
-        policy=policy,
+        serial=tst["serial_number"].native,
+        policy=tst["policy"].dotted,
         nonce=token_nonce,
         tsa_subject=cert.subject.rfc4514_string(),
         hash_alg=hash_alg,
