@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from asn1crypto import cms, tsp
+from asn1crypto.core import Void
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -73,17 +74,31 @@ def make_request(imprint: bytes, *, hash_alg: str = "sha256", nonce: int | None 
 
 
 def token_from_reply(reply: bytes) -> bytes:
-    """Extract the token (a DER ContentInfo) from a TimeStampResp, or say why there is none."""
+    """Extract the token (a DER ContentInfo) from a TimeStampResp, or say why there is none.
+
+    Every failure, a malformed reply included, is a TimestampError: the sender's machine
+    turns it into an ignored reply, and the gateway into a failed time stamp."""
     try:
-        resp = TimeStampResp.load(reply)
-        status = resp["status"]["status"].native
-    except Exception as exc:
-        raise TimestampError(f"malformed time-stamp reply: {exc}") from None
+        resp = TimeStampResp.load(reply, strict=True)
+        status_info = resp["status"]
+        status = status_info["status"].native
+        text = "; ".join(status_info["status_string"].native or [])
+        fail = ",".join(sorted(status_info["fail_info"].native or []))
+        token = resp["time_stamp_token"]
+        token_der = None if isinstance(token, Void) else bytes(token.dump())
+    except Exception:  # asn1crypto raises many types on malformed input
+        raise TimestampError("malformed time-stamp reply: not a DER TimeStampResp") from None
     if status not in ("granted", "granted_with_mods"):
-        text = resp["status"]["status_string"].native if resp["status"]["status_string"] else None
-        fail = resp["status"]["fail_info"].native if resp["status"]["fail_info"] else None
-        raise TimestampError(f"time-stamp refused: {status} {fail or ''} {text or ''}".strip())
-    return bytes(resp["time_stamp_token"].dump())
+        raise TimestampError(_printable(f"time-stamp refused: {status} {fail} {text}".strip()))
+    if token_der is None:
+        raise TimestampError("malformed time-stamp reply: granted without a token")
+    return token_der
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """What a TSA wrote, fit to be shown to a user and logged: printable ASCII, bounded."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return clean[:limit] + ("..." if len(clean) > limit else "")
 
 
 def _key_kind(cert: x509.Certificate) -> str:

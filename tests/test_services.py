@@ -27,13 +27,13 @@ from conftest import (
 from services import Services, prepare_keys
 
 from tcms import evidence
-from tcms.crypto import verify
+from tcms.crypto import sign, verify
 from tcms.protocol.events import Accept, Tick, TimestampReply
 from tcms.protocol.messages import M1, Description, decode_ttp_answer
 from tcms.protocol.receiver import Receiver
 from tcms.protocol.sender import Sender
 from tcms.store import Store
-from tcms.timestamp import token_from_reply, verify_token
+from tcms.timestamp import TimestampError, token_from_reply, verify_token
 
 CBOR = {"Content-Type": "application/cbor"}
 RACES = 1000
@@ -88,6 +88,37 @@ def test_tss_rejections_and_bad_input(services: Services) -> None:
     assert r.status_code == 413
     r = httpx.post(services.tss + "/m1", content=b"\x00", headers=CBOR)
     assert r.status_code == 400 and r.json()["error"] == "format"
+
+
+# issue 11, item 8: certReq written 21 01 ff (a constructed BOOLEAN) after the nonce
+CERTREQ_CONSTRUCTED = bytes.fromhex("303c0201013031300d060960864801650304020105000420"
+                                    + "11" * 32 + "0201012101ff")
+
+
+def test_a_malformed_cert_req_gets_an_rfc3161_rejection(services: Services,
+                                                        workdir: Path) -> None:
+    """It passed the TSA's checks and failed while the token was written: a 500."""
+    from conftest import ALICE
+
+    r = httpx.post(services.tss + "/tsa", content=CERTREQ_CONSTRUCTED,
+                   headers={"Content-Type": "application/timestamp-query"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/timestamp-reply"
+    with pytest.raises(TimestampError, match="refused: rejection bad_data_format"):
+        token_from_reply(r.content)
+    (workdir / "rejected.tsr").write_bytes(r.content)
+    res = sh("openssl ts -reply -in rejected.tsr -text", workdir)
+    assert "Status: Rejected." in res.stdout and "has the wrong format" in res.stdout, \
+        res.stdout + res.stderr
+    # the same query inside a signed m1 whose cid is its imprint
+    cid = b"\x11" * 32
+    m1 = M1(ALICE.party, cid, CERTREQ_CONSTRUCTED, b"")
+    m1 = M1(ALICE.party, cid, CERTREQ_CONSTRUCTED,
+            sign(ALICE.sig_key, "M1", *m1.signed_fields()))
+    r = httpx.post(services.tss + "/m1", content=m1.encode(), headers=CBOR)
+    assert r.status_code == 200
+    with pytest.raises(TimestampError, match="bad_data_format"):
+        token_from_reply(r.content)
+    assert httpx.get(services.tss + "/health").status_code == 200
 
 
 def _m1(at: int = T0) -> tuple[Sender, bytes]:

@@ -160,16 +160,21 @@ class TimeStampAuthority:
         self._attr_ess = der.seq(der.oid(OID_SIGNING_CERT_V2), der.set_of(self._ess.dump()))
 
     def parse_request(self, request: bytes) -> tsp.TimeStampReq:
+        """A DER TimeStampReq (RFC 3161 section 3.4), parsed in full now so that nothing
+        malformed is found later; anything else is a RequestRejected naming its failInfo."""
         try:
-            req = tsp.TimeStampReq.load(request)
+            req = tsp.TimeStampReq.load(request, strict=True)
+            req.native  # noqa: B018 - parse every field (asn1crypto parses lazily)
+            canonical = tsp.TimeStampReq.load(request).dump(force=True)
             version = req["version"].native
             alg = req["message_imprint"]["hash_algorithm"]["algorithm"].native
             imprint = req["message_imprint"]["hashed_message"].native
             req_policy = req["req_policy"].dotted if req["req_policy"].native else None
             has_ext = bool(req["extensions"].native)
-            req["nonce"].native  # noqa: B018 - force parsing
-        except Exception:
+        except Exception:  # asn1crypto raises many types on malformed input
             raise RequestRejected("bad_data_format", "request is not a DER TimeStampReq") from None
+        if canonical != request:
+            raise RequestRejected("bad_data_format", "request is not DER (RFC 3161 section 3.4)")
         if version != "v1":
             raise RequestRejected("bad_request", "only TimeStampReq version 1 is supported")
         if alg not in HASH_LENGTHS:
