@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tcms import token_layout
 from tcms.crypto import ct_equal
+from tcms.text import printable
 
 _HASHES = {
     "sha256": (hashlib.sha256, hashes.SHA256),
@@ -89,16 +90,10 @@ def token_from_reply(reply: bytes) -> bytes:
     except Exception:  # asn1crypto raises many types on malformed input
         raise TimestampError("malformed time-stamp reply: not a DER TimeStampResp") from None
     if status not in ("granted", "granted_with_mods"):
-        raise TimestampError(_printable(f"time-stamp refused: {status} {fail} {text}".strip()))
+        raise TimestampError(printable(f"time-stamp refused: {status} {fail} {text}".strip()))
     if token_der is None:
         raise TimestampError("malformed time-stamp reply: granted without a token")
     return token_der
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """What a TSA wrote, fit to be shown to a user and logged: printable ASCII, bounded."""
-    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
-    return clean[:limit] + ("..." if len(clean) > limit else "")
 
 
 def _key_kind(cert: x509.Certificate) -> str:

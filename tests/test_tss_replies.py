@@ -6,15 +6,12 @@ time stamp (the user is told) instead of a retry loop."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import ALICE, BOB, DEADLINES, T0, TRUST
+from fakehttp import serve
 
 from gateway import dispatch
 from gateway.context import GatewayContext
@@ -47,35 +44,6 @@ def test_reading_a_malformed_reply_is_a_timestamp_error(reply: bytes) -> None:
     assert sender.phase == "failed"
 
 
-@contextmanager
-def fake_tss(reply: bytes) -> Iterator[str]:
-    """An HTTP server that answers every POST with ``reply`` as a time-stamp reply."""
-    posts: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            posts.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/timestamp-reply")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        assert posts == ["/m1"]  # asked once, not again
-
-
 @pytest.mark.parametrize("reply", BAD_REPLIES.values(), ids=BAD_REPLIES.keys())
 async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: bytes) -> None:
     """The gateway's outbox sends m1 to a TSS that answers with a malformed reply: the run
@@ -84,7 +52,8 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
     await store.upgrade()
     keystore = Keystore(tmp_path / "keys", b"passphrase")
     keystore.save(ALICE)
-    with fake_tss(reply) as url:
+    with serve(lambda *_: (200, "application/timestamp-reply", reply)) as tss:
+        url = tss.url
         sender, actions = Sender.start(ALICE, TRUST, BOB.party, b"m0",
                                        Description("t", 2, "<x>"), DEADLINES, tss=url)
         await store.save_run(record(sender, "sender", ALICE.name, BOB.name), now=T0,
@@ -94,6 +63,7 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
                                  dc=None, upstream=None, imap=None,  # type: ignore[arg-type]
                                  http=http)
             assert await dispatch.drain(ctx, T0 + 1) == 1
+    assert tss.requests == [("POST", "/m1")]  # asked once, not again
     try:
         run = await store.get_run(sender.cid, "sender")
         assert run is not None and run.phase == "failed"
