@@ -1,5 +1,6 @@
-"""What the HTTP services (TSS, TTP, DC) share: error answers, bounded request bodies
-(binary or JSON), serving; and, for their clients, bounded answers."""
+"""What the HTTP services (TSS, TTP, DC) share: error answers (a JSON body refused by
+tcms.boundedjson is a named 400), bounded request bodies, serving; and, for their clients,
+bounded answers."""
 
 from __future__ import annotations
 
@@ -99,13 +100,6 @@ async def read_body(request: Request, content_types: Sequence[str],
     if not body:
         raise HTTPException(400, "empty body")
     return bytes(body)
-
-
-async def read_json(request: Request, limit: int, *, max_depth: int, max_items: int) -> Any:
-    """An ``application/json`` body within ``limit`` bytes whose nesting and item count are
-    bounded before it is parsed (tcms.boundedjson); refusals are named 4xx answers."""
-    raw = await read_body(request, ["application/json"], limit)
-    return boundedjson.loads(raw, max_depth=max_depth, max_items=max_items)
 
 
 async def read_answer(response: httpx.Response, limit: int) -> bytes | None:
