@@ -1,9 +1,11 @@
 """RFC 3161 time stamps, client side: build requests (m1), read replies (m2), verify tokens.
 
-Verification is offline and strict: the token's imprint must be the expected hash, the
-ESS signingCertificateV2 attribute must name the embedded TSA certificate, the CMS
-signature must verify, and the TSA certificate must be issued by a trusted CA, be valid at
-genTime, and carry the critical extended key usage timeStamping (and nothing else).
+Verification is offline and strict: the token must be in its one DER encoding (the layout
+of ``tcms.token_layout``, rebuilt from its parts and compared byte for byte), its imprint
+must be the expected hash, the ESS signingCertificateV2 attribute must name the embedded
+TSA certificate, the CMS signature must verify, and the TSA certificate must be issued by a
+trusted CA, be valid at genTime, and carry the critical extended key usage timeStamping
+(and nothing else).  Every defect of a request, reply or token is a TimestampError.
 """
 
 from __future__ import annotations
@@ -303,8 +305,8 @@ def _digest_name(alg: object) -> str:
 def check_der_lengths(data: bytes) -> None:
     """Every TLV in ``data`` has a definite, minimal (DER) length and nothing trails.
 
-    With the version and algorithm fields checked explicitly, this leaves no second
-    encoding of a token, even in the CMS fields that the TSA's signature does not cover."""
+    For a token this reaches into the parts its rebuilt encoding takes as they are (the
+    certificate and the signed attributes, which a signature covers anyway)."""
     stack = [(0, len(data))]
     while stack:
         pos, end = stack.pop()
