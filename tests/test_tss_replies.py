@@ -15,6 +15,7 @@ from fakehttp import serve
 
 from gateway import dispatch
 from gateway.context import GatewayContext
+from gateway.queue import Queues
 from gateway.runs import outbox, record
 from tcms.config import Settings
 from tcms.keystore import Keystore
@@ -61,7 +62,7 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
         async with httpx.AsyncClient() as http:
             ctx = GatewayContext(Settings(tss={"url": url}), store, keystore, ALICE, TRUST,
                                  dc=None, upstream=None, imap=None,  # type: ignore[arg-type]
-                                 http=http)
+                                 http=http, queues=Queues(store))
             assert await dispatch.drain(ctx, T0 + 1) == 1
     assert tss.requests == [("POST", "/m1")]  # asked once, not again
     try:
