@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from tcms import codec
 from tcms.crypto import CryptoError, sign, verify
-from tcms.identity import Identity, Party, party_name_error
+from tcms.identity import Identity, Party, check_party_name, party_name_error
 from tcms.protocol.messages import MessageError
 
 ACTIVE, SUPERSEDED, REVOKED = "active", "superseded", "revoked"
@@ -38,8 +38,18 @@ class DirectoryError(Exception):
 
 def domain_of(address: str) -> str:
     if "@" not in address:
-        raise DirectoryError("address", f"{address!r} is not an e-mail address")
+        raise DirectoryError("address", f"{address[:254]!r} is not an e-mail address")
     return address.rsplit("@", 1)[1]
+
+
+def checked_address(address: str) -> str:
+    """``address`` as the directory keeps it (lower case), or DirectoryError("address")
+    if it cannot be a party's name (``tcms.identity.party_name_error``: spaces, no domain,
+    too long, ...)."""
+    try:
+        return check_party_name(address)
+    except ValueError as exc:
+        raise DirectoryError("address", str(exc)) from None
 
 
 def _decode(data: bytes, tag: str, n: int) -> list[codec.Value]:
@@ -167,6 +177,9 @@ def check_gateway_request(req: Publish | Revoke, gateway_pk: bytes, now: int) ->
     except CryptoError as exc:
         raise DirectoryError("gateway.sig", str(exc)) from None
     address = req.party.name if isinstance(req, Publish) else req.address
+    if checked_address(address) != address and isinstance(req, Publish):
+        raise DirectoryError("address", "a published key's name must be its address in "
+                             "lower case")
     if domain_of(address) != req.domain:
         raise DirectoryError("domain", f"{address} is not in the domain {req.domain}")
     if abs(now - req.t) > FRESHNESS:
@@ -177,8 +190,12 @@ def check_gateway_request(req: Publish | Revoke, gateway_pk: bytes, now: int) ->
 
 def verify_record(data: bytes, dc_pk: bytes, address: str, now: int) -> KeyRecord:
     """A client's checks of a DC answer: the DC's signature, the address asked for, a fresh
-    answer.  The caller decides what the status means (only ``usable`` keys may be used)."""
-    rec = KeyRecord.decode(data)
+    answer.  The caller decides what the status means (only ``usable`` keys may be used).
+    Any defect of the answer is a DirectoryError."""
+    try:
+        rec = KeyRecord.decode(data)
+    except MessageError as exc:
+        raise DirectoryError("dc.answer", f"the DC's answer is malformed: {exc}") from None
     try:
         verify(dc_pk, rec.sig, "DC-KEY", *rec.fields())
     except CryptoError as exc:
@@ -233,8 +250,12 @@ class GatewayRecord:
 
 def verify_gateway_record(data: bytes, dc_pk: bytes, domain: str, now: int) -> GatewayRecord:
     """A client's checks of the DC's answer about a domain's gateway: the DC's signature,
-    the domain asked for, a fresh answer, and a protocol address in that domain."""
-    rec = GatewayRecord.decode(data)
+    the domain asked for, a fresh answer, and a protocol address in that domain.  Any
+    defect of the answer is a DirectoryError."""
+    try:
+        rec = GatewayRecord.decode(data)
+    except MessageError as exc:
+        raise DirectoryError("dc.answer", f"the DC's answer is malformed: {exc}") from None
     try:
         verify(dc_pk, rec.sig, "DC-GATEWAY", *rec.fields())
     except CryptoError as exc:

@@ -29,20 +29,22 @@ from fastapi.responses import JSONResponse
 from dc import records
 from dc import store as dc_store
 from dc.records import DirectoryError, KeyRecord, Publish, Revoke
-from tcms.identity import Identity, normalise_name
+from tcms.identity import Identity
 from tcms.store import Store
-from tcms.web import CBOR, ERROR_RESPONSES, error, install_error_handlers, read_body
+from tcms.web import (
+    CBOR,
+    ERROR_RESPONSES,
+    binary_body,
+    error,
+    install_error_handlers,
+    read_body,
+)
 
 MAX_REQUEST = 16 * 1024
 ADDRESS = Path(pattern="^[^@\\s/]+@[^@\\s/]+$", max_length=254, description="e-mail address")
 DOMAIN = Path(pattern="^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$", max_length=253,
               description="mail domain")
 FINGERPRINT = Path(pattern="^[0-9a-f:]{49}$", description="key fingerprint")
-
-
-def _binary_body() -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {
-        CBOR: {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 FILE_NAME = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="file name")
@@ -74,7 +76,7 @@ def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.tim
 
     @app.post("/keys", responses={200: {"description": "published"}, 403: {
         "description": "not the domain's gateway"}, **ERROR_RESPONSES},
-        openapi_extra=_binary_body())
+        openapi_extra=binary_body(CBOR))
     async def publish(request: Request) -> dict[str, Any]:
         """Publish (or rotate) the keys of an address, signed by its domain's gateway."""
         data = await read_body(request, [CBOR], MAX_REQUEST)
@@ -88,15 +90,15 @@ def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.tim
 
     @app.post("/revoke", responses={200: {"description": "revoked"}, 403: {
         "description": "not the domain's gateway"}, **ERROR_RESPONSES},
-        openapi_extra=_binary_body())
+        openapi_extra=binary_body(CBOR))
     async def revoke(request: Request) -> dict[str, Any]:
         """Revoke one key of an address, signed by its domain's gateway."""
         data = await read_body(request, [CBOR], MAX_REQUEST)
         req = Revoke.decode(data)
         now = int(clock())
         await authorised(req, now)
-        await dc_store.revoke(store, normalise_name(req.address), req.fingerprint, req.reason,
-                              data, now)
+        await dc_store.revoke(store, records.checked_address(req.address), req.fingerprint,
+                              req.reason, data, now)
         return {"address": req.address, "fingerprint": req.fingerprint, "status": "revoked"}
 
     @app.get("/keys/{address}", response_class=Response, responses={
@@ -104,7 +106,7 @@ def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.tim
         **ERROR_RESPONSES})
     async def lookup(address: str = ADDRESS, format: str = "cbor") -> Response:
         """The DC-signed record of the address's newest key."""
-        rec = await dc_store.current(store, _address(address))
+        rec = await dc_store.current(store, records.checked_address(address))
         if rec is None:
             return error(404, "unknown", f"no keys are published for {address}")
         return answer(rec, int(clock()), format)
@@ -115,7 +117,8 @@ def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.tim
     async def lookup_key(address: str = ADDRESS, fingerprint: str = FINGERPRINT,
                          format: str = "cbor") -> Response:
         """The DC-signed record of one key of the address (e.g. to check a revocation)."""
-        rec = await dc_store.by_fingerprint(store, _address(address), fingerprint)
+        rec = await dc_store.by_fingerprint(store, records.checked_address(address),
+                                            fingerprint)
         if rec is None:
             return error(404, "unknown", "no such key")
         return answer(rec, int(clock()), format)
@@ -160,11 +163,3 @@ def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.tim
 
     return app
 
-
-def _address(address: str) -> str:
-    try:
-        name = normalise_name(address)
-    except ValueError as exc:
-        raise DirectoryError("address", str(exc)) from None
-    records.domain_of(name)
-    return name

@@ -255,8 +255,12 @@ def _listeners(settings: config_mod.Settings, which: str) -> list[Any]:
 
             me = Keystore(settings.keys.dir, passphrase).load(settings.ttp.identity)
             trust = Trust(me.party, credentials.load_ca(settings.keys.dir))
+            from ttp.service import DisputeLimits
+
             t = settings.ttp
-            out.append(Listener(ttp_app(store, me, trust, time.time), t.host, t.port,
+            limits = DisputeLimits(t.dispute_max_bytes, t.dispute_per_minute, t.dispute_burst,
+                                   t.dispute_concurrency)
+            out.append(Listener(ttp_app(store, me, trust, time.time, limits), t.host, t.port,
                                 t.tls_cert, t.tls_key))
         if which in ("dc", "all"):
             from dc.service import create_app as dc_app
@@ -419,20 +423,50 @@ def ttp_audit(ctx: click.Context) -> None:
 @ttp.command("dispute")
 @click.argument("bundle", type=click.File("rb"))
 @click.option("--url", default=None, help="The TTP's URL (default: [ttp] url).")
+@click.option("--as", "filer", default=None, metavar="ADDRESS",
+              help="The party filing: the exchange's sender or recipient, whose key is in "
+                   "the keystore ([keys] dir).  Default: the bundle's holder.")
 @click.pass_context
-def ttp_dispute(ctx: click.Context, bundle: Any, url: str | None) -> None:
-    """Submit an evidence BUNDLE to the TTP and print its signed verdict."""
+def ttp_dispute(ctx: click.Context, bundle: Any, url: str | None, filer: str | None) -> None:
+    """Submit an evidence BUNDLE to the TTP and print its signed verdict.
+
+    Only a party of the exchange may file: the request is signed with its key."""
+    import time
+
     import httpx
 
-    target = (url or _settings(ctx).ttp.url).rstrip("/") + "/dispute"
+    from tcms import boundedjson
+    from ttp import filing
+
+    settings = _settings(ctx)
+    body = bundle.read()
     try:
-        res = httpx.post(target, content=bundle.read(),
-                         headers={"Content-Type": "application/json"}, timeout=60)
+        parsed = boundedjson.loads(body, max_depth=4, max_items=256)
+        core = filing.core_of(parsed)
+    except (boundedjson.JsonRefused, filing.FilingRefused) as exc:
+        raise click.ClickException(f"{bundle.name}: not an evidence bundle ({exc})") from None
+    hdr = core.header
+    if filer is None:
+        filer = (hdr.recipient if parsed.get("holder") == "receiver" else hdr.sender).name
+    try:
+        me = Keystore(settings.keys.dir, _passphrase(settings)).load(filer)
+    except (KeystoreError, ValueError) as exc:
+        raise click.ClickException(f"cannot file as {filer}: {exc}") from None
+    target = (url or settings.ttp.url).rstrip("/") + "/dispute"
+    headers = {"Content-Type": "application/json",
+               **filing.filing_headers(me, core.cid, body, int(time.time()))}
+    try:
+        res = httpx.post(target, content=body, headers=headers, timeout=120)
     except httpx.HTTPError as exc:
         raise click.ClickException(f"cannot reach the TTP at {target}: {exc}") from None
     if res.status_code != 200:
-        raise click.ClickException(f"the TTP answered {res.status_code}: {res.text}")
-    verdict = res.json()
+        raise click.ClickException(f"the TTP answered {res.status_code}: {res.text[:500]}")
+    try:
+        verdict = boundedjson.loads(res.content, max_depth=8, max_items=10_000)
+    except boundedjson.JsonRefused:
+        verdict = None
+    if not isinstance(verdict, dict):
+        raise click.ClickException("the TTP's answer is not a verdict")
     click.echo(json.dumps(verdict, indent=1))
     sys.exit(0 if verdict.get("valid") else 1)
 

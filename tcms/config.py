@@ -137,6 +137,13 @@ class TtpConfig(ServiceConfig):
     listen: str = "127.0.0.1:8302"
     identity: str = "ttp@tcms.local"
     url: str = "http://127.0.0.1:8302"
+    # POST /dispute (docs/disputes.md): the largest bundle, and per client address a token
+    # bucket of dispute_burst filings refilled at dispute_per_minute; at most
+    # dispute_concurrency bundles are read and verified at once
+    dispute_max_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    dispute_per_minute: float = Field(default=6.0, gt=0)
+    dispute_burst: int = Field(default=3, ge=1)
+    dispute_concurrency: int = Field(default=2, ge=1)
 
 
 class DcConfig(ServiceConfig):

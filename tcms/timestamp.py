@@ -1,9 +1,11 @@
 """RFC 3161 time stamps, client side: build requests (m1), read replies (m2), verify tokens.
 
-Verification is offline and strict: the token's imprint must be the expected hash, the
-ESS signingCertificateV2 attribute must name the embedded TSA certificate, the CMS
-signature must verify, and the TSA certificate must be issued by a trusted CA, be valid at
-genTime, and carry the critical extended key usage timeStamping (and nothing else).
+Verification is offline and strict: the token must be in its one DER encoding (the layout
+of ``tcms.token_layout``, rebuilt from its parts and compared byte for byte), its imprint
+must be the expected hash, the ESS signingCertificateV2 attribute must name the embedded
+TSA certificate, the CMS signature must verify, and the TSA certificate must be issued by a
+trusted CA, be valid at genTime, and carry the critical extended key usage timeStamping
+(and nothing else).  Every defect of a request, reply or token is a TimestampError.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import os
 from dataclasses import dataclass
 
 from asn1crypto import cms, tsp
+from asn1crypto.core import Void
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tcms import token_layout
 from tcms.crypto import ct_equal
+from tcms.text import printable
 
 _HASHES = {
     "sha256": (hashlib.sha256, hashes.SHA256),
@@ -72,29 +77,46 @@ def make_request(imprint: bytes, *, hash_alg: str = "sha256", nonce: int | None 
 
 
 def token_from_reply(reply: bytes) -> bytes:
-    """Extract the token (a DER ContentInfo) from a TimeStampResp, or say why there is none."""
+    """Extract the token (a DER ContentInfo) from a TimeStampResp, or say why there is none.
+
+    Every failure, a malformed reply included, is a TimestampError: the sender's machine
+    turns it into an ignored reply, and the gateway into a failed time stamp."""
     try:
-        resp = TimeStampResp.load(reply)
-        status = resp["status"]["status"].native
-    except Exception as exc:
-        raise TimestampError(f"malformed time-stamp reply: {exc}") from None
+        resp = TimeStampResp.load(reply, strict=True)
+        status_info = resp["status"]
+        status = status_info["status"].native
+        text = "; ".join(status_info["status_string"].native or [])
+        fail = ",".join(sorted(status_info["fail_info"].native or []))
+        token = resp["time_stamp_token"]
+        token_der = None if isinstance(token, Void) else bytes(token.dump())
+    except Exception:  # asn1crypto raises many types on malformed input
+        raise TimestampError("malformed time-stamp reply: not a DER TimeStampResp") from None
     if status not in ("granted", "granted_with_mods"):
-        text = resp["status"]["status_string"].native if resp["status"]["status_string"] else None
-        fail = resp["status"]["fail_info"].native if resp["status"]["fail_info"] else None
-        raise TimestampError(f"time-stamp refused: {status} {fail or ''} {text or ''}".strip())
-    return bytes(resp["time_stamp_token"].dump())
+        raise TimestampError(printable(f"time-stamp refused: {status} {fail} {text}".strip()))
+    if token_der is None:
+        raise TimestampError("malformed time-stamp reply: granted without a token")
+    return token_der
+
+
+def _key_kind(cert: x509.Certificate) -> str:
+    key = cert.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ec"
+    if isinstance(key, rsa.RSAPublicKey):
+        return "rsa"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    raise TimestampError("unsupported TSA key type")
 
 
 def _verify_cms_signature(cert: x509.Certificate, signature: bytes, data: bytes,
-                          sig_alg: str, digest: str) -> None:
+                          digest: str) -> None:
     key = cert.public_key()
     hash_cls = _HASHES[digest][1]
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, data, ec.ECDSA(hash_cls()))
         elif isinstance(key, rsa.RSAPublicKey):
-            if sig_alg == "rsassa_pss":
-                raise TimestampError("RSASSA-PSS TSA signatures are not supported")
             key.verify(signature, data, padding.PKCS1v15(), hash_cls())
         elif isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(signature, data)
@@ -108,8 +130,15 @@ def verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
                  *, nonce: int | None = None) -> TokenInfo:
     """Verify an RFC 3161 token over ``imprint`` against a trusted CA; return what it says.
 
-    Any defect, including a malformed structure found late by lazy ASN.1 parsing, raises
-    TimestampError."""
+    Strict: one token has one accepted encoding, the DER layout of ``tcms.token_layout``
+    (nothing after the ContentInfo, exactly one certificate, the TSA's, a ``sid`` that is
+    that certificate's issuer and serial byte for byte, the digest and signature algorithm
+    identifiers exactly as written there); the whole token is rebuilt from its parts and
+    compared byte for byte.  Any defect, including a malformed structure found late by lazy
+    ASN.1 parsing, raises TimestampError.
+
+    One variation is beyond any encoding rule: an ECDSA signature (r, s) also verifies as
+    (r, n - s), and tokens this TSA has already issued carry either, so both are accepted."""
     try:
         return _verify_token(token, imprint, trusted_ca, nonce)
     except TimestampError:
@@ -120,16 +149,33 @@ def verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
                              ) from None
 
 
-def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
-                  nonce: int | None) -> TokenInfo:
+@dataclass(frozen=True)
+class _Parts:
+    """What a token says, as parsed (lazily parsed fields forced) before any check."""
+
+    digest: str
+    digest_alg_der: bytes
+    listed_der: list[bytes]
+    sig_alg_der: bytes
+    tst_der: bytes
+    tst: tsp.TSTInfo
+    certs: list[cms.Certificate]
+    sid_der: bytes
+    attrs: dict[str, object]
+    signed_der: bytes
+    signature: bytes
+
+
+def _parse(token: bytes) -> _Parts:
     try:
         info = cms.ContentInfo.load(token)
+        if len(info.dump()) != len(token):
+            raise TimestampError("token has trailing bytes after its ContentInfo")
         if info["content_type"].native != "signed_data":
             raise TimestampError("token is not CMS SignedData")
         sd = info["content"]
         if sd["version"].native != "v3":
             raise TimestampError("SignedData version must be 3 (RFC 5652 for id-ct-TSTInfo)")
-        listed = {_digest_name(a) for a in sd["digest_algorithms"]}
         encap = sd["encap_content_info"]
         if encap["content_type"].native != "tst_info":
             raise TimestampError("token does not hold a TSTInfo")
@@ -137,77 +183,110 @@ def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
         if not isinstance(tst_der, bytes):
             raise TimestampError("token has no TSTInfo content")
         tst = tsp.TSTInfo.load(tst_der)
+        tst.native  # noqa: B018 - parse every field now, not lazily later
         signer_infos = sd["signer_infos"]
         if len(signer_infos) != 1:
             raise TimestampError("token must have exactly one signer")
         si = signer_infos[0]
         if si["version"].native != "v1":
             raise TimestampError("SignerInfo version must be 1 (issuerAndSerialNumber)")
-        digest = _digest_name(si["digest_algorithm"])
-        if digest not in listed:
-            raise TimestampError("the signer's digest is not listed in digestAlgorithms")
-        sig_alg = si["signature_algorithm"].signature_algo
-        hash_alg = _digest_name(tst["message_imprint"]["hash_algorithm"])
-        hashed = tst["message_imprint"]["hashed_message"].native
-        gen_time = tst["gen_time"].native
-        serial = tst["serial_number"].native
-        policy = tst["policy"].dotted
-        token_nonce = tst["nonce"].native
-        certs = [c.chosen for c in sd["certificates"]] if sd["certificates"] else []
-        sid = si["sid"].chosen
+        choices = list(sd["certificates"]) if sd["certificates"] else []
+        if any(c.name != "certificate" for c in choices):
+            raise TimestampError("token carries something other than X.509 certificates")
         signed_attrs = si["signed_attrs"]
         if not signed_attrs:
             raise TimestampError("token has no signed attributes")
-        attrs = {a["type"].native: a["values"] for a in signed_attrs}
-        signed_der = signed_attrs.untag().dump()
-        signature = si["signature"].native
         if sd["crls"].native or si["unsigned_attrs"].native:
             raise TimestampError("token carries CRLs or unsigned attributes")
+        parts = _Parts(
+            digest=_digest_name(si["digest_algorithm"]),
+            digest_alg_der=si["digest_algorithm"].dump(),
+            listed_der=[a.dump() for a in sd["digest_algorithms"]],
+            sig_alg_der=si["signature_algorithm"].dump(),
+            tst_der=tst_der, tst=tst, certs=[c.chosen for c in choices],
+            sid_der=si["sid"].dump(),
+            attrs={a["type"].native: a["values"] for a in signed_attrs},
+            signed_der=signed_attrs.untag().dump(),
+            signature=si["signature"].native)
         check_der_lengths(token)
     except TimestampError:
         raise
     except Exception as exc:
         raise TimestampError(f"malformed time-stamp token: {exc}") from None
+    if parts.digest not in _HASHES:
+        raise TimestampError(f"unsupported digest {parts.digest}")
+    return parts
 
-    if digest not in _HASHES:
-        raise TimestampError(f"unsupported digest {digest}")
+
+def _check_encoding(token: bytes, p: _Parts, signer: cms.Certificate,
+                    cert: x509.Certificate) -> None:
+    """The token is the one DER encoding of its parts (see ``tcms.token_layout``)."""
+    digest_alg = token_layout.DIGEST_ALGORITHMS[p.digest]
+    if p.digest_alg_der != digest_alg:
+        raise TimestampError("the signer's digest algorithm is not encoded as "
+                             "SEQUENCE { OID, NULL }")
+    if p.listed_der != [digest_alg]:
+        raise TimestampError("digestAlgorithms must list the signer's digest alone")
+    sid = token_layout.issuer_and_serial(signer["tbs_certificate"]["issuer"].dump(),
+                                         signer.serial_number)
+    if p.sid_der != sid:
+        raise TimestampError("the signer identifier (sid) is not exactly the TSA "
+                             "certificate's issuer and serial number")
+    sig_alg = token_layout.SIGNATURE_ALGORITHMS[_key_kind(cert), p.digest]
+    if p.sig_alg_der != sig_alg:
+        raise TimestampError("the signature algorithm is not the one for the TSA key and "
+                             "digest, encoded exactly")
+    canonical = token_layout.signed_data_token(
+        digest_alg=digest_alg, tst_info=p.tst_der,
+        certificates=token_layout.certificate_set(signer.dump()), sid=sid,
+        signed_attrs=p.signed_der, signature_alg=sig_alg, signature=p.signature)
+    if canonical != token:
+        raise TimestampError("token is not in its one DER encoding")
+
+
+def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
+                  nonce: int | None) -> TokenInfo:
+    p = _parse(token)
+    tst, attrs, digest = p.tst, p.attrs, p.digest
+    hash_alg = _digest_name(tst["message_imprint"]["hash_algorithm"])
+    hashed = tst["message_imprint"]["hashed_message"].native
     if hash_alg != "sha256" or not ct_equal(hashed, imprint):
         raise TimestampError("token imprint does not match the time-stamped data")
+    token_nonce = tst["nonce"].native
     if nonce is not None and token_nonce != nonce:
         raise TimestampError("token nonce does not match the request")
     # signed attributes: content type, message digest, ESS signing certificate v2
-    if attrs.get("content_type") is None or attrs["content_type"][0].native != "tst_info":
+    ctype = attrs.get("content_type")
+    if ctype is None or ctype[0].native != "tst_info":  # type: ignore[index]
         raise TimestampError("signed content-type attribute is not id-ct-TSTInfo")
     md = attrs.get("message_digest")
-    if md is None or not ct_equal(md[0].native, _HASHES[digest][0](tst_der).digest()):
+    if md is None or not ct_equal(md[0].native,  # type: ignore[index]
+                                  _HASHES[digest][0](p.tst_der).digest()):
         raise TimestampError("message-digest attribute does not match the TSTInfo")
-    # the signer certificate
-    signer = None
-    for c in certs:
-        if (
-            isinstance(sid, cms.IssuerAndSerialNumber)
-            and c.issuer == sid["issuer"]
-            and c.serial_number == sid["serial_number"].native
-        ):
-            signer = c
-    if signer is None:
+    # the signer certificate: the one certificate, named by sid and by the ESS attribute
+    if not p.certs:
         raise TimestampError("token does not carry its TSA certificate")
+    if len(p.certs) != 1:
+        raise TimestampError("token must carry exactly one certificate: the TSA's")
+    signer = p.certs[0]
     scv2 = attrs.get("signing_certificate_v2")
     if scv2 is None:
         raise TimestampError("token lacks the ESS signingCertificateV2 attribute")
-    ess = scv2[0]["certs"][0]
+    ess = scv2[0]["certs"][0]  # type: ignore[index]
     ess_alg = ess["hash_algorithm"]["algorithm"].native
     if ess_alg not in _HASHES or not ct_equal(
         ess["cert_hash"].native, _HASHES[ess_alg][0](signer.dump()).digest()
     ):
         raise TimestampError("ESS signingCertificateV2 does not name the TSA certificate")
     cert = x509.load_der_x509_certificate(signer.dump())
-    _verify_cms_signature(cert, signature, signed_der, sig_alg, digest)
+    _check_encoding(token, p, signer, cert)
+    _verify_cms_signature(cert, p.signature, p.signed_der, digest)
+    gen_time = tst["gen_time"].native
     check_tsa_certificate(cert, trusted_ca, gen_time)
     return TokenInfo(
         gen_time=gen_time,
-        serial=serial,
-        policy=policy,
+        serial=tst["serial_number"].native,
+        policy=tst["policy"].dotted,
         nonce=token_nonce,
         tsa_subject=cert.subject.rfc4514_string(),
         hash_alg=hash_alg,
@@ -226,8 +305,8 @@ def _digest_name(alg: object) -> str:
 def check_der_lengths(data: bytes) -> None:
     """Every TLV in ``data`` has a definite, minimal (DER) length and nothing trails.
 
-    With the version and algorithm fields checked explicitly, this leaves no second
-    encoding of a token, even in the CMS fields that the TSA's signature does not cover."""
+    For a token this reaches into the parts its rebuilt encoding takes as they are (the
+    certificate and the signed attributes, which a signature covers anyway)."""
     stack = [(0, len(data))]
     while stack:
         pos, end = stack.pop()

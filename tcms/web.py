@@ -1,4 +1,6 @@
-"""What the HTTP services (TSS, TTP, DC) share: error answers, body limits, serving."""
+"""What the HTTP services (TSS, TTP, DC) share: error answers (a JSON body refused by
+tcms.boundedjson is a named 400), bounded request bodies, serving; and, for their clients,
+bounded answers."""
 
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from tcms import boundedjson
 from tcms.protocol.checks import ProtocolError
 from tcms.protocol.messages import MessageError
 
@@ -28,8 +32,25 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def error(status: int, check: str, reason: str) -> JSONResponse:
-    return JSONResponse({"error": check, "reason": reason}, status_code=status)
+class Refused(Exception):
+    """A request refused before its content is looked at: an HTTP status, a named check."""
+
+    def __init__(self, status: int, check: str, reason: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"{check}: {reason}")
+        self.status, self.check, self.reason, self.headers = status, check, reason, headers
+
+
+def error(status: int, check: str, reason: str,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": check, "reason": reason}, status_code=status,
+                        headers=headers)
+
+
+def binary_body(media: str) -> dict[str, Any]:
+    """OpenAPI ``openapi_extra``: a required request body of one binary media type."""
+    return {"requestBody": {"required": True, "content": {
+        media: {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -51,22 +72,43 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return error(exc.status_code, "request", str(exc.detail))
 
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        return error(exc.status, exc.check, exc.reason, exc.headers)
+
+    @app.exception_handler(boundedjson.JsonRefused)
+    async def _json(_: Request, exc: boundedjson.JsonRefused) -> JSONResponse:
+        return error(400, exc.check, exc.reason)
+
 
 async def read_body(request: Request, content_types: Sequence[str],
                     limit: int = MAX_BODY) -> bytes:
+    """The request body, refused (415, 413 ``body.size``, 400) before more than ``limit``
+    bytes are held: by its declared length, else while it arrives."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in content_types:
         raise HTTPException(415, f"Content-Type must be {' or '.join(content_types)}")
+    too_large = Refused(413, "body.size", f"body larger than {limit} bytes")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"body larger than {limit} bytes")
+        raise too_large
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise HTTPException(413, f"body larger than {limit} bytes")
+            raise too_large
     if not body:
         raise HTTPException(400, "empty body")
+    return bytes(body)
+
+
+async def read_answer(response: httpx.Response, limit: int) -> bytes | None:
+    """A client's read of a streamed answer: its body, or None once it passes ``limit``."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return None
     return bytes(body)
 
 

@@ -54,6 +54,7 @@ class Services:
     tss_port: int = 0
     ttp_port: int = 0
     dc_port: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. TCMS_TTP__DISPUTE_BURST
     proc: subprocess.Popen[bytes] | None = None
     _log_path: Path = field(init=False, repr=False)
 
@@ -92,6 +93,7 @@ class Services:
             "TCMS_DC__URL": self.dc,
             "TCMS_DC__UPDATES_DIR": str(self.workdir / "updates"),
         })
+        env.update(self.extra_env)
         if self.tls:
             for svc in ("TSS", "TTP", "DC"):
                 env[f"TCMS_{svc}__TLS_CERT"] = str(self.tls[0])

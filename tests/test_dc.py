@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import ALICE, BOB, CAROL, TRUST, start_run
+from fakehttp import serve
 from services import DC, PASSPHRASE, Services, prepare_keys
 
 from dc.client import DirectoryClient
@@ -24,6 +25,7 @@ from dc.records import (
     DirectoryError,
     KeyRecord,
     Publish,
+    Revoke,
     usable,
     verify_record,
 )
@@ -174,3 +176,78 @@ def test_dc_cli_publish_and_lookup(dc_service: Services) -> None:
     assert res.returncode == 1 and json.loads(res.stdout)["status"] == "revoked"
     res = run("publish", "bob@b.test", "--gateway", "gateway@a.test")
     assert res.returncode != 0
+
+
+# --- issue 11, item 10: malformed input on both sides -------------------------------------
+
+
+async def test_a_signed_revoke_naming_an_impossible_address_is_refused(
+        dc_service: Services, client: DirectoryClient) -> None:
+    """A DC-REVOKE from the domain's gateway naming ``a b@a.test`` gave a 500."""
+    now = int(time.time())
+    headers = {"Content-Type": "application/cbor"}
+    for address in ("a b@a.test", "a\tb@a.test", "@a.test"):
+        req = Revoke("a.test", address, ALICE.party.fingerprint, "test", now).signed_by(GW_A)
+        r = httpx.post(dc_service.dc + "/revoke", content=req.encode(), headers=headers)
+        assert r.status_code == 400 and r.json()["error"] == "address", (address, r.text)
+    # a key published under a name no lookup can find (upper case, spaces) is refused too
+    for name in ("Alice@a.test", "al ice@a.test"):
+        party = Party(name, ALICE.party.sig_pk, ALICE.party.enc_pk)
+        req_p = Publish("a.test", party, now, now + 86400, now).signed_by(GW_A)
+        r = httpx.post(dc_service.dc + "/keys", content=req_p.encode(), headers=headers)
+        assert r.status_code == 400 and r.json()["error"] == "address", (name, r.text)
+    with pytest.raises(DirectoryError) as e:
+        await client.revoke(GW_A, "a b@a.test", ALICE.party.fingerprint, "test")
+    assert e.value.check == "address"
+    assert httpx.get(dc_service.dc + "/health").status_code == 200
+
+
+JSON = "application/json"
+MALFORMED_ANSWERS: dict[str, tuple[int, str, bytes]] = {
+    "not-json": (200, JSON, b"{not json"),  # JSONDecodeError
+    "json-list": (200, JSON, b"[]"),  # TypeError
+    "no-version": (200, JSON, b"{}"),  # KeyError
+    "text-version": (200, JSON, b'{"version": "x"}'),  # ValueError
+    "deep": (200, JSON, b"[" * 100_000),  # RecursionError
+    "refusal-list": (400, JSON, b"[]"),  # AttributeError
+    "refusal-not-json": (403, JSON, b"{"),  # JSONDecodeError
+    "refusal-deep": (403, JSON, b'{"error":' + b"[" * 100_000),  # RecursionError
+    "huge": (200, JSON, b'{"version": 1, "x": "' + b"x" * 200_000 + b'"}'),
+}
+
+
+@pytest.mark.parametrize("answer", MALFORMED_ANSWERS.values(), ids=MALFORMED_ANSWERS.keys())
+async def test_malformed_dc_answers_are_directory_errors(
+        answer: tuple[int, str, bytes]) -> None:
+    """The DC client raised JSONDecodeError, KeyError, TypeError, AttributeError or
+    RecursionError on malformed answers; now each is a DirectoryError naming it."""
+    with serve(lambda *_: answer) as dc:
+        client = DirectoryClient(dc.url, DC.party)
+        try:
+            with pytest.raises(DirectoryError) as e:
+                await client.publish(GW_A, ALICE.party)
+            assert e.value.check in ("dc.answer", "dc"), e.value
+            with pytest.raises(DirectoryError) as e:
+                await client.revoke(GW_A, "alice@a.test", ALICE.party.fingerprint, "x")
+            with pytest.raises(DirectoryError) as e:
+                await client.lookup("alice@a.test")
+            assert e.value.check in ("dc.answer", "dc"), e.value
+            assert await client.usable_party("alice@a.test") is None
+        finally:
+            await client.aclose()
+        assert len(dc.requests) == 4
+
+
+@pytest.mark.parametrize("record", [b"", b"\x00", b"\x9f" * 1000, b"\x81" * 100_000 + b"\x00",
+                                    b"\x89" + b"\x00" * 9, b"x" * 100_000],
+                         ids=["empty", "zero", "indefinite", "deep", "nine-zeros", "huge"])
+async def test_malformed_key_records_are_directory_errors(record: bytes) -> None:
+    with serve(lambda *_: (200, "application/cbor", record)) as dc:
+        client = DirectoryClient(dc.url, DC.party)
+        try:
+            with pytest.raises(DirectoryError) as e:
+                await client.lookup("alice@a.test")
+            assert e.value.check == "dc.answer", e.value
+            assert await client.usable_party("alice@a.test") is None
+        finally:
+            await client.aclose()

@@ -25,6 +25,7 @@ from conftest import (
     stamp,
     start_run,
 )
+from reencode import reencodings
 
 from tcms import evidence
 from tcms.protocol.checks import Trust
@@ -179,6 +180,26 @@ def test_tcms_verify_cli(tmp_path: Path) -> None:
     (tmp_path / "junk.json").write_text("{not json")
     res = tcms("verify", str(tmp_path / "junk.json"), "--trust", str(trust))
     assert res.returncode != 0 and "not JSON" in res.stderr
+
+
+@pytest.mark.parametrize("kind", ["trailing-bytes", "extra-certificate", "sid-other-case",
+                                  "digest-params-absent", "signature-alg-null-params"])
+def test_tcms_verify_refuses_a_reencoded_receipt_token(tmp_path: Path, kind: str) -> None:
+    """The receipt token is covered by no signature in the bundle: only the strict token
+    check stands between a re-encoded one and a VALID verdict (issue 11, item 9)."""
+    s_bundle, _ = completed()
+    token = base64.b64decode(s_bundle["receipt_token"])
+    other, reason = reencodings(token, TRUST.tsa_ca)[kind]
+    trust = tmp_path / "trust.json"
+    trust.write_text(json.dumps(evidence.trust_to_json(TRUST)))
+    path = tmp_path / "bundle.json"
+    path.write_text(evidence.dumps(s_bundle))
+    assert tcms("verify", str(path), "--trust", str(trust)).returncode == 0
+    path.write_text(evidence.dumps({**s_bundle, "receipt_token": base64.b64encode(other).decode()}))
+    res = tcms("verify", str(path), "--trust", str(trust), "--json")
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert out["valid"] is False and out["check"] == "m6.token" and reason in out["reason"]
 
 
 def test_tcms_tx_list_show_export(tmp_path: Path) -> None:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import (
+    ALICE,
     BOB,
+    CAROL,
     DEADLINES,
     T0,
     TRUST,
@@ -24,16 +28,19 @@ from conftest import (
     receive,
     start_run,
 )
-from services import Services, prepare_keys
+from services import PASSPHRASE, Services, prepare_keys
 
 from tcms import evidence
-from tcms.crypto import verify
+from tcms.crypto import sign, verify
+from tcms.identity import Identity
+from tcms.keystore import Keystore
 from tcms.protocol.events import Accept, Tick, TimestampReply
 from tcms.protocol.messages import M1, Description, decode_ttp_answer
 from tcms.protocol.receiver import Receiver
 from tcms.protocol.sender import Sender
 from tcms.store import Store
-from tcms.timestamp import token_from_reply, verify_token
+from tcms.timestamp import TimestampError, token_from_reply, verify_token
+from ttp import filing
 
 CBOR = {"Content-Type": "application/cbor"}
 RACES = 1000
@@ -47,7 +54,9 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def services(workdir: Path) -> Iterator[Services]:
-    svc = Services(workdir, f"sqlite:///{workdir / 'tcms.db'}").start()
+    # the rate limit of disputes has its own test: here every test may file several
+    svc = Services(workdir, f"sqlite:///{workdir / 'tcms.db'}",
+                   extra_env={"TCMS_TTP__DISPUTE_BURST": "100"}).start()
     yield svc
     svc.stop()
 
@@ -90,9 +99,36 @@ def test_tss_rejections_and_bad_input(services: Services) -> None:
     assert r.status_code == 400 and r.json()["error"] == "format"
 
 
-def _m1(at: int = T0) -> tuple[Sender, bytes]:
-    from conftest import ALICE
+# issue 11, item 8: certReq written 21 01 ff (a constructed BOOLEAN) after the nonce
+CERTREQ_CONSTRUCTED = bytes.fromhex("303c0201013031300d060960864801650304020105000420"
+                                    + "11" * 32 + "0201012101ff")
 
+
+def test_a_malformed_cert_req_gets_an_rfc3161_rejection(services: Services,
+                                                        workdir: Path) -> None:
+    """It passed the TSA's checks and failed while the token was written: a 500."""
+    r = httpx.post(services.tss + "/tsa", content=CERTREQ_CONSTRUCTED,
+                   headers={"Content-Type": "application/timestamp-query"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/timestamp-reply"
+    with pytest.raises(TimestampError, match="refused: rejection bad_data_format"):
+        token_from_reply(r.content)
+    (workdir / "rejected.tsr").write_bytes(r.content)
+    res = sh("openssl ts -reply -in rejected.tsr -text", workdir)
+    assert "Status: Rejected." in res.stdout and "has the wrong format" in res.stdout, \
+        res.stdout + res.stderr
+    # the same query inside a signed m1 whose cid is its imprint
+    cid = b"\x11" * 32
+    m1 = M1(ALICE.party, cid, CERTREQ_CONSTRUCTED, b"")
+    m1 = M1(ALICE.party, cid, CERTREQ_CONSTRUCTED,
+            sign(ALICE.sig_key, "M1", *m1.signed_fields()))
+    r = httpx.post(services.tss + "/m1", content=m1.encode(), headers=CBOR)
+    assert r.status_code == 200
+    with pytest.raises(TimestampError, match="bad_data_format"):
+        token_from_reply(r.content)
+    assert httpx.get(services.tss + "/health").status_code == 200
+
+
+def _m1(at: int = T0) -> tuple[Sender, bytes]:
     s, acts = Sender.start(ALICE, TRUST, BOB.party, b"m0", Description("t", 2, "<x>"),
                            DEADLINES)
     return s, one(acts, "m1")
@@ -173,14 +209,30 @@ def test_ttp_refuses_forged_and_foreign_requests(services: Services) -> None:
         assert httpx.get(f"{services.ttp}/release/{bad}").status_code == 400
 
 
-def test_dispute_gives_a_signed_verdict(services: Services, workdir: Path) -> None:
+def completed_bundle() -> dict[str, str]:
     sender, receiver = accepted_run()
     m5 = one(receive(sender, receiver.state.m4 or b"", T0 + 3), "m5")
     m6 = one(receive(receiver, m5, T0 + 4), "m6")
     receive(sender, m6, T0 + 5)
-    bundle = evidence.from_sender(sender)
+    return evidence.from_sender(sender)
+
+
+def file(url: str, body: bytes, filer: Identity, *, cid: bytes | None = None,
+         at: int | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    """POST /dispute as ``filer`` would (its signature over this body), or with ``headers``."""
+    if headers is None:
+        core = filing.core_of(json.loads(body))
+        headers = filing.filing_headers(filer, cid or core.cid, body,
+                                        int(time.time()) if at is None else at)
+    return httpx.post(url + "/dispute", content=body, timeout=60,
+                      headers={"Content-Type": "application/json", **headers})
+
+
+def test_dispute_gives_a_signed_verdict(services: Services, workdir: Path) -> None:
+    bundle = completed_bundle()
     path = workdir / "bundle.json"
     path.write_text(json.dumps(bundle))
+    Keystore(workdir / "keys", PASSPHRASE.encode()).save(ALICE)  # the sender files it
     res = subprocess.run([sys.executable, "-m", "tcms.cli", "ttp", "dispute", str(path)],
                          env=services.env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -189,13 +241,119 @@ def test_dispute_gives_a_signed_verdict(services: Services, workdir: Path) -> No
     sig = base64.b64decode(verdict.pop("signature"))
     canonical = json.dumps(verdict, sort_keys=True, separators=(",", ":")).encode()
     verify(TTP.party.sig_pk, sig, "VERDICT", canonical)  # raises if forged
+    # the recipient's key is not in this keystore: it cannot file
+    res = subprocess.run([sys.executable, "-m", "tcms.cli", "ttp", "dispute", str(path),
+                          "--as", BOB.name], env=services.env(), capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 1 and f"cannot file as {BOB.name}" in res.stderr, res.stderr
     bundle["m6"] = base64.b64encode(bytes(64)).decode()
-    r = httpx.post(services.ttp + "/dispute", content=json.dumps(bundle),
-                   headers={"Content-Type": "application/json"})
+    r = file(services.ttp, json.dumps(bundle).encode(), BOB)
     assert r.status_code == 200 and r.json()["valid"] is False
     assert r.json()["check"] == "format"
     trust = httpx.get(services.ttp + "/identity").json()
     assert evidence.trust_from_json(trust).ttp == TTP.party
+
+
+# --- disputes: who may file, how much, how fast (issue 11, item 7) ---------------------
+
+
+async def test_only_a_party_of_the_exchange_may_file(services: Services) -> None:
+    body = json.dumps(completed_bundle()).encode()
+    cid = filing.core_of(json.loads(body)).cid
+    r = httpx.post(services.ttp + "/dispute", content=body,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 401 and r.json()["error"] == "dispute.filer"
+    r = file(services.ttp, body, CAROL)  # signs well, but is no party of the exchange
+    assert r.status_code == 403 and r.json()["error"] == "dispute.filer"
+    forged = filing.filing_headers(CAROL, cid, body, int(time.time()))
+    forged[filing.FILER] = ALICE.name  # carol's signature, alice's name
+    r = file(services.ttp, body, ALICE, headers=forged)
+    assert r.status_code == 403 and r.json()["error"] == "dispute.sig"
+    r = file(services.ttp, body, ALICE, at=int(time.time()) - 3600)
+    assert r.status_code == 403 and r.json()["error"] == "dispute.time"
+    other = json.dumps({**json.loads(body), "holder": "receiver"}).encode()
+    signed_other = filing.filing_headers(ALICE, cid, other, int(time.time()))
+    r = file(services.ttp, body, ALICE, headers=signed_other)  # signed another body
+    assert r.status_code == 403 and r.json()["error"] == "dispute.sig"
+    r = file(services.ttp, body, BOB)  # the recipient may
+    assert r.status_code == 200 and r.json()["verdict"] == "received"
+    r = file(services.ttp, body, ALICE)  # and so may the sender
+    assert r.status_code == 200 and r.json()["verdict"] == "received"
+    store = Store(services.db_url)
+    try:
+        audited = [json.loads(e.detail) for e in await store.audit_entries()
+                   if e.event == "ttp.dispute"]
+    finally:
+        await store.close()
+    # only the two authenticated filings were verified and written to the audit log
+    assert [(a["filer"], a["role"]) for a in audited] == [(BOB.name, "recipient"),
+                                                          (ALICE.name, "sender")]
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_dispute_bodies_are_bounded_before_parsing(services: Services) -> None:
+    """``[`` x 100,000 was a 500 (RecursionError); a 30 MB body grew the process that also
+    serves the TSS and the DC by 850 MB.  Now: a named 400 or 413, the process unmoved."""
+    assert services.proc is not None
+    bundle = completed_bundle()
+    filed = filing.filing_headers(ALICE, filing.core_of(bundle).cid, b"x", int(time.time()))
+    r = file(services.ttp, b"[" * 100_000, ALICE, headers={})
+    assert r.status_code == 401 and r.json()["error"] == "dispute.filer"
+    r = file(services.ttp, b"[" * 100_000, ALICE, headers=filed)
+    assert r.status_code == 400 and r.json()["error"] == "json.depth", r.text
+    before = _rss(services.proc.pid)
+    r = file(services.ttp, b"[" + b"{}," * 10_000_000 + b"{}]", ALICE, headers=filed)
+    assert r.status_code == 413 and r.json()["error"] == "body.size", r.text
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused as it arrives
+        yield b"["
+        for _ in range(1000):
+            yield b"{}," * 10_000
+
+    r = httpx.post(services.ttp + "/dispute", content=chunks(), timeout=60,
+                   headers={"Content-Type": "application/json", **filed})
+    assert r.status_code == 413 and r.json()["error"] == "body.size", r.text
+    # within the size limit, but a million items: refused before json.loads builds them
+    r = file(services.ttp, b"[" + b"{}," * 2_000_000 + b"{}]", ALICE, headers=filed)
+    assert r.status_code == 400 and r.json()["error"] == "json.size", r.text
+    r = file(services.ttp, b'{"core": 1, "core": 2}', ALICE, headers=filed)
+    assert r.status_code == 400 and r.json()["error"] == "json.duplicate", r.text
+    assert _rss(services.proc.pid) - before < 64 * 1024 * 1024
+    assert httpx.get(services.tss + "/health").status_code == 200
+
+
+def test_disputes_are_rate_limited_per_address(workdir: Path) -> None:
+    svc = Services(workdir, f"sqlite:///{workdir / 'rate.db'}", which="ttp", extra_env={
+        "TCMS_TTP__DISPUTE_BURST": "2", "TCMS_TTP__DISPUTE_PER_MINUTE": "0.01",
+        "TCMS_TTP__DISPUTE_CONCURRENCY": "1"}).start()
+    try:
+        body = json.dumps(completed_bundle()).encode()
+        filed = filing.filing_headers(ALICE, filing.core_of(json.loads(body)).cid, body,
+                                      int(time.time()))
+        # a filing whose body is slow to come holds the only dispute slot: the server says
+        # "100 Continue" once the handler reads the body
+        with socket.create_connection(("127.0.0.1", svc.ttp_port), timeout=30) as slow:
+            head = "".join(f"{k}: {v}\r\n" for k, v in filed.items())
+            slow.sendall(f"POST /dispute HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         f"application/json\r\nContent-Length: {len(body)}\r\n"
+                         f"Expect: 100-continue\r\n{head}\r\n".encode())
+            assert slow.recv(100).startswith(b"HTTP/1.1 100 Continue")
+            r = file(svc.ttp, body, ALICE)
+            assert r.status_code == 503 and r.json()["error"] == "dispute.busy"
+            slow.sendall(body)
+            assert b" 200 OK" in slow.recv(100)
+        r = file(svc.ttp, body, ALICE)  # the third within the burst of 2
+        assert r.status_code == 429 and r.json()["error"] == "dispute.rate"
+        assert int(r.headers["Retry-After"]) > 60
+        assert httpx.get(svc.ttp + "/health").status_code == 200
+    finally:
+        svc.stop()
 
 
 # --- 1000 exchanges, each raced by an abort and a resolve, on two TTP processes, one PostgreSQL --

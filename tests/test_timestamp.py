@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import tsp
+from reencode import REENCODINGS, reencodings
 
 from tcms.timestamp import (
     TimestampError,
@@ -123,3 +124,21 @@ def test_hand_assembled_tokens_are_canonical_der(tsa: TimeStampAuthority) -> Non
         assert asn1_cms.ContentInfo.load(token).dump(force=True) == token
         info = verify_token(token, hashlib.sha256(b"der").digest(), tsa.creds.ca_cert)
         assert info.gen_time == when and info.serial == 2**64 + 3 and info.nonce == nonce
+
+
+# --- one token, one encoding ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", REENCODINGS)
+def test_a_token_has_one_encoding(tsa: TimeStampAuthority, kind: str) -> None:
+    """verify_token accepted 9 kinds of re-encoding (issue 11, item 9): each is refused."""
+    imprint = hashlib.sha256(b"one encoding").digest()
+    req, nonce = make_request(imprint)
+    token = token_from_reply(tsa.stamp(req, now=NOW, serial=11).reply)
+    verify_token(token, imprint, tsa.creds.ca_cert, nonce=nonce)
+    variants = reencodings(token, tsa.creds.ca_cert)
+    assert sorted(variants) == sorted(REENCODINGS)
+    other, reason = variants[kind]
+    assert other != token
+    with pytest.raises(TimestampError, match=reason):
+        verify_token(other, imprint, tsa.creds.ca_cert, nonce=nonce)

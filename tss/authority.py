@@ -20,17 +20,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tcms import der, token_layout
 from tcms.timestamp import TimeStampResp
-from tss import der
+from tcms.token_layout import OID_TST_INFO
 
-OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
-OID_TST_INFO = "1.2.840.113549.1.9.16.1.4"
 OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
 OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
 OID_SIGNING_TIME = "1.2.840.113549.1.9.5"
 OID_SIGNING_CERT_V2 = "1.2.840.113549.1.9.16.2.47"
-OID_SHA256 = "2.16.840.1.101.3.4.2.1"
-OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2"
 
 # A UUID-derived OID (ITU-T X.667, arc 2.25) naming the TCMS time-stamping policy.
 POLICY_OID = "2.25.142144126307827040010324908873667743154"
@@ -147,11 +144,11 @@ class TimeStampAuthority:
             {"certs": [{"cert_hash": hashlib.sha256(cert_der).digest()}]}
         )
         # Everything that does not change from one token to the next is encoded once.
-        self._certset_der = b"\xa0" + cms.CertificateSet(
-            [cms.CertificateChoices({"certificate": self._cert})]).dump()[1:]
-        self._sid_der = der.seq(self._cert.issuer.dump(), der.integer(self._cert.serial_number))
-        self._sha256_der = der.seq(der.oid(OID_SHA256), b"\x05\x00")
-        self._ecdsa_der = der.seq(der.oid(OID_ECDSA_SHA256))
+        self._certset_der = token_layout.certificate_set(cert_der)
+        self._sid_der = token_layout.issuer_and_serial(self._cert.issuer.dump(),
+                                                       self._cert.serial_number)
+        self._sha256_der = token_layout.DIGEST_ALGORITHMS["sha256"]
+        self._ecdsa_der = token_layout.SIGNATURE_ALGORITHMS["ec", "sha256"]
         self._policy_der = der.oid(policy)
         secs, ms = divmod(accuracy_ms, 1000)
         self._accuracy_der = der.seq(
@@ -163,16 +160,21 @@ class TimeStampAuthority:
         self._attr_ess = der.seq(der.oid(OID_SIGNING_CERT_V2), der.set_of(self._ess.dump()))
 
     def parse_request(self, request: bytes) -> tsp.TimeStampReq:
+        """A DER TimeStampReq (RFC 3161 section 3.4), parsed in full now so that nothing
+        malformed is found later; anything else is a RequestRejected naming its failInfo."""
         try:
-            req = tsp.TimeStampReq.load(request)
+            req = tsp.TimeStampReq.load(request, strict=True)
+            req.native  # noqa: B018 - parse every field (asn1crypto parses lazily)
+            canonical = tsp.TimeStampReq.load(request).dump(force=True)
             version = req["version"].native
             alg = req["message_imprint"]["hash_algorithm"]["algorithm"].native
             imprint = req["message_imprint"]["hashed_message"].native
             req_policy = req["req_policy"].dotted if req["req_policy"].native else None
             has_ext = bool(req["extensions"].native)
-            req["nonce"].native  # noqa: B018 - force parsing
-        except Exception:
+        except Exception:  # asn1crypto raises many types on malformed input
             raise RequestRejected("bad_data_format", "request is not a DER TimeStampReq") from None
+        if canonical != request:
+            raise RequestRejected("bad_data_format", "request is not DER (RFC 3161 section 3.4)")
         if version != "v1":
             raise RequestRejected("bad_request", "only TimeStampReq version 1 is supported")
         if alg not in HASH_LENGTHS:
@@ -213,7 +215,8 @@ class TimeStampAuthority:
 
     def issue(self, req: tsp.TimeStampReq, *, now: dt.datetime, serial: int) -> bytes:
         """A token (DER ContentInfo) for a parsed request: cached DER fragments around a
-        fresh TSTInfo, signed attributes and signature (see tss/der.py)."""
+        fresh TSTInfo, signed attributes and signature, in the one layout of
+        tcms/token_layout.py."""
         tst_der = der.seq(
             der.integer(1), self._policy_der, req["message_imprint"].dump(),
             der.integer(serial), der.generalized_time(now), self._accuracy_der,
@@ -226,15 +229,10 @@ class TimeStampAuthority:
                     der.set_of(der.octets(hashlib.sha256(tst_der).digest()))),
             self._attr_ess,
         ]
-        signed_attrs = der.set_of(*attrs)  # signed as a SET (tag 0x31) ...
+        signed_attrs = der.set_of(*attrs)  # signed as a SET (tag 0x31), carried as [0]
         signature = self.creds.tsa_key.sign(signed_attrs, ec.ECDSA(hashes.SHA256()))
-        signer_info = der.seq(
-            der.integer(1), self._sid_der, self._sha256_der,
-            b"\xa0" + signed_attrs[1:],  # ... and carried as [0] IMPLICIT
-            self._ecdsa_der, der.octets(signature))
-        signed_data = der.seq(
-            der.integer(3), der.set_of(self._sha256_der),
-            der.seq(der.oid(OID_TST_INFO), der.explicit(0, der.octets(tst_der))),
-            self._certset_der if req["cert_req"].native else b"",
-            der.set_of(signer_info))
-        return der.seq(der.oid(OID_SIGNED_DATA), der.explicit(0, signed_data))
+        return token_layout.signed_data_token(
+            digest_alg=self._sha256_der, tst_info=tst_der,
+            certificates=self._certset_der if req["cert_req"].native else b"",
+            sid=self._sid_der, signed_attrs=signed_attrs, signature_alg=self._ecdsa_der,
+            signature=signature)

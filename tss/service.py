@@ -25,7 +25,7 @@ from tcms.protocol.checks import ProtocolError
 from tcms.protocol.messages import M1
 from tcms.store import Store
 from tcms.timestamp import TimeStampResp
-from tcms.web import CBOR, ERROR_RESPONSES, install_error_handlers, read_body
+from tcms.web import CBOR, ERROR_RESPONSES, binary_body, install_error_handlers, read_body
 from tss.authority import RequestRejected, TimeStampAuthority
 
 QUERY = "application/timestamp-query"
@@ -60,8 +60,7 @@ def create_app(store: Store, tsa: TimeStampAuthority,
     @app.post("/tsa", response_class=Response, responses={
         200: {"content": {REPLY: {}}, "description": "TimeStampResp (granted or rejection)"},
         **ERROR_RESPONSES},
-        openapi_extra={"requestBody": {"required": True, "content": {
-            QUERY: {"schema": {"type": "string", "format": "binary"}}}}})
+        openapi_extra=binary_body(QUERY))
     async def tsa_query(request: Request) -> Response:
         """RFC 3161 time-stamp request (DER TimeStampReq)."""
         return await stamp(await read_body(request, [QUERY], MAX_QUERY))
@@ -69,8 +68,7 @@ def create_app(store: Store, tsa: TimeStampAuthority,
     @app.post("/m1", response_class=Response, responses={
         200: {"content": {REPLY: {}}, "description": "TimeStampResp over H(core)"},
         **ERROR_RESPONSES},
-        openapi_extra={"requestBody": {"required": True, "content": {
-            CBOR: {"schema": {"type": "string", "format": "binary"}}}}})
+        openapi_extra=binary_body(CBOR))
     async def m1(request: Request) -> Response:
         """The protocol's m1: S's signed RFC 3161 request over cid = H(core)."""
         msg = M1.decode(await read_body(request, [CBOR], MAX_QUERY))

@@ -1,6 +1,7 @@
-"""Minimal DER writing (X.690) for the TSA's hot path: tag-length-value assembly of
-fragments.  Parsing stays with asn1crypto; this only concatenates, with definite minimal
-lengths, so that each token costs one signature and a few joins."""
+"""Minimal DER writing (X.690): tag-length-value assembly of fragments, for the TSA's hot
+path (each token costs one signature and a few joins) and for the verifier, which rebuilds a
+token's one DER encoding to compare it byte for byte.  Parsing stays with asn1crypto; this
+only concatenates, with definite minimal lengths."""
 
 from __future__ import annotations
 

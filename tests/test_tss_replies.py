@@ -1,0 +1,78 @@
+"""Malformed time-stamp replies (issue 11, item 8): reading one raised UnicodeDecodeError,
+ValueError or IndexError outside any check, so the gateway's m1 outbox row failed with an
+unexpected exception and was claimed again forever.  Now each is a named TimestampError:
+the sender's machine ignores the reply, and the gateway's outbox turns it into one failed
+time stamp (the user is told) instead of a retry loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import ALICE, BOB, DEADLINES, T0, TRUST
+from fakehttp import serve
+
+from gateway import dispatch
+from gateway.context import GatewayContext
+from gateway.queue import Queues
+from gateway.runs import outbox, record
+from tcms.config import Settings
+from tcms.keystore import Keystore
+from tcms.protocol.events import Ignored, TimestampFailed, TimestampReply
+from tcms.protocol.messages import Description
+from tcms.protocol.sender import Sender
+from tcms.store import Store
+from tcms.timestamp import TimestampError, token_from_reply
+
+BAD_REPLIES = {
+    "status-string-not-utf8": bytes.fromhex("300a300802010230030c01ff"),  # UnicodeDecodeError
+    "fail-info-9-unused-bits": bytes.fromhex("3009300702010203020980"),  # ValueError
+    "fail-info-empty-bit-string": bytes.fromhex("3009300702010230000300"),  # IndexError
+}
+
+
+@pytest.mark.parametrize("reply", BAD_REPLIES.values(), ids=BAD_REPLIES.keys())
+def test_reading_a_malformed_reply_is_a_timestamp_error(reply: bytes) -> None:
+    with pytest.raises(TimestampError, match="malformed time-stamp reply"):
+        token_from_reply(reply)
+    sender, _ = Sender.start(ALICE, TRUST, BOB.party, b"m0", Description("t", 2, "<x>"),
+                             DEADLINES)
+    actions = sender.handle(TimestampReply(reply), T0)
+    assert [type(a) for a in actions] == [Ignored] and "malformed" in actions[0].reason
+    assert sender.phase == "stamping"
+    sender.handle(TimestampFailed("the TSS sent a malformed reply"), T0)
+    assert sender.phase == "failed"
+
+
+@pytest.mark.parametrize("reply", BAD_REPLIES.values(), ids=BAD_REPLIES.keys())
+async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: bytes) -> None:
+    """The gateway's outbox sends m1 to a TSS that answers with a malformed reply: the run
+    ends as failed, the m1 row is done, and the user gets a notice naming the cause."""
+    store = Store(f"sqlite:///{tmp_path / 'gw.db'}")
+    await store.upgrade()
+    keystore = Keystore(tmp_path / "keys", b"passphrase")
+    keystore.save(ALICE)
+    with serve(lambda *_: (200, "application/timestamp-reply", reply)) as tss:
+        url = tss.url
+        sender, actions = Sender.start(ALICE, TRUST, BOB.party, b"m0",
+                                       Description("t", 2, "<x>"), DEADLINES, tss=url)
+        await store.save_run(record(sender, "sender", ALICE.name, BOB.name), now=T0,
+                             outbox=outbox(actions, ALICE.name, BOB.name))
+        async with httpx.AsyncClient() as http:
+            ctx = GatewayContext(Settings(tss={"url": url}), store, keystore, ALICE, TRUST,
+                                 dc=None, upstream=None, imap=None,  # type: ignore[arg-type]
+                                 http=http, queues=Queues(store))
+            assert await dispatch.drain(ctx, T0 + 1) == 1
+    assert tss.requests == [("POST", "/m1")]  # asked once, not again
+    try:
+        run = await store.get_run(sender.cid, "sender")
+        assert run is not None and run.phase == "failed"
+        rows = await store.messages_of(sender.cid)
+        m1 = [r for r in rows if r["kind"] == "m1"]
+        assert len(m1) == 1 and m1[0]["sent_at"] == T0 + 1 and m1[0]["attempts"] == 1
+        pending = await store.pending_outbox()
+        assert [(r["destination"], r["kind"]) for r in pending] == [("mailbox", "failed")]
+        assert b"malformed time-stamp reply" in bytes(pending[0]["data"])
+    finally:
+        await store.close()
