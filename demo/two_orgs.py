@@ -13,7 +13,8 @@ Protocol mail between the gateways goes to each one's protocol address
 (tcms-gateway@a.test, tcms-gateway@b.test), which Postfix routes to the gateway's LMTP
 intake (one transport_maps line each); users' mailboxes never see it.
 
-Needs root and Debian's postfix, dovecot-imapd, dovecot-lmtpd (`make demo` installs them).  It keeps its state in SQLite; no PostgreSQL is needed.
+Needs root and Debian's postfix, dovecot-imapd, dovecot-lmtpd (`make demo` installs
+them).  It keeps its state in SQLite; no PostgreSQL is needed.
 """
 
 from __future__ import annotations
