@@ -328,7 +328,7 @@ async def _start_gateway(settings: config_mod.Settings) -> None:
         return await answer(ctx, user, tx, event, worker.clock())
 
     handler = submission.SubmissionHandler(
-        ctx.store, ctx.upstream, g.tag, on_login=ctx.enroll, on_submit=worker.kick,
+        ctx.store, ctx.upstream, g.tag, on_login=ctx.enroll, on_submit=worker.kick_submissions,
         answer=answer_by_mail, domains=tuple(g.domains), max_recipients=g.max_recipients)
     tls = submission.tls_context(str(g.tls_cert), str(g.tls_key))
     await submission.start(handler, tls=tls, submission=g.split(g.submission),
@@ -337,7 +337,7 @@ async def _start_gateway(settings: config_mod.Settings) -> None:
              g.submission, g.smtps)
     addresses = list(g.protocol_addresses().values())
     await intake.start(intake.IntakeHandler(ctx.queues, addresses, [str(c) for c in clients],
-                                            on_stored=worker.kick),
+                                            on_stored=worker.kick_inbound),
                        listen=g.split(g.intake), tls=tls,
                        max_size=intake.max_size(g.max_message_size))
     log.info("gateway intake listening: %s (LMTP) for %s, from %s", g.intake,
