@@ -30,8 +30,9 @@ from tcms.keystore import Keystore
 
 USERS = {"alice@a.test": "alice-password", "bob@b.test": "bob-password",
          "carol@b.test": "carol-password", "dave@b.test": "dave-password"}
-# windows short enough for tests to watch every recovery procedure happen
-WINDOWS = {"ACCEPT_WINDOW": "15", "M5_WINDOW": "10", "M6_WINDOW": "10",
+# windows short enough for tests to watch every recovery procedure happen, long enough
+# for a 20 MB mail to be sealed and carried on a busy 2-core machine
+WINDOWS = {"ACCEPT_WINDOW": "30", "M5_WINDOW": "10", "M6_WINDOW": "10",
            "RESOLVE_WINDOW": "600"}
 
 
