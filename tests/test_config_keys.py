@@ -254,3 +254,26 @@ def test_deep_nesting_through_the_tcms_command(tmp_path: Path) -> None:
     assert res.stderr.strip() == (f"Error: invalid configuration ({f}): a value is nested "
                                   "deeper than 32 levels")
 
+
+def test_gateway_reads_its_trust_file_strictly(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import TRUST
+
+    from gateway.context import load_trust
+    from tcms import evidence
+
+    monkeypatch.delenv("TCMS_CONFIG", raising=False)
+    trust_file, dc_file = tmp_path / "trust.json", tmp_path / "dc.json"
+    dc_file.write_text(json.dumps(Identity.generate("dc@tcms.test").party.to_json()))
+    monkeypatch.setenv("TCMS_GATEWAY__TRUST_FILE", str(trust_file))
+    monkeypatch.setenv("TCMS_GATEWAY__DC_KEY_FILE", str(dc_file))
+    keystore = Keystore(tmp_path / "keys", None)
+    trust_file.write_text(json.dumps(evidence.trust_to_json(TRUST)))
+    assert load_trust(config.load(), keystore)[0] == TRUST
+    for text, reason in (("[" * 1000, "nested deeper than 8 levels"),
+                         (json.dumps({**evidence.trust_to_json(TRUST), "ttp": {}}),
+                          "ttp: field 'name' is missing")):
+        trust_file.write_text(text)
+        with pytest.raises(config.ConfigError) as e:
+            load_trust(config.load(), keystore)
+        assert str(e.value) == f"gateway: cannot load what it trusts: {reason}"
