@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ALICE, BOB, DEADLINES, T0, TRUST, TTP, known, one, receive, stamp, start_run
+from conftest import ALICE, BOB, DEADLINES, T0, TRUST, TTP
+from test_evidence import completed_run
 
 from tcms import evidence
 from tcms.crypto import sign
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.checks import sign_refusal, sign_resolve_request
-from tcms.protocol.events import Accept, TimestampReply
 from tcms.protocol.messages import M3, AbortRequest, BadEscrow, Core
-from tcms.protocol.receiver import Receiver
 
 M0 = b"Subject: every combination\r\n\r\nThe body.\r\n"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "evidence.md"
@@ -31,19 +30,15 @@ def all_items() -> tuple[dict[str, str], dict[str, str]]:
     """One exchange's bundle holding every optional item (m4, m5, m6 and the receipt time
     stamp from a completed run, a refusal R signed as well) and the TTP's four answers
     for that exchange, base64-encoded as in a bundle."""
-    run = start_run(M0)
-    r, _ = Receiver.from_m3(BOB, TRUST, run.m3, T0 + 1, known)
-    m4 = one(r.handle(Accept(), T0 + 2), "m4")
-    m5 = one(receive(run.sender, m4, T0 + 3), "m5")
-    m6 = one(receive(r, m5, T0 + 4), "m6")
-    tsq = one(receive(run.sender, m6, T0 + 5), "receipt-stamp")
-    run.sender.handle(TimestampReply(stamp(tsq, T0 + 6, kind="tsq")), T0 + 6)
+    run, r = completed_run(M0)
     bundle = evidence.from_sender(run.sender)
     m3 = M3.decode(run.m3)
     core: Core = m3.core
     bundle["refusal"] = base64.b64encode(sign_refusal(BOB, core, m3.eoo).encode()).decode()
     t = DEADLINES.m5_by + 1
     abort = AbortRequest(core, t, sign(ALICE.sig_key, "ABORT-REQ", core.cid, t)).encode()
+    m4 = r.state.m4
+    assert m4 is not None
     r1r = sign_resolve_request(BOB, "R", core, m3.token, m3.eoo, m4, m3.e_t, None, t).encode()
     late = DEADLINES.resolve_by + 1
     r1r_late = sign_resolve_request(BOB, "R", core, m3.token, m3.eoo, m4, m3.e_t, None,
