@@ -169,7 +169,7 @@ def loads(data: bytes | str) -> Any:
 
 def dumps(bundle: dict[str, Any]) -> str:
     """The file text of a bundle; ``loads`` reads it back unchanged."""
-    _fields(bundle)  # a bundle the project writes is one it reads
+    _check_shape(bundle)  # a bundle the project writes is one it reads
     return json.dumps(bundle, indent=1, allow_nan=False)
 
 
@@ -233,8 +233,9 @@ def load_trust(data: bytes | str) -> Trust:
 # --- verification ----------------------------------------------------------------------
 
 
-def _fields(bundle: object) -> dict[str, bytes | None]:
-    """The items of a parsed bundle, decoded; EvidenceInvalid for a wrong shape."""
+def _check_shape(bundle: object) -> dict[str, Any]:
+    """``bundle`` if it has only bundle fields, each of its type; EvidenceInvalid naming
+    the first wrong one otherwise."""
     if not isinstance(bundle, dict):
         raise EvidenceInvalid("format", "not an evidence bundle (a JSON object is expected)")
     for key in bundle:
@@ -244,14 +245,21 @@ def _fields(bundle: object) -> dict[str, bytes | None]:
         raise EvidenceInvalid("format", f"not an evidence bundle (format must be {FORMAT})")
     if bundle.get("holder") not in (None, *HOLDERS):
         raise EvidenceInvalid("holder", "must be \"sender\", \"receiver\" or null")
+    for name in ITEMS:
+        if not isinstance(bundle.get(name), str | None):
+            raise EvidenceInvalid(name, "must be a base64 string or null")
+    return bundle
+
+
+def _fields(bundle: object) -> dict[str, bytes | None]:
+    """The items of a parsed bundle, decoded; EvidenceInvalid for a wrong shape."""
+    shaped = _check_shape(bundle)
     out: dict[str, bytes | None] = {}
     for name in ITEMS:
-        v = bundle.get(name)
+        v = shaped.get(name)
         if v is None:
             out[name] = None
             continue
-        if not isinstance(v, str):
-            raise EvidenceInvalid(name, "must be a base64 string or null")
         try:
             out[name] = base64.b64decode(v, validate=True)
         except ValueError:
