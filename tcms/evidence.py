@@ -404,7 +404,7 @@ def _verify(it: dict[str, bytes | None], trust: Trust) -> Verdict:
                               "both key shares"]
     # what else the bundle shows, whatever the verdict
     if refused and verdict.kind != "refused":
-        verdict.statements.append(f"{r_name} signed a refusal of the mail")
+        verdict.statements.append(f"{r_name} refused the mail")
     if isinstance(answer, BadEscrow):
         verdict.statements.append(f"the TTP found {s_name}'s escrow invalid at "
                                   f"{checks.utc(answer.t)}: {answer.reason}")

@@ -182,7 +182,7 @@ def test_left_out_is_the_same_as_null() -> None:
 def test_every_extra_item_is_stated() -> None:
     v = evidence.verify({**FULL, "ttp_answer": ANSWER_ITEMS["ABORTED"]}, TRUST)
     assert v.kind == "received"
-    assert any("bob@b.test signed a refusal" in s for s in v.statements)
+    assert any("bob@b.test refused the mail" in s for s in v.statements)
     assert any("the TTP aborted the exchange" in s for s in v.statements)
     v = evidence.verify({**FULL, "m6": None, "receipt_token": None, "refusal": None,
                          "ttp_answer": ANSWER_ITEMS["REJECTED"]}, TRUST)
