@@ -230,7 +230,7 @@ def load_trust(settings: Settings, keystore: Keystore) -> tuple[Trust, Party]:
     g = settings.gateway
     try:
         if g.trust_file:
-            trust = evidence.trust_from_json(json.loads(g.trust_file.read_text()))
+            trust = evidence.load_trust(g.trust_file.read_bytes())
         else:
             from tss import credentials
 
