@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tcms.datakeys import DataKey, DataKeys
 from tcms.identity import Identity, Party
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.checks import Trust
@@ -35,6 +36,8 @@ TSA = TimeStampAuthority(create_credentials("Test TSA", now=dt.datetime(2026, 1,
 TRUST = Trust(TTP.party, TSA.creds.ca_cert)
 DEADLINES = Deadlines(T0 + 100, T0 + 200, T0 + 300, T0 + 1000)
 PARTIES = {p.name: p for p in (ALICE.party, BOB.party, CAROL.party)}
+# the data key of stores made in tests (a gateway's own comes from its keystore)
+DATA_KEYS = DataKeys([DataKey(0x7E570001, T0, b"k" * 32)], 0x7E570001)
 
 
 def known(name: str) -> Party | None:
@@ -107,13 +110,13 @@ def run_factory() -> Callable[..., Run]:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'tcms.db'}")
+        s = Store(f"sqlite:///{tmp_path / 'tcms.db'}", data_keys=DATA_KEYS)
         await s.upgrade()
         yield s
         await s.close()
         return
     async with pg_database() as url:
-        s = Store(url)
+        s = Store(url, data_keys=DATA_KEYS)
         await s.upgrade()
         yield s
         await s.close()

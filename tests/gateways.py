@@ -26,7 +26,9 @@ import httpx
 from mailstack import MASTER, MailStack, free_port
 from services import DC, PASSPHRASE, Services, prepare_keys, stop_process
 
+from tcms import datakeys
 from tcms.keystore import Keystore
+from tcms.store import Store
 
 USERS = {"alice@a.test": "alice-password", "bob@b.test": "bob-password",
          "carol@b.test": "carol-password", "dave@b.test": "dave-password"}
@@ -156,6 +158,11 @@ class GatewayProc:
                 if time.time() > deadline:
                     raise RuntimeError(self.log_text()) from None
                 time.sleep(0.2)
+
+    def store(self) -> Store:
+        """Its database, with its data keys (from its keystore) to read what it sealed."""
+        keys = datakeys.load((self.home or self.workdir) / "keys", PASSPHRASE.encode())
+        return Store(self.db_url, data_keys=keys)
 
     def log_text(self) -> str:
         return (self.workdir / "gateway.log").read_text(errors="replace")

@@ -5,13 +5,16 @@ SQLite.  Every recovery procedure is watched happening: R1S, R1R, R2S."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import smtplib
 import time
+import uuid
 from email.header import Header, decode_header, make_header
 from email.message import Message
+from pathlib import Path
 
 import pytest
 from gateways import (
@@ -25,6 +28,11 @@ from gateways import (
     subject_starts,
     wait_mail,
 )
+from test_data_at_rest import assert_nowhere, key_ids, mode, pg_dump, sqlite_bytes, tcms
+
+from tcms.protocol.receiver import ReceiverState
+from tcms.protocol.sender import SenderState
+from tcms.protocol.state import load_state
 
 pytestmark = pytest.mark.slow
 
@@ -188,10 +196,8 @@ def _receiver_run(orgs: Orgs, marker_subject: str) -> tuple[str, str, bool]:
     """(tx, phase, m4 sent) of b.test's receiver run with this subject."""
     import asyncio
 
-    from tcms.store import Store
-
     async def look() -> tuple[str, str, bool]:
-        store = Store(orgs.b.db_url)
+        store = orgs.b.store()
         try:
             for r in await store.list_runs():
                 if r.role == "receiver" and r.subject == marker_subject:
@@ -402,10 +408,8 @@ def _sender_state(orgs: Orgs, subject: str) -> tuple[str, bytes]:
     """(tx, stored state) of a.test's sender run with this subject."""
     import asyncio
 
-    from tcms.store import Store
-
     async def look() -> tuple[str, bytes]:
-        store = Store(orgs.a.db_url)
+        store = orgs.a.store()
         try:
             for r in await store.list_runs(owner="alice@a.test"):
                 if r.role == "sender" and r.subject == subject:
@@ -501,6 +505,107 @@ def test_the_ttp_is_down_when_a_deadline_passes(orgs: Orgs) -> None:
     res = orgs.verify(attachment(raw, "vnd.tcms.evidence+json"), "ttp-down-10.json")
     assert res.returncode == 0 and "(aborted)" in res.stdout, res.stdout + res.stderr
     wait_mail(imap, "carol@b.test", subject_starts("Expired:", "While the TTP sleeps"))
+
+
+# --- data at rest -------------------------------------------------------------------------
+
+
+def sealed_mail(subject: str, marker: str, to: str) -> bytes:
+    return (f"From: Alice <alice@a.test>\r\nTo: {to}\r\nSubject: [certified] {subject}\r\n"
+            f"Message-ID: <{marker}@a.test>\r\nX-Marker: {marker}\r\n\r\n"
+            f"Confidential terms, not for the database: {marker}-body\r\n").encode()
+
+
+async def states(orgs: Orgs, subject: str) -> list[SenderState | ReceiverState]:
+    out: list[SenderState | ReceiverState] = []
+    for gw in (orgs.a, orgs.b):
+        store = gw.store()
+        try:
+            for r in await store.list_runs(limit=1000):
+                if r.subject == subject:
+                    out.append(load_state(SenderState if r.role == "sender" else
+                                          ReceiverState, r.state))
+        finally:
+            await store.close()
+    return out
+
+
+def secrets_of(found: list[SenderState | ReceiverState], body: bytes) -> dict[str, bytes]:
+    out = {"the mail's body": body}
+    for i, st in enumerate(found):
+        for name in ("k_r", "k_t", "c"):
+            value = getattr(st, name, None)
+            if value:
+                out[f"{name} of run {i}"] = value
+    assert any(k.startswith("k_t") for k in out) and any(k.startswith("k_r") for k in out)
+    return out
+
+
+def test_a_copy_of_either_gateways_database_reveals_no_mail(orgs: Orgs) -> None:
+    """Issue 11, item 15, through two real gateways.
+    Alice certifies two mails: carol has not answered the first (the issue's case: both
+    key shares on alice's side), bob accepts the second (the exchange ends, he reads it).
+    Neither a.test's pg_dump nor b.test's SQLite files show a body, a key share or c; the
+    files are 0600.  Then b.test's data key is rotated while dave's notice waits: after the
+    restart dave accepts, the state sealed under the old key opens and is sealed again
+    under the new one; `tcms db reencrypt` moves everything to it while the gateway runs."""
+    tag = uuid.uuid4().hex[:10]
+    accepted, pending, rotated_over = f"Accepted {tag}", f"Pending {tag}", f"Rotated {tag}"
+    with orgs.a.smtp("alice@a.test") as s:
+        s.sendmail("alice@a.test", ["carol@b.test"], sealed_mail(pending, f"pen-{tag}",
+                                                               "carol@b.test"))
+        s.sendmail("alice@a.test", ["bob@b.test"], sealed_mail(accepted, f"acc-{tag}",
+                                                             "bob@b.test"))
+    wait_mail(orgs.proxy, "carol@b.test", subject_starts("Certified mail from", pending))
+    found = asyncio.run(states(orgs, pending))
+    uid, _ = wait_mail(orgs.proxy, "bob@b.test", subject_starts("Certified mail from",
+                                                                accepted))
+    move(orgs.proxy, "bob@b.test", uid, "Certified.Accept")
+    wait_mail(orgs.proxy, "bob@b.test", lambda m: m["X-Marker"] == f"acc-{tag}")
+    _, receipt = wait_mail(orgs.proxy, "alice@a.test", subject_starts("Receipt:", accepted))
+    found += asyncio.run(states(orgs, accepted))
+    assert len(found) == 4
+    a_dump, b_files = pg_dump(orgs.a.db_url), sqlite_bytes(orgs.b.db_url)
+    for body in (f"acc-{tag}-body", f"pen-{tag}-body"):
+        secrets = secrets_of(found, body.encode())
+        assert_nowhere(a_dump, secrets)
+        assert_nowhere(b_files, secrets)
+    b_db = Path(orgs.b.db_url.split(":///", 1)[1])
+    for f in (b_db, Path(f"{b_db}-wal"), Path(f"{b_db}-shm")):
+        assert not f.exists() or mode(f) == 0o600, f"{f} has mode {mode(f):o}"
+    # the evidence alice received by mail verifies: only the database is sealed
+    assert orgs.verify(attachment(receipt, "vnd.tcms.evidence+json"),
+                       f"{tag}.json").returncode == 0
+
+    # b.test's key rotates while dave's notice waits; the gateway restarts with it
+    b_env = orgs.b.env()
+    (first,) = set(key_ids(tcms(["db", "key-usage"], b_env).stdout))
+    with orgs.a.smtp("alice@a.test") as s:
+        s.sendmail("alice@a.test", ["dave@b.test"], sealed_mail(rotated_over, f"rot-{tag}",
+                                                              "dave@b.test"))
+    uid, _ = wait_mail(orgs.proxy, "dave@b.test", subject_starts("Certified mail from",
+                                                                 rotated_over))
+    rotated = tcms(["keys", "data-key", "rotate"], b_env)
+    assert rotated.returncode == 0, rotated.stderr
+    second = key_ids(rotated.stdout)[0]
+    orgs.b.stop(signal.SIGTERM)
+    orgs.b.start()
+    move(orgs.proxy, "dave@b.test", uid, "Certified.Accept")  # a state sealed under key 1
+    wait_mail(orgs.proxy, "dave@b.test", lambda m: m["X-Marker"] == f"rot-{tag}")
+    wait_mail(orgs.proxy, "alice@a.test", subject_starts("Receipt:", rotated_over))
+    usage = tcms(["db", "key-usage"], b_env).stdout
+    assert f"under {second} (current)" in usage.split("runs.state")[1], usage
+    assert f"under {first}" in usage, usage  # carol's and bob's runs, not touched since
+    again = tcms(["db", "reencrypt"], b_env)
+    assert again.returncode == 0, again.stderr
+    assert f"under {first}" not in again.stdout and "in clear" not in again.stdout
+    # without the passphrase the gateway's state cannot be read, and the error says why
+    tx = query(orgs.b.db_url, "SELECT tx FROM runs WHERE subject = ?", rotated_over)[0][0]
+    no_key = {k: v for k, v in b_env.items() if k != "TCMS_KEYS__PASSPHRASE"}
+    res = tcms(["tx", "export", str(tx)], no_key)
+    assert res.returncode == 1 and "DataKeyMissing" in res.stderr, res.stderr
+    res = tcms(["tx", "export", str(tx)], b_env)
+    assert res.returncode == 0 and '"holder": "receiver"' in res.stdout, res.stderr
 
 
 def test_no_secret_reaches_a_log(orgs: Orgs) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import TRUST, stamp
 from gateways import (
+    GatewayProc,
     Orgs,
     attachment,
     inbound_outcome,
@@ -37,7 +38,6 @@ from tcms.keystore import Keystore
 from tcms.protocol.events import Send, TimestampReply
 from tcms.protocol.messages import M3, Deadlines, Description
 from tcms.protocol.sender import Sender
-from tcms.store import Store
 
 pytestmark = pytest.mark.slow
 MALLORY = Identity.from_seed("mallory@evil.test", b"mallory!" * 4)
@@ -173,7 +173,7 @@ def test_a_replayed_m3_cannot_take_the_recipients_exchange(orgs: Orgs) -> None:
         with orgs.a.smtp("alice@a.test") as s:
             s.sendmail("alice@a.test", ["bob@b.test"],
                        certified("[certified] Replay target", "replay-2"))
-        m3, tx = wait_until("alice's m3 to go out", lambda: _sent_m3(orgs.a.db_url))  # type: ignore[misc]
+        m3, tx = wait_until("alice's m3 to go out", lambda: _sent_m3(orgs.a))  # type: ignore[misc]
     finally:
         orgs.b.start()
     to_intake(orgs, m3, tx=tx, mail_from="tcms-gateway@a.test")  # the replay, to the gateway
@@ -206,9 +206,9 @@ def _inbound_count(db_url: str, tx: str) -> int:
     return len(query(db_url, "SELECT id FROM inbound WHERE tx = ?", tx))
 
 
-def _sent_m3(db_url: str) -> tuple[bytes, str] | None:
+def _sent_m3(gw: GatewayProc) -> tuple[bytes, str] | None:
     async def look() -> tuple[bytes, str] | None:
-        store = Store(db_url)
+        store = gw.store()
         try:
             for r in await store.list_runs(owner="alice@a.test"):
                 if r.role == "sender" and r.subject == "Replay target":

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import DATA_KEYS
 
 from gateway.queue import Queues, backoff
 from gateway.worker import Lane, Worker
@@ -162,7 +163,7 @@ def test_an_administrator_lists_shows_retries_and_drops(tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
 
     async def prepare() -> list[int]:
-        store = Store(f"sqlite:///{db}")
+        store = Store(f"sqlite:///{db}", data_keys=DATA_KEYS)
         await store.upgrade()
         q = Queues(store, max_attempts=1)
         ids = await add(q, 2)

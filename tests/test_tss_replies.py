@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ALICE, BOB, DEADLINES, T0, TRUST
+from conftest import ALICE, BOB, DATA_KEYS, DEADLINES, T0, TRUST
 from fakehttp import serve
 
 from gateway import dispatch
@@ -49,7 +49,7 @@ def test_reading_a_malformed_reply_is_a_timestamp_error(reply: bytes) -> None:
 async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: bytes) -> None:
     """The gateway's outbox sends m1 to a TSS that answers with a malformed reply: the run
     ends as failed, the m1 row is done, and the user gets a notice naming the cause."""
-    store = Store(f"sqlite:///{tmp_path / 'gw.db'}")
+    store = Store(f"sqlite:///{tmp_path / 'gw.db'}", data_keys=DATA_KEYS)
     await store.upgrade()
     keystore = Keystore(tmp_path / "keys", b"passphrase")
     keystore.save(ALICE)
