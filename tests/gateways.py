@@ -222,8 +222,8 @@ def messages(via: Via, user: str, folder: str = "INBOX") -> list[tuple[bytes, by
         _, data = imap.uid("SEARCH", None, "ALL")  # type: ignore[arg-type]
         out = []
         for uid in data[0].split():
-            _, msg = imap.uid("FETCH", uid, "(BODY.PEEK[])")  # type: ignore[arg-type]
-            out.append((uid, bytes(msg[0][1])))  # type: ignore[index]
+            _, msg = imap.uid("FETCH", uid, "(BODY.PEEK[])")
+            out.append((uid, bytes(msg[0][1])))
         return out
 
 

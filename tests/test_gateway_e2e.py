@@ -9,6 +9,7 @@ import os
 import signal
 import smtplib
 import time
+from collections.abc import Callable
 from email.header import Header, decode_header, make_header
 from email.message import Message
 
@@ -48,7 +49,7 @@ def notice_for(orgs: Orgs, user: str, about: str) -> tuple[bytes, Message]:
     return uid, parse(raw)
 
 
-def original(marker: str) -> object:
+def original(marker: str) -> Callable[[Message], bool]:
     return lambda m: m["X-Marker"] == marker and m["TCMS-Certified"] is not None
 
 
@@ -64,6 +65,12 @@ def no_protocol_mail_left(orgs: Orgs, *users: str) -> None:
 
 def decoded(value: object) -> str:
     return str(make_header(decode_header(str(value))))
+
+
+def decoded_subject(prefix: str, about: str) -> Callable[[Message], bool]:
+    """Matches a mail whose decoded subject starts with ``prefix`` and names ``about``."""
+    return lambda m: (decoded(m["Subject"]).startswith(prefix)
+                      and about in decoded(m["Subject"]))
 
 
 def test_accept_read_and_receipt(orgs: Orgs) -> None:
@@ -103,9 +110,8 @@ def test_accept_read_and_receipt(orgs: Orgs) -> None:
     no_protocol_mail_left(orgs, "alice@a.test", "bob@b.test")
 
 
-def count(orgs: Orgs, user: str, match: object) -> int:
-    return sum(1 for _, r in messages(orgs.proxy, user)
-               if match(parse(r)))  # type: ignore[operator]
+def count(orgs: Orgs, user: str, match: Callable[[Message], bool]) -> int:
+    return sum(1 for _, r in messages(orgs.proxy, user) if match(parse(r)))
 
 
 def test_refuse_by_replying_to_the_notice(orgs: Orgs) -> None:
@@ -137,9 +143,7 @@ def test_several_recipients_non_ascii_and_an_uncertifiable_one(orgs: Orgs) -> No
     send(orgs, raw, ["bob@b.test", "carol@b.test", "dave@b.test", "nobody@b.test",
                      "x@unknown.test"])
     for who in ("nobody@b.test", "x@unknown.test"):
-        _, fail = wait_mail(imap, "alice@a.test",
-                            lambda m, w=who: decoded(m["Subject"]).startswith("Not sent:")
-                            and w in decoded(m["Subject"]))
+        _, fail = wait_mail(imap, "alice@a.test", decoded_subject("Not sent:", who))
         assert b"NOT sent" in fail
     notes = {u: notice_for(orgs, u, "Vertrag über Grüße") for u in
              ("bob@b.test", "carol@b.test", "dave@b.test")}
@@ -156,9 +160,7 @@ def test_several_recipients_non_ascii_and_an_uncertifiable_one(orgs: Orgs) -> No
         assert content.replace("\r\n", "\n") == body.replace("\r\n", "\n")
         assert msg["Bcc"] is None
     for user in ("bob@b.test", "carol@b.test", "dave@b.test"):
-        _, rec = wait_mail(imap, "alice@a.test",
-                           lambda m, u=user: decoded(m["Subject"]).startswith("Receipt:")
-                           and u in decoded(m["Subject"]))
+        _, rec = wait_mail(imap, "alice@a.test", decoded_subject("Receipt:", user))
         res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), f"multi-{user}.json")
         assert res.returncode == 0 and "(received)" in res.stdout, res.stdout
     time.sleep(1)
