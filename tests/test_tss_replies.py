@@ -73,7 +73,7 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
         rows = await store.messages_of(sender.cid)
         m1 = [r for r in rows if r["kind"] == "m1"]
         assert len(m1) == 1 and m1[0]["sent_at"] == T0 + 1 and m1[0]["attempts"] == 1
-        pending = await store.pending_outbox()
+        pending = await store.claim_outbox(T0 + 2, dispatch.LEASE)
         assert [(r["destination"], r["kind"]) for r in pending] == [("mailbox", "failed")]
         assert b"malformed time-stamp reply" in bytes(pending[0]["data"])
     finally:
