@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,17 @@ from tcms.store import Store
 from tss.authority import TimeStampAuthority, create_credentials
 
 PG_URL = os.environ.get("TCMS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    """SIGTERM or SIGHUP (a CI timeout, a closed terminal) ends the run as Ctrl-C does:
+    fixtures are torn down and atexit handlers run, so no server a test started is left
+    running (tests/services.py, tests/mailstack.py)."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+signal.signal(signal.SIGTERM, _interrupted)
+signal.signal(signal.SIGHUP, _interrupted)
 T0 = 1_800_000_000  # a fixed "now" for protocol tests (2027-01-15)
 
 ALICE = Identity.from_seed("alice@a.test", b"alice" * 6 + b"xx")
