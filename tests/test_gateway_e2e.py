@@ -12,6 +12,7 @@ import signal
 import smtplib
 import time
 import uuid
+from collections.abc import Callable
 from email.header import Header, decode_header, make_header
 from email.message import Message
 from pathlib import Path
@@ -25,6 +26,7 @@ from gateways import (
     move,
     parse,
     query,
+    settled,
     subject_starts,
     wait_mail,
 )
@@ -57,7 +59,7 @@ def notice_for(orgs: Orgs, user: str, about: str) -> tuple[bytes, Message]:
     return uid, parse(raw)
 
 
-def original(marker: str) -> object:
+def original(marker: str) -> Callable[[Message], bool]:
     return lambda m: m["X-Marker"] == marker and m["TCMS-Certified"] is not None
 
 
@@ -73,6 +75,12 @@ def no_protocol_mail_left(orgs: Orgs, *users: str) -> None:
 
 def decoded(value: object) -> str:
     return str(make_header(decode_header(str(value))))
+
+
+def decoded_subject(prefix: str, about: str) -> Callable[[Message], bool]:
+    """Matches a mail whose decoded subject starts with ``prefix`` and names ``about``."""
+    return lambda m: (decoded(m["Subject"]).startswith(prefix)
+                      and about in decoded(m["Subject"]))
 
 
 def test_accept_read_and_receipt(orgs: Orgs) -> None:
@@ -112,9 +120,8 @@ def test_accept_read_and_receipt(orgs: Orgs) -> None:
     no_protocol_mail_left(orgs, "alice@a.test", "bob@b.test")
 
 
-def count(orgs: Orgs, user: str, match: object) -> int:
-    return sum(1 for _, r in messages(orgs.proxy, user)
-               if match(parse(r)))  # type: ignore[operator]
+def count(orgs: Orgs, user: str, match: Callable[[Message], bool]) -> int:
+    return sum(1 for _, r in messages(orgs.proxy, user) if match(parse(r)))
 
 
 def test_refuse_by_replying_to_the_notice(orgs: Orgs) -> None:
@@ -132,7 +139,7 @@ def test_refuse_by_replying_to_the_notice(orgs: Orgs) -> None:
     _, raw = wait_mail(imap, "alice@a.test", subject_starts("Refused:", "Offer to refuse"))
     res = orgs.verify(attachment(raw, "vnd.tcms.evidence+json"), "refuse-2.json")
     assert res.returncode == 0 and "refused" in res.stdout, res.stdout + res.stderr
-    time.sleep(2)
+    settled(tx, orgs.a, orgs.b)  # both gateways are done with it: the mailboxes are final
     assert count(orgs, "bob@b.test", original("refuse-2")) == 0
     assert count(orgs, "alice@a.test", subject_starts("Receipt:", "Offer to refuse")) == 0
 
@@ -146,9 +153,7 @@ def test_several_recipients_non_ascii_and_an_uncertifiable_one(orgs: Orgs) -> No
     send(orgs, raw, ["bob@b.test", "carol@b.test", "dave@b.test", "nobody@b.test",
                      "x@unknown.test"])
     for who in ("nobody@b.test", "x@unknown.test"):
-        _, fail = wait_mail(imap, "alice@a.test",
-                            lambda m, w=who: decoded(m["Subject"]).startswith("Not sent:")
-                            and w in decoded(m["Subject"]))
+        _, fail = wait_mail(imap, "alice@a.test", decoded_subject("Not sent:", who))
         assert b"NOT sent" in fail
     notes = {u: notice_for(orgs, u, "Vertrag über Grüße") for u in
              ("bob@b.test", "carol@b.test", "dave@b.test")}
@@ -165,12 +170,11 @@ def test_several_recipients_non_ascii_and_an_uncertifiable_one(orgs: Orgs) -> No
         assert content.replace("\r\n", "\n") == body.replace("\r\n", "\n")
         assert msg["Bcc"] is None
     for user in ("bob@b.test", "carol@b.test", "dave@b.test"):
-        _, rec = wait_mail(imap, "alice@a.test",
-                           lambda m, u=user: decoded(m["Subject"]).startswith("Receipt:")
-                           and u in decoded(m["Subject"]))
+        _, rec = wait_mail(imap, "alice@a.test", decoded_subject("Receipt:", user))
         res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), f"multi-{user}.json")
         assert res.returncode == 0 and "(received)" in res.stdout, res.stdout
-    time.sleep(1)
+    for _, note in notes.values():
+        settled(str(note["TCMS-Notice"]), orgs.a, orgs.b)
     for user in ("bob@b.test", "carol@b.test", "dave@b.test"):
         assert count(orgs, user, original("multi-3")) == 1
 
@@ -186,9 +190,12 @@ def test_recipient_never_answers_r1s(orgs: Orgs) -> None:
     assert res.returncode == 0 and "(aborted)" in res.stdout, res.stdout + res.stderr
     wait_mail(imap, "carol@b.test", subject_starts("Expired:", "Silent treatment"))
     # a late accept changes nothing: the notice is consumed, the mail stays sealed
-    uid, _ = notice_for(orgs, "carol@b.test", "Silent treatment")
+    uid, note = notice_for(orgs, "carol@b.test", "Silent treatment")
+    tx = str(note["TCMS-Notice"])
+    mark = len(orgs.b.log_text())
     move(imap, "carol@b.test", uid, "Certified.Accept")
-    time.sleep(3)
+    orgs.b.wait_log(f"exchange {tx}: carol@b.test could not be accepted", since=mark)
+    settled(tx, orgs.a, orgs.b)
     assert count(orgs, "carol@b.test", original("r1s-4")) == 0
 
 
@@ -233,7 +240,7 @@ def test_sender_stalls_after_m4_r1r(orgs: Orgs) -> None:
 def test_recipient_stalls_after_m5_r2s(orgs: Orgs) -> None:
     imap = orgs.proxy
     send(orgs, certified("[certified] Stalling recipient", "r2s-6"), ["bob@b.test"])
-    uid, _ = notice_for(orgs, "bob@b.test", "Stalling recipient")
+    uid, note = notice_for(orgs, "bob@b.test", "Stalling recipient")
     move(imap, "bob@b.test", uid, "Certified.Accept")
     deadline = time.time() + 30
     while not _receiver_run(orgs, "Stalling recipient")[2]:  # m4 is out
@@ -249,9 +256,18 @@ def test_recipient_stalls_after_m5_r2s(orgs: Orgs) -> None:
         assert res.returncode == 0, res.stdout + res.stderr
     finally:
         orgs.b.send_signal(signal.SIGCONT)
-    # bob's gateway carries on: the mail is delivered once, the late m6 changes nothing
+    # bob's gateway carries on: it takes the late m5 and either answers it with m6 or, when
+    # its own m5 deadline fires first, ends through the TTP; the mail is delivered once and
+    # a late m6 changes nothing
     wait_mail(imap, "bob@b.test", original("r2s-6"))
-    time.sleep(2)
+    tx = str(note["TCMS-Notice"])
+    inbound_outcome(orgs.b.db_url, tx, kind="m5")
+    settled(tx, orgs.a, orgs.b)
+    if query(orgs.b.db_url, "SELECT m.id FROM messages m JOIN runs r ON m.cid = r.cid "
+                            "AND m.role = r.role WHERE r.tx = ? AND m.kind = 'm6'", tx):
+        status, detail = inbound_outcome(orgs.a.db_url, tx, kind="m6")
+        assert status == "done", detail
+        settled(tx, orgs.a)
     assert count(orgs, "bob@b.test", original("r2s-6")) == 1
     assert count(orgs, "alice@a.test", subject_starts("Receipt:", "Stalling recipient")) == 1
 
@@ -317,14 +333,14 @@ def test_a_gateway_killed_at_each_step_the_exchange_still_ends_fair(
 
     if at in ("await-m4", "pending"):  # steps before the recipient answers
         wait_and_kill()
-    uid, _ = notice_for(orgs, "bob@b.test", subject)
+    uid, note = notice_for(orgs, "bob@b.test", subject)
     move(imap, "bob@b.test", uid, "Certified.Accept")
     wait_and_kill()
     _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", subject), timeout=90)
     wait_mail(imap, "bob@b.test", original(marker))
     res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), f"{marker}.json")
     assert res.returncode == 0, res.stdout + res.stderr
-    time.sleep(2)
+    settled(str(note["TCMS-Notice"]), orgs.a, orgs.b)
     assert count(orgs, "bob@b.test", original(marker)) == 1
     assert count(orgs, "bob@b.test", subject_starts("Certified mail from", subject)) <= 1
     assert count(orgs, "alice@a.test", subject_starts("Receipt:", subject)) == 1
@@ -362,7 +378,6 @@ def test_a_20_mb_attachment(orgs: Orgs) -> None:
 
 def deliveries(orgs: Orgs, sender: str, rcpt: str) -> int:
     """How many mails Postfix delivered from ``sender`` to ``rcpt`` (its log)."""
-    import re
 
     log = orgs.stack.maillog()
     senders = set(re.findall(r"(\w+): from=<" + re.escape(sender) + ">", log))
@@ -384,20 +399,28 @@ def test_two_replicas_share_postgresql_and_send_nothing_twice(orgs: Orgs) -> Non
                 s.sendmail("alice@a.test", ["dave@b.test"],
                            certified(f"[certified] Replicated {i}", f"replica-{i}",
                                      to="dave@b.test"))
+        txs = []
         for i in range(n):
-            uid, _ = notice_for(orgs, "dave@b.test", f"Replicated {i}")
+            uid, note = notice_for(orgs, "dave@b.test", f"Replicated {i}")
+            txs.append(str(note["TCMS-Notice"]))
             move(imap, "dave@b.test", uid, "Certified.Accept")
         for i in range(n):
             wait_mail(imap, "alice@a.test", subject_starts("Receipt:", f"Replicated {i}"))
             wait_mail(imap, "dave@b.test", original(f"replica-{i}"))
-        time.sleep(3)
+        for tx in txs:
+            settled(tx, orgs.a, orgs.b)
         for i in range(n):
             assert count(orgs, "dave@b.test", original(f"replica-{i}")) == 1
             assert count(orgs, "alice@a.test", subject_starts("Receipt:",
                                                               f"Replicated {i}")) == 1
             assert count(orgs, "alice@a.test", subject_starts(
                 "Sent for certification", f"Replicated {i}")) == 1
-        # exactly m3 and m5 per exchange went from alice's gateway to dave's
+        # exactly m3 and m5 per exchange went from alice's gateway to dave's (dave's has
+        # handled them all; Postfix logs each delivery as it ends)
+        deadline = time.time() + 30
+        while (deliveries(orgs, "tcms-gateway@a.test", "tcms-gateway@b.test") - before
+               < 2 * n and time.time() < deadline):
+            time.sleep(0.1)
         assert deliveries(orgs, "tcms-gateway@a.test", "tcms-gateway@b.test") - before == 2 * n
         assert "protocol worker started" in replica.log_text()
     finally:
@@ -491,11 +514,9 @@ def test_the_ttp_is_down_when_a_deadline_passes(orgs: Orgs) -> None:
     mark = len(orgs.a.log_text())
     orgs.services.stop()
     try:
-        # past the accept deadline alice's gateway tries the TTP, fails, and will retry
-        deadline = time.time() + 120
-        while not re.search(r"\(abort to ttp\).*retrying", orgs.a.log_text()[mark:]):
-            assert time.time() < deadline, "the abort was never tried"
-            time.sleep(0.2)
+        # past the accept deadline alice's gateway tries the abort, cannot reach the TTP,
+        # and says it will retry: until then no abort can have been decided
+        orgs.a.wait_log("(abort to ttp)", "retrying in", since=mark, timeout=90)
         assert count(orgs, "alice@a.test", subject_starts("Not delivered:",
                                                           "While the TTP sleeps")) == 0
     finally:
@@ -522,9 +543,10 @@ async def states(orgs: Orgs, subject: str) -> list[SenderState | ReceiverState]:
         store = gw.store()
         try:
             for r in await store.list_runs(limit=1000):
-                if r.subject == subject:
-                    out.append(load_state(SenderState if r.role == "sender" else
-                                          ReceiverState, r.state))
+                if r.subject == subject and r.role == "sender":
+                    out.append(load_state(SenderState, r.state))
+                elif r.subject == subject:
+                    out.append(load_state(ReceiverState, r.state))
         finally:
             await store.close()
     return out
@@ -609,15 +631,30 @@ def test_a_copy_of_either_gateways_database_reveals_no_mail(orgs: Orgs) -> None:
 
 
 def test_no_secret_reaches_a_log(orgs: Orgs) -> None:
-    """After everything above: users' passwords, the IMAP master password and the key
-    passphrase appear in no gateway or service log."""
+    """Users' passwords (right and wrong ones), the IMAP master password and the key
+    passphrase appear in no gateway or service log.  Whatever ran before, this test drives
+    each path that handles one itself: the services and gateways started with the
+    passphrase, SMTP AUTH, IMAP logins through the proxy (which logs in to Dovecot as the
+    master user), the answer check and the delivery (master user again)."""
+    import imaplib
+
     from gateways import USERS
     from mailstack import MASTER
     from services import PASSPHRASE
 
+    wrong = "not-alices-password-7f3a"
+    with orgs.a.connect() as s, pytest.raises(smtplib.SMTPAuthenticationError):
+        s.login("alice@a.test", wrong)
+    with (imaplib.IMAP4_SSL("127.0.0.1", orgs.b.imaps, ssl_context=orgs.b.tls,
+                            timeout=30) as imap, pytest.raises(imaplib.IMAP4.error)):
+        imap.login("bob@b.test", wrong)
     send(orgs, certified("[certified] Log check", "log-11"), ["bob@b.test"])
-    notice_for(orgs, "bob@b.test", "Log check")
+    uid, _ = notice_for(orgs, "bob@b.test", "Log check")
+    move(orgs.proxy, "bob@b.test", uid, "Certified.Accept")
+    wait_mail(orgs.proxy, "bob@b.test", original("log-11"))
+    wait_mail(orgs.proxy, "alice@a.test", subject_starts("Receipt:", "Log check"))
     logs = orgs.a.log_text() + orgs.b.log_text() + orgs.services.log_text()
     assert "AUTH ok for alice@a.test" in logs  # the logs are the real ones
-    for secret in [*USERS.values(), MASTER[1], PASSPHRASE]:
+    assert "AUTH failed" in logs and "accepted it" in logs
+    for secret in [*USERS.values(), wrong, MASTER[1], PASSPHRASE]:
         assert secret not in logs

@@ -287,21 +287,6 @@ class Store:
 
     # --- outbox ----------------------------------------------------------------------
 
-    async def pending_outbox(self, limit: int = 100) -> list[dict[str, Any]]:
-        q = (select(m.messages).where(m.messages.c.direction == "out",
-                                      m.messages.c.sent_at.is_(None))
-             .order_by(m.messages.c.id).limit(limit))
-        async with self.engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(q)).mappings().all()]
-
-    async def mark_sent(self, message_id: int, now: int) -> bool:
-        """Claim an outbox message; False if another worker already sent it."""
-        async with self.transaction() as conn:
-            res = await conn.execute(update(m.messages).where(
-                m.messages.c.id == message_id, m.messages.c.sent_at.is_(None)
-            ).values(sent_at=now))
-            return bool(res.rowcount == 1)
-
     async def claim_outbox(self, now: int, lease: int, limit: int = 50,
                            by: str | None = None) -> list[dict[str, Any]]:
         """Claim unsent outbox messages for ``lease`` seconds, oldest first, in one
@@ -339,12 +324,6 @@ class Store:
         async with self.transaction() as conn:
             await conn.execute(update(m.messages).where(m.messages.c.id == message_id)
                                .values(sent_at=now, claimed_until=None, last_error=None))
-
-    async def outbox_retry(self, message_id: int, retry_at: int, error: str) -> None:
-        """Leave the message unsent, to be claimed again from ``retry_at``."""
-        async with self.transaction() as conn:
-            await conn.execute(update(m.messages).where(m.messages.c.id == message_id)
-                               .values(claimed_until=retry_at, last_error=error[:1000]))
 
     async def messages_of(self, cid: bytes) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
