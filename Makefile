@@ -12,7 +12,7 @@ export TCMS_TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 # of the demo and the end-to-end tests (tests/mailstack.py), then what the tests add:
 # openssl and curl (RFC 3161 and TLS interoperability), dieharder (TSRG batteries)
 MAIL_TOOLS := postfix:postfix dovecot:dovecot-imapd /usr/lib/dovecot/lmtp:dovecot-lmtpd \
-              sievec:dovecot-sieve swaks:swaks openssl:openssl
+              swaks:swaks openssl:openssl
 TEST_TOOLS := $(MAIL_TOOLS) curl:curl dieharder:dieharder
 # install the packages of $(1) that are missing (root, as on a fresh Debian machine)
 define install_missing
@@ -38,7 +38,7 @@ demo: $(STAMP) mail-packages  ## two organisations, real Postfix + Dovecot, one 
 demo-inprocess: $(STAMP)  ## five exchanges between in-process parties (no mail servers), every recovery path
 	$(BIN)/tcms demo --out demo-out
 
-mail-packages:  ## Debian's Postfix, Dovecot (IMAP, LMTP, Sieve), swaks and openssl, if missing
+mail-packages:  ## Debian's Postfix, Dovecot (IMAP, LMTP), swaks and openssl, if missing
 	$(call install_missing,$(MAIL_TOOLS))
 
 test-packages:  ## the mail packages, curl and dieharder, if missing (root)
