@@ -9,8 +9,12 @@ IMAP proxies (TLS):
   moving it to Certified.Accept -> bob reads the original -> alice gets the receipt ->
   anyone verifies the evidence offline with `tcms verify`.
 
-Needs root and Debian's postfix, dovecot-imapd, dovecot-lmtpd, dovecot-sieve (`make demo`
-installs them).  It keeps its state in SQLite; no PostgreSQL is needed.
+Protocol mail between the gateways goes to each one's protocol address
+(tcms-gateway@a.test, tcms-gateway@b.test), which Postfix routes to the gateway's LMTP
+intake (one transport_maps line each); users' mailboxes never see it.
+
+Needs root and Debian's postfix, dovecot-imapd, dovecot-lmtpd (`make demo` installs
+them).  It keeps its state in SQLite; no PostgreSQL is needed.
 """
 
 from __future__ import annotations
@@ -54,10 +58,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("demo-out"),
                     help="where the evidence and trust file are written")
     args = ap.parse_args()
-    missing = [c for c in ("postfix", "dovecot", "sievec") if shutil.which(c) is None]
+    missing = [c for c in ("postfix", "dovecot") if shutil.which(c) is None]
     if missing:
         print(f"missing: {', '.join(missing)}; install postfix dovecot-imapd dovecot-lmtpd "
-              "dovecot-sieve (as root: make demo does)", file=sys.stderr)
+              "(as root: make demo does)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="tcms-demo-"))
     step("Starting Postfix + Dovecot (a.test, b.test), the TSS, TTP and DC, and two "

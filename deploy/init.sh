@@ -17,5 +17,9 @@ for id in "${TCMS_TTP__IDENTITY:-ttp@tcms.local}:ttp" "${TCMS_DC__IDENTITY:-dc@t
 done
 [ -d "${TCMS_DC__UPDATES_DIR:-var/updates}" ] || tcms dc updates init
 tcms keys export "$gw" > "$keys/gateway-public.json"
-tcms dc register "$domain" "$keys/gateway-public.json"
-echo "TCMS initialised for $domain"
+protocol="${TCMS_GATEWAY__PROTOCOL_ADDRESS:-tcms-gateway}@$domain"
+tcms dc register "$domain" "$keys/gateway-public.json" --protocol-address "$protocol"
+echo "TCMS initialised for $domain; protocol mail goes to $protocol"
+echo "Route that address to the gateway's intake in your MTA, e.g. Postfix:"
+echo "  transport_maps = hash:/etc/postfix/transport   with the line"
+echo "  $protocol lmtp:inet:GATEWAY-HOST:8024"

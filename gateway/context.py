@@ -159,11 +159,6 @@ class GatewayContext:
 
     # --- the users it serves ------------------------------------------------------------
 
-    def users(self) -> list[str]:
-        """Every enrolled user of the gateway's domains (their keys are in the keystore)."""
-        return sorted(p.name for kind, p in self.keystore.list()
-                      if kind == "user" and self.serves(p.name))
-
     def identity(self, address: str) -> Identity | None:
         name = normalise_name(address)
         if name not in self._identities:
@@ -234,7 +229,7 @@ def load_trust(settings: Settings, keystore: Keystore) -> tuple[Trust, Party]:
     g = settings.gateway
     try:
         if g.trust_file:
-            trust = evidence.trust_from_json(json.loads(g.trust_file.read_text()))
+            trust = evidence.load_trust(g.trust_file.read_bytes())
         else:
             from tss import credentials
 

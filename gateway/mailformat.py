@@ -113,7 +113,9 @@ def parse(raw: bytes) -> ProtocolMail | None:
     if not is_protocol_mail(raw):
         return None
     try:
-        msg = message_from_bytes(raw, policy=email.policy.default)
+        # compat32: headers as plain strings, without the modern policy's costly parsing of
+        # every header (only TCMS-Message, TCMS-Transaction and the part headers are read)
+        msg = message_from_bytes(raw, policy=email.policy.compat32)
     except Exception:
         raise MailFormatError("unparseable MIME") from None
     assert isinstance(msg, EmailMessage)

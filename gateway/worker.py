@@ -13,9 +13,10 @@ One item never delays another: each kind of work is a lane that keeps up to
 ``CONCURRENCY`` items in flight and claims the next as soon as one finishes, and an item
 that raises is retried with backoff or quarantined without touching the rest (logged once
 with its traceback when the failure is unexpected).  All state is in SQL, so a restarted
-or second worker carries on where another stopped; a local kick (the intake, the
-submission proxy, the IMAP proxy, a finished item) wakes the lanes at once, and every lane
-also looks for work every ``poll_interval`` seconds (work stored by another replica).
+or second worker carries on where another stopped; a local kick wakes the lane that has
+new work at once (the intake: inbound; the submission proxy: submissions; the IMAP proxy:
+answers; a finished item: the outbox), and every lane also looks for work every
+``poll_interval`` seconds (work stored by another replica).
 """
 
 from __future__ import annotations
@@ -175,11 +176,18 @@ class Worker:
         self.clock = clock
         self._wake: dict[str, asyncio.Event] = {}
 
-    def kick(self, but: str | None = None) -> None:
-        """New work was stored here: wake every lane now (``but`` one)."""
+    def kick(self, *lanes: str) -> None:
+        """New work was stored here: wake those lanes now (all of them if none is named)."""
         for name, ev in self._wake.items():
-            if name != but:
+            if not lanes or name in lanes:
                 ev.set()
+
+    def kick_inbound(self) -> None:
+        self.kick("inbound")
+
+    def kick_submissions(self) -> None:
+        """A submission was stored (or a notice answered by mail: its m4 is in the outbox)."""
+        self.kick("submissions", "outbox")
 
     async def answers_filed(self, user: str, folder: str) -> None:
         """The IMAP proxy saw ``user`` file mail into ``folder``: if it is an answer
@@ -193,7 +201,7 @@ class Worker:
         now = self.clock()
         await self.ctx.queues.want_answer_check(name, now, now)
         log.info("%s filed mail into %s: looking at their answers now", name, folder)
-        self.kick()
+        self.kick("answers")
 
     # --- isolation ------------------------------------------------------------------
 
@@ -306,7 +314,7 @@ class Worker:
                     q.popleft()
             finally:
                 del queues[k]
-                self.kick(but=lane.name if not lane.queue_same_key else None)
+                self.kick("outbox")  # what an item did is sent by the outbox
 
         while True:
             wake.clear()

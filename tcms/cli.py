@@ -127,6 +127,20 @@ def keys_export(ctx: click.Context, name: str, output: Any) -> None:
 # --- verify -------------------------------------------------------------------------------
 
 
+class _UnusableInput(click.ClickException):
+    """Input `tcms verify` cannot use at all: exit status 2 (1 means invalid evidence)."""
+
+    exit_code = 2
+
+
+def _read_bounded(file: Any, limit: int, what: str) -> bytes:
+    try:
+        data: bytes = file.read(limit + 1)
+    except OSError as exc:
+        raise _UnusableInput(f"cannot read the {what}: {exc.strerror or exc}") from None
+    return data
+
+
 @main.command()
 @click.argument("bundle", type=click.File("rb"))
 @click.option("--trust", "-t", "trust_file", type=click.File("rb"), required=True,
@@ -135,18 +149,25 @@ def keys_export(ctx: click.Context, name: str, output: Any) -> None:
 @click.option("--extract", type=click.Path(dir_okay=False, writable=True),
               help="Write the certified original mail (m0) to this file.")
 def verify(bundle: Any, trust_file: Any, as_json: bool, extract: str | None) -> None:
-    """Verify an evidence BUNDLE offline and say what it proves.
+    """Verify an evidence BUNDLE offline and say what it proves (docs/evidence.md).
 
-    Exit status 0: the evidence is valid (receipt, origin, abort...); 1: it is invalid,
-    and the failing check is named; 2: the files cannot be read."""
+    \b
+    Exit status:
+      0  the evidence is valid; its verdict is printed
+      1  the evidence is invalid; the failing check is named
+      2  the input cannot be used: a file cannot be read, the bundle is not
+         strict JSON (larger than 128 MiB, nested too deeply, a field twice),
+         the trust file is not a valid tcms-trust/1 file, or the --extract
+         file cannot be written"""
     try:
-        trust = evidence.trust_from_json(json.load(trust_file))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise click.ClickException(f"cannot read the trust file: {exc}") from None
+        trust = evidence.load_trust(_read_bounded(trust_file, evidence.MAX_TRUST_BYTES,
+                                                  "trust file"))
+    except evidence.TrustFileError as exc:
+        raise _UnusableInput(f"cannot use the trust file: {exc}") from None
     try:
-        data = json.load(bundle)
-    except ValueError as exc:
-        raise click.ClickException(f"the bundle is not JSON: {exc}") from None
+        data = evidence.loads(_read_bounded(bundle, evidence.MAX_BUNDLE_BYTES, "bundle"))
+    except evidence.BundleUnreadable as exc:
+        raise _UnusableInput(str(exc)) from None
     try:
         verdict = evidence.verify(data, trust)
     except evidence.EvidenceInvalid as exc:
@@ -155,8 +176,14 @@ def verify(bundle: Any, trust_file: Any, as_json: bool, extract: str | None) -> 
         else:
             click.echo(f"INVALID evidence: check {exc.check} failed: {exc.reason}")
         sys.exit(1)
-    if extract and verdict.m0 is not None:
-        Path(extract).write_bytes(verdict.m0)
+    if extract:
+        if verdict.m0 is None:
+            click.echo("nothing extracted: m0 needs k_r, k_t and c in the bundle", err=True)
+        else:
+            try:
+                Path(extract).write_bytes(verdict.m0)
+            except OSError as exc:
+                raise _UnusableInput(f"cannot write {extract}: {exc.strerror or exc}") from None
     if as_json:
         click.echo(json.dumps(verdict.to_json(), indent=1))
         return
@@ -328,7 +355,7 @@ async def _start_gateway(settings: config_mod.Settings) -> None:
         return await answer(ctx, user, tx, event, worker.clock())
 
     handler = submission.SubmissionHandler(
-        ctx.store, ctx.upstream, g.tag, on_login=ctx.enroll, on_submit=worker.kick,
+        ctx.store, ctx.upstream, g.tag, on_login=ctx.enroll, on_submit=worker.kick_submissions,
         answer=answer_by_mail, domains=tuple(g.domains), max_recipients=g.max_recipients)
     tls = submission.tls_context(str(g.tls_cert), str(g.tls_key))
     await submission.start(handler, tls=tls, submission=g.split(g.submission),
@@ -337,7 +364,7 @@ async def _start_gateway(settings: config_mod.Settings) -> None:
              g.submission, g.smtps)
     addresses = list(g.protocol_addresses().values())
     await intake.start(intake.IntakeHandler(ctx.queues, addresses, [str(c) for c in clients],
-                                            on_stored=worker.kick),
+                                            on_stored=worker.kick_inbound),
                        listen=g.split(g.intake), tls=tls,
                        max_size=intake.max_size(g.max_message_size))
     log.info("gateway intake listening: %s (LMTP) for %s, from %s", g.intake,

@@ -3,7 +3,8 @@
 Lookup order (first wins): environment (``TCMS_<SECTION>__<KEY>``, e.g.
 ``TCMS_DATABASE__URL``), the TOML file (``--config`` or ``TCMS_CONFIG``, default
 ``config/tcms.toml`` when it exists), built-in defaults.  Everything is validated at start;
-each wrong value gets its own line in the error.
+each wrong value gets its own line in the error.  No value may nest deeper than
+MAX_NESTING levels (checked before an environment value is decoded, and on the TOML file).
 """
 
 from __future__ import annotations
@@ -14,18 +15,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from tcms import strict_json
 from tcms.identity import party_name_error
 
 DEFAULT_FILE = Path("config/tcms.toml")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# No value of the configuration nests more than a level or two; a deeper one is refused
+# before it is decoded (a JSON or TOML reader recursing on it would run out of stack).
+MAX_NESTING = 32
 
 
 class ConfigError(Exception):
@@ -307,10 +314,56 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_file = os.environ.get("_TCMS_CONFIG_FILE")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _BoundedEnv(settings_cls)]
         if toml_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            sources.append(_BoundedToml(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+
+class _BoundedEnv(EnvSettingsSource):
+    """The environment, each value that is decoded as JSON (a list, or a whole section)
+    checked for nesting first: a ConfigError naming the variable instead of recursion."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo,
+                             value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                strict_json.check_shape(value, max_depth=MAX_NESTING)
+            except strict_json.JsonInputError as exc:
+                names = [k for k, v in os.environ.items()
+                         if v == value and k.upper().startswith("TCMS_")]
+                where = names[0] if names else f"the value for {field_name}"
+                raise ConfigError(f"invalid configuration (environment): {where}: {exc}"
+                                  ) from None
+        return super().decode_complex_value(field_name, field, value)
+
+
+def _nesting(value: Any) -> int:
+    """How deeply tables and arrays nest in ``value`` (counted without recursion, and only
+    up to one level past MAX_NESTING)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack and deepest <= MAX_NESTING:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is not None:
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+class _BoundedToml(TomlConfigSettingsSource):
+    """The TOML file, refused with a ConfigError if it nests deeper than MAX_NESTING (the
+    reader recurses once per level, so a deep enough value would exhaust the stack)."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except RecursionError:
+            data = None
+        if data is None or _nesting(data) > MAX_NESTING:
+            raise ConfigError(f"invalid configuration ({file_path}): a value is nested deeper "
+                              f"than {MAX_NESTING} levels")
+        return data
 
 
 def _format(exc: ValidationError, source: str) -> str:

@@ -14,9 +14,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tcms import strict_json
 from tcms.crypto import CryptoError, check_commitment, ct_equal, h
 from tcms.identity import Party
 from tcms.protocol import checks
@@ -44,6 +46,25 @@ FORMAT = "tcms-evidence/1"
 TRUST_FORMAT = "tcms-trust/1"
 ITEMS = ("core", "token", "eoo", "m4", "m5", "m6", "refusal", "ttp_answer", "receipt_token",
          "k_r", "k_t", "c")
+FIELDS = ("format", "holder", *ITEMS)
+HOLDERS = ("sender", "receiver")
+CONTENT = ("k_r", "k_t", "c")
+# Files are read with these bounds before any parsing.  A bundle carries c, the whole
+# encrypted mail: 128 MiB of base64 holds a c of 96 MiB (mail up to about 85 MiB; the
+# gateway's default limit is 50 MiB).  A trust file is a few kilobytes.
+MAX_BUNDLE_BYTES = 128 * 1024 * 1024
+MAX_TRUST_BYTES = 1024 * 1024
+MAX_DEPTH = 8  # a bundle nests 1 level, a trust file 2
+MAX_TOKENS = 256  # a bundle has 58 tokens, a trust file about 40
+
+
+class BundleUnreadable(ValueError):
+    """A bundle file that cannot be read as strict JSON within the bounds (too large, not
+    UTF-8, nested too deeply, not JSON, a name twice in an object): nothing to verify."""
+
+
+class TrustFileError(ValueError):
+    """A trust file that cannot be used: not strict JSON, or not a valid tcms-trust/1."""
 
 
 class EvidenceInvalid(Exception):
@@ -99,11 +120,15 @@ def from_receiver(receiver: Receiver) -> dict[str, Any]:
 
 
 def from_stored(role: str, state: bytes) -> dict[str, Any]:
-    """The bundle of a stored run (no private key needed: it only reads the state)."""
-    if role == "sender":
-        return sender_bundle(load_state(SenderState, state))
-    if role == "receiver":
-        return receiver_bundle(load_state(ReceiverState, state))
+    """The bundle of a stored run (no private key needed: it only reads the state);
+    ValueError naming the role if the stored state cannot be read."""
+    try:
+        if role == "sender":
+            return sender_bundle(load_state(SenderState, state))
+        if role == "receiver":
+            return receiver_bundle(load_state(ReceiverState, state))
+    except (ValueError, TypeError, cbor2.CBORError) as exc:
+        raise ValueError(f"the stored {role} state cannot be read: {exc}") from None
     raise ValueError(f"unknown role {role!r}")
 
 
@@ -124,6 +149,30 @@ def receiver_bundle(st: ReceiverState) -> dict[str, Any]:
             **{k: _b64(v) for k, v in items.items()}}
 
 
+# --- reading files ---------------------------------------------------------------------
+
+
+def _read_json(data: bytes | str, max_bytes: int) -> Any:
+    return strict_json.loads(data, max_bytes=max_bytes, max_depth=MAX_DEPTH,
+                             max_tokens=MAX_TOKENS)
+
+
+def loads(data: bytes | str) -> Any:
+    """The JSON value of a bundle file, read strictly (``strict_json``: size, depth and
+    token bounds before parsing, no duplicate names); BundleUnreadable otherwise.  Its
+    fields are checked by ``verify``."""
+    try:
+        return _read_json(data, MAX_BUNDLE_BYTES)
+    except strict_json.JsonInputError as exc:
+        raise BundleUnreadable(f"the bundle cannot be read: {exc}") from None
+
+
+def dumps(bundle: dict[str, Any]) -> str:
+    """The file text of a bundle; ``loads`` reads it back unchanged."""
+    _check_shape(bundle)  # a bundle the project writes is one it reads
+    return json.dumps(bundle, indent=1, allow_nan=False)
+
+
 # --- trust files -----------------------------------------------------------------------
 
 
@@ -131,28 +180,89 @@ def trust_to_json(trust: Trust) -> dict[str, Any]:
     return {"format": TRUST_FORMAT, "ttp": trust.ttp.to_json(), "tsa_ca": _tsa_pem(trust)}
 
 
-def trust_from_json(data: dict[str, Any]) -> Trust:
-    if data.get("format") != TRUST_FORMAT:
-        raise ValueError(f"not a trust file (format must be {TRUST_FORMAT})")
-    return Trust(Party.from_json(data["ttp"]),
-                 x509.load_pem_x509_certificate(data["tsa_ca"].encode()))
+_TYPE_NAMES: dict[type, str] = {str: "a string", dict: "a JSON object"}
+
+
+def _object(value: object, where: str, fields: dict[str, type],
+            optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``value`` as an object with exactly ``fields`` (each of its type; those named in
+    ``optional`` may be left out); TrustFileError naming the first wrong field otherwise."""
+    if not isinstance(value, dict):
+        raise TrustFileError(f"{where} must be a JSON object")
+    for key in value:
+        if key not in fields:
+            raise TrustFileError(f"{where}: unknown field {key!r}")
+    for key, kind in fields.items():
+        if key not in value:
+            if key in optional:
+                continue
+            raise TrustFileError(f"{where}: field {key!r} is missing")
+        if not isinstance(value[key], kind):
+            raise TrustFileError(f"{where}: field {key!r} must be {_TYPE_NAMES[kind]}")
+    return value
+
+
+def trust_from_json(data: object) -> Trust:
+    """The Trust a parsed ``tcms-trust/1`` file holds; TrustFileError (a ValueError) naming
+    what is wrong otherwise."""
+    top = _object(data, "the trust file", {"format": str, "ttp": dict, "tsa_ca": str})
+    if top["format"] != TRUST_FORMAT:
+        raise TrustFileError(f"not a trust file (format must be {TRUST_FORMAT})")
+    ttp = _object(top["ttp"], "ttp", {"name": str, "sig_pk": str, "enc_pk": str,
+                                      "fingerprint": str}, optional=("fingerprint",))
+    try:
+        party = Party.from_json(ttp)
+    except ValueError as exc:  # a bad name, base64, key length or fingerprint
+        raise TrustFileError(f"ttp: {exc}") from None
+    try:
+        ca = x509.load_pem_x509_certificate(top["tsa_ca"].encode())
+    except ValueError:
+        raise TrustFileError("tsa_ca: not a PEM certificate") from None
+    return Trust(party, ca)
+
+
+def load_trust(data: bytes | str) -> Trust:
+    """The Trust in a trust file's bytes, read strictly; TrustFileError otherwise."""
+    try:
+        parsed = _read_json(data, MAX_TRUST_BYTES)
+    except strict_json.JsonInputError as exc:
+        raise TrustFileError(str(exc)) from None
+    return trust_from_json(parsed)
 
 
 # --- verification ----------------------------------------------------------------------
 
 
-def _items(bundle: dict[str, Any]) -> dict[str, bytes | None]:
-    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+def _check_shape(bundle: object) -> dict[str, Any]:
+    """``bundle`` if it has only bundle fields, each of its type; EvidenceInvalid naming
+    the first wrong one otherwise."""
+    if not isinstance(bundle, dict):
+        raise EvidenceInvalid("format", "not an evidence bundle (a JSON object is expected)")
+    for key in bundle:
+        if key not in FIELDS:
+            raise EvidenceInvalid("format", f"unknown field {key!r}")
+    if bundle.get("format") != FORMAT:
         raise EvidenceInvalid("format", f"not an evidence bundle (format must be {FORMAT})")
+    if bundle.get("holder") not in (None, *HOLDERS):
+        raise EvidenceInvalid("holder", "must be \"sender\", \"receiver\" or null")
+    for name in ITEMS:
+        if not isinstance(bundle.get(name), str | None):
+            raise EvidenceInvalid(name, "must be a base64 string or null")
+    return bundle
+
+
+def _fields(bundle: object) -> dict[str, bytes | None]:
+    """The items of a parsed bundle, decoded; EvidenceInvalid for a wrong shape."""
+    shaped = _check_shape(bundle)
     out: dict[str, bytes | None] = {}
     for name in ITEMS:
-        v = bundle.get(name)
+        v = shaped.get(name)
         if v is None:
             out[name] = None
             continue
         try:
             out[name] = base64.b64decode(v, validate=True)
-        except (ValueError, TypeError):
+        except ValueError:
             raise EvidenceInvalid(name, "not valid base64") from None
     for required in ("core", "token", "eoo"):
         if out[required] is None:
@@ -160,144 +270,148 @@ def _items(bundle: dict[str, Any]) -> dict[str, bytes | None]:
     return out
 
 
-def verify(bundle: dict[str, Any], trust: Trust) -> Verdict:
-    """Check every item of ``bundle``; return what it proves, or raise EvidenceInvalid."""
-    it = _items(bundle)
-    passed: list[str] = []
+def _check_presence(it: dict[str, bytes | None], resolved: bool) -> None:
+    """Rows 1-5 of the verdict table (docs/evidence.md): an item whose predecessor is not
+    in the bundle, or a receipt without what it shows, makes the bundle invalid."""
+    has = {name for name, v in it.items() if v is not None}
+    if "receipt_token" in has and "m6" not in has:
+        raise EvidenceInvalid("receipt_token", "a receipt time stamp without the m6 it stamps")
+    if "m6" in has and "m5" not in has:
+        raise EvidenceInvalid("m6", "m6 acknowledges an m5 that is not in the bundle")
+    if "m5" in has and "m4" not in has and not resolved:
+        raise EvidenceInvalid("m5", "m5 answers an m4 that is not in the bundle")
+    missing = [name for name in CONTENT if name not in has]
+    if ("m6" in has or resolved) and missing:
+        raise EvidenceInvalid("content", "a receipt needs k_r, k_t and c to show what was "
+                              f"received; missing: {', '.join(missing)}")
 
-    def ok(name: str) -> None:
-        passed.append(name)
 
+def verify(bundle: object, trust: Trust) -> Verdict:
+    """Check every item of a parsed ``bundle``; return what it proves (the verdict table
+    of docs/evidence.md), or raise EvidenceInvalid naming the first failed check."""
+    it = _fields(bundle)
     try:
-        return _verify(it, trust, passed, ok)
+        return _verify(it, trust)
     except ProtocolError as exc:
         raise EvidenceInvalid(exc.check, exc.reason) from None
     except MessageError as exc:
         raise EvidenceInvalid("format", str(exc)) from None
 
 
-def _verify(it: dict[str, bytes | None], trust: Trust, passed: list[str],
-            ok: Any) -> Verdict:
+def _check_content(core: Core, it: dict[str, bytes | None], passed: list[str]) -> bytes | None:
+    """Each share and c present against the core; m0 when all three are there."""
+    hdr = core.header
+    k_r, k_t, c = it["k_r"], it["k_t"], it["c"]
+    try:
+        if k_r is not None:
+            check_commitment("kR", hdr.tx, k_r, core.hk_r)
+            passed.append("keys.k_r")
+        if k_t is not None:
+            check_commitment("kT", hdr.tx, k_t, core.hk_t)
+            passed.append("keys.k_t")
+    except CryptoError as exc:
+        raise EvidenceInvalid("keys", str(exc)) from None
+    if c is not None:
+        if not ct_equal(h(c), core.h_c):
+            raise EvidenceInvalid("c", "H(c) does not match the core")
+        passed.append("c")
+    if k_r is None or k_t is None or c is None:
+        return None
+    m0 = checks.decrypt_payload(core, c, k_r, k_t)
+    passed.append("c.decrypt")
+    return m0
+
+
+def _verify(it: dict[str, bytes | None], trust: Trust) -> Verdict:
+    answer = None if it["ttp_answer"] is None else decode_ttp_answer(it["ttp_answer"])
+    _check_presence(it, isinstance(answer, Resolved))
     core_b, token, eoo = it["core"], it["token"], it["eoo"]
     assert core_b is not None and token is not None and eoo is not None
     core = Core.decode(core_b)
     hdr = core.header
-    info = checks.check_origin(core, token, eoo, trust)
-    sent_at = checks.token_time(info)
-    ok("hdr.ttp")
-    ok("m2.token")
-    ok("m3.eoo")
-    verdict = Verdict("", [], hdr.tx.hex(), hdr.sender.name, hdr.recipient.name,
-                      hdr.description.subject, sent_at, checks=passed)
+    passed: list[str] = []
+    sent_at = checks.token_time(checks.check_origin(core, token, eoo, trust))
+    passed += ["hdr.ttp", "m2.token", "m3.eoo"]
 
-    m4 = m6 = None
     if it["m4"] is not None:
-        m4 = M4.decode(it["m4"])
-        checks.check_m4(core, eoo, m4)
-        ok("m4.sig")
-    m5_b = it["m5"]
+        checks.check_m4(core, eoo, M4.decode(it["m4"]))
+        passed.append("m4.sig")
+    m5_b, m6_b = it["m5"], it["m6"]
     if m5_b is not None:
         checks.check_m5_signature(core, M5.decode(m5_b))
-        ok("m5.sig")
-    if it["m6"] is not None:
-        if m5_b is None:
-            raise EvidenceInvalid("m6", "m6 acknowledges an m5 that is not in the bundle")
-        m6 = M6.decode(it["m6"])
-        checks.check_m6(core, m5_b, m6)
-        ok("m6.sig")
-    refused = False
+        passed.append("m5.sig")
+    if m6_b is not None:
+        assert m5_b is not None  # _check_presence
+        checks.check_m6(core, m5_b, M6.decode(m6_b))
+        passed.append("m6.sig")
+    refused = it["refusal"] is not None
     if it["refusal"] is not None:
         checks.check_refusal(core, eoo, Refusal.decode(it["refusal"]))
-        refused = True
-        ok("refusal.sig")
-    answer = None
-    if it["ttp_answer"] is not None:
-        answer = decode_ttp_answer(it["ttp_answer"])
+        passed.append("refusal.sig")
+    if answer is not None:
         checks.check_ttp_answer(core, answer, trust)
-        ok("ttp.sig")
+        passed.append("ttp.sig")
         if isinstance(answer, Resolved):
             checks.check_m4(core, eoo, M4.decode(answer.m4))
-            ok("ttp.m4")
+            passed.append("ttp.m4")
     receipt_at = None
     if it["receipt_token"] is not None:
-        if it["m6"] is None:
-            raise EvidenceInvalid("receipt_token", "a receipt time stamp without m6")
+        assert m6_b is not None  # _check_presence
         try:
-            rinfo = verify_token(it["receipt_token"], h(it["m6"]), trust.tsa_ca)
+            rinfo = verify_token(it["receipt_token"], h(m6_b), trust.tsa_ca)
         except TimestampError as exc:
             raise EvidenceInvalid("m6.token", str(exc)) from None
         receipt_at = checks.token_time(rinfo)
-        ok("m6.token")
+        passed.append("m6.token")
+    m0 = _check_content(core, it, passed)
 
-    # the content: both shares, their commitments, decryption of c to m0
-    m0 = None
-    k_r, k_t, c = it["k_r"], it["k_t"], it["c"]
-    if k_r is not None and k_t is not None and c is not None:
-        m0 = checks.decrypt_payload(core, c, k_r, k_t)
-        ok("keys.commitments")
-        ok("c.decrypt")
-        verdict.m0 = m0
-        verdict.m0_sha256 = h(m0).hex()
-    elif k_r is not None and c is not None:
-        # R before m5: k_R and c without k_T.  Check what can be checked.
-        try:
-            check_commitment("kR", hdr.tx, k_r, core.hk_r)
-        except CryptoError as exc:
-            raise EvidenceInvalid("keys", str(exc)) from None
-        if not ct_equal(h(c), core.h_c):
-            raise EvidenceInvalid("c", "H(c) does not match the core")
-        ok("keys.k_r")
-
-    who = f"{hdr.recipient.name} received m0 (subject {hdr.description.subject!r})"
-    sent = f"{hdr.sender.name} sent m0 at {checks.utc(sent_at)} (RFC 3161 time stamp)"
-    if isinstance(answer, BadEscrow):
-        verdict.kind, verdict.event_at = "bad-escrow", answer.t
-        verdict.statements = [sent.replace(" sent m0", " sent a sealed mail"),
-                              f"the TTP found {hdr.sender.name}'s escrow invalid at "
-                              f"{checks.utc(answer.t)}: {answer.reason}"]
-        return verdict
-    receipt = m4 is not None and (m6 is not None or isinstance(answer, Resolved))
-    if receipt and m0 is None:
-        raise EvidenceInvalid("c", "a receipt needs k_R, k_T and c to show what was received")
-    if m6 is not None:
+    verdict = Verdict("", [], hdr.tx.hex(), hdr.sender.name, hdr.recipient.name,
+                      hdr.description.subject, sent_at, checks=passed, m0=m0,
+                      m0_sha256=None if m0 is None else h(m0).hex())
+    s_name, r_name = hdr.sender.name, hdr.recipient.name
+    sent = f"{s_name} sent m0 at {checks.utc(sent_at)} (RFC 3161 time stamp)"
+    who = f"{r_name} received m0 (subject {hdr.description.subject!r})"
+    if m6_b is not None or isinstance(answer, Resolved):  # rows 6 and 7
         verdict.kind = "received"
-        when = (f"at {checks.utc(receipt_at)} (time stamp of m6)" if receipt_at
-                else "(acknowledged by m6; its time is not stamped)")
-        verdict.event_at = receipt_at
-        verdict.statements = [sent, f"{who} {when}"]
-        return verdict
-    if isinstance(answer, Aborted):
+        if receipt_at is not None:
+            verdict.event_at = receipt_at
+            got = f"{who} at {checks.utc(receipt_at)} (time stamp of m6)"
+        elif isinstance(answer, Resolved):
+            verdict.event_at = answer.t
+            how = "delivered" if answer.kind == "delivered" else "made available to the recipient"
+            got = f"{who}: the TTP certifies it {how} at {checks.utc(answer.t)}"
+        else:
+            got = f"{who} (acknowledged by m6; its time is not stamped)"
+        verdict.statements = [sent, got]
+    elif isinstance(answer, BadEscrow):  # row 8
+        verdict.kind, verdict.event_at = "bad-escrow", answer.t
+        verdict.statements = [f"{s_name} sent a sealed mail at {checks.utc(sent_at)} (RFC 3161 "
+                              "time stamp)"]
+    elif isinstance(answer, Aborted):  # row 9
         verdict.kind, verdict.event_at = "aborted", answer.t
         verdict.statements = [f"the exchange was aborted by the TTP at {checks.utc(answer.t)};"
-                              f" {hdr.recipient.name} received nothing it could read"]
-        if refused:
-            verdict.statements.append(f"{hdr.recipient.name} refused the mail")
-        return verdict
-    if isinstance(answer, Resolved):
-        verdict.kind, verdict.event_at = "received", answer.t
-        how = ("delivered" if answer.kind == "delivered"
-               else "made available to the recipient")
-        verdict.statements = [sent, f"{who}: the TTP certifies it {how} at "
-                              f"{checks.utc(answer.t)}"]
-        return verdict
-    if refused:
+                              f" {r_name} received nothing it could read"]
+    elif refused:  # row 10
         verdict.kind = "refused"
-        verdict.statements = [f"{hdr.recipient.name} refused the mail sent at "
-                              f"{checks.utc(sent_at)}"]
-        return verdict
-    if m0 is not None:
+        verdict.statements = [f"{r_name} refused the mail sent at {checks.utc(sent_at)}"]
+    elif m0 is not None:  # row 11
         verdict.kind = "sent"
         verdict.statements = [sent]
-        return verdict
-    verdict.kind = "sealed"
-    verdict.statements = [f"{hdr.sender.name} sent a sealed mail to {hdr.recipient.name} at "
-                          f"{checks.utc(sent_at)}; its content cannot be shown without both "
-                          "key shares"]
-    if isinstance(answer, Rejection):
+    else:  # row 12
+        verdict.kind = "sealed"
+        verdict.statements = [f"{s_name} sent a sealed mail to {r_name} at "
+                              f"{checks.utc(sent_at)}; its content cannot be shown without "
+                              "both key shares"]
+    # what else the bundle shows, whatever the verdict
+    if refused and verdict.kind != "refused":
+        verdict.statements.append(f"{r_name} refused the mail")
+    if isinstance(answer, BadEscrow):
+        verdict.statements.append(f"the TTP found {s_name}'s escrow invalid at "
+                                  f"{checks.utc(answer.t)}: {answer.reason}")
+    elif isinstance(answer, Aborted) and verdict.kind != "aborted":
+        verdict.statements.append(f"the TTP aborted the exchange at {checks.utc(answer.t)}, "
+                                  f"but {r_name} acknowledged the key (m6)")
+    elif isinstance(answer, Rejection):
         verdict.statements.append(f"the TTP declined a request at {checks.utc(answer.t)}: "
                                   f"{answer.reason}")
     return verdict
-
-
-def dumps(bundle: dict[str, Any]) -> str:
-    return json.dumps(bundle, indent=1)

@@ -208,3 +208,72 @@ def test_tcms_db_upgrade_on_sqlite(tmp_path: Path) -> None:
                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "x.db").exists()
+
+
+# --- nesting (issue 11, item 14: `[` x 1000 raised RecursionError) -------------------------
+
+DEEP = "[" * 1000
+
+
+@pytest.mark.parametrize("var", ["TCMS_GATEWAY__DOMAINS", "TCMS_GATEWAY"])
+def test_deeply_nested_environment_value_is_a_named_error(
+        var: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TCMS_CONFIG", raising=False)
+    monkeypatch.setenv(var, DEEP)
+    with pytest.raises(config.ConfigError) as e:
+        config.load()
+    assert str(e.value) == (f"invalid configuration (environment): {var}: nested deeper "
+                            f"than {config.MAX_NESTING} levels")
+    # nested within the bound: decoded, then refused as the wrong type, as before
+    monkeypatch.setenv(var, "[" * 30 + "]" * 30)
+    with pytest.raises(config.ConfigError, match="invalid configuration"):
+        config.load()
+    monkeypatch.setenv("TCMS_GATEWAY__DOMAINS", '["a.test", "B.test"]')
+    monkeypatch.delenv("TCMS_GATEWAY", raising=False)
+    assert config.load().gateway.domains == ["a.test", "b.test"]
+
+
+@pytest.mark.parametrize("value", [DEEP, "[" * 33 + "]" * 33, "[" * 200 + "]" * 200,
+                                   "{a = " * 40 + "1" + "}" * 40])
+def test_deeply_nested_toml_value_is_a_named_error(tmp_path: Path, value: str) -> None:
+    f = write(tmp_path, f"[gateway]\ndomains = {value}\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(f)
+    assert str(e.value) == (f"invalid configuration ({f}): a value is nested deeper than "
+                            f"{config.MAX_NESTING} levels")
+
+
+def test_deep_nesting_through_the_tcms_command(tmp_path: Path) -> None:
+    res = tcms(tmp_path, "config", "check", TCMS_GATEWAY__DOMAINS=DEEP)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip() == ("Error: invalid configuration (environment): "
+                                  "TCMS_GATEWAY__DOMAINS: nested deeper than 32 levels")
+    f = write(tmp_path, f"[gateway]\ndomains = {DEEP}\n")
+    res = tcms(tmp_path, "--config", str(f), "config", "check")
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip() == (f"Error: invalid configuration ({f}): a value is nested "
+                                  "deeper than 32 levels")
+
+
+def test_gateway_reads_its_trust_file_strictly(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import TRUST
+
+    from gateway.context import load_trust
+    from tcms import evidence
+
+    monkeypatch.delenv("TCMS_CONFIG", raising=False)
+    trust_file, dc_file = tmp_path / "trust.json", tmp_path / "dc.json"
+    dc_file.write_text(json.dumps(Identity.generate("dc@tcms.test").party.to_json()))
+    monkeypatch.setenv("TCMS_GATEWAY__TRUST_FILE", str(trust_file))
+    monkeypatch.setenv("TCMS_GATEWAY__DC_KEY_FILE", str(dc_file))
+    keystore = Keystore(tmp_path / "keys", None)
+    trust_file.write_text(json.dumps(evidence.trust_to_json(TRUST)))
+    assert load_trust(config.load(), keystore)[0] == TRUST
+    for text, reason in (("[" * 1000, "nested deeper than 8 levels"),
+                         (json.dumps({**evidence.trust_to_json(TRUST), "ttp": {}}),
+                          "ttp: field 'name' is missing")):
+        trust_file.write_text(text)
+        with pytest.raises(config.ConfigError) as e:
+            load_trust(config.load(), keystore)
+        assert str(e.value) == f"gateway: cannot load what it trusts: {reason}"

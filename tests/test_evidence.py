@@ -19,6 +19,7 @@ from conftest import (
     T0,
     TRUST,
     TTP,
+    Run,
     known,
     one,
     receive,
@@ -36,14 +37,20 @@ from tss.authority import create_credentials
 M0 = b"Subject: evidence\r\n\r\nThe body.\r\n"
 
 
-def completed() -> tuple[dict[str, Any], dict[str, Any]]:
-    run = start_run(M0)
+def completed_run(m0: bytes = M0) -> tuple[Run, Receiver]:
+    """A run to its end: m4 to m6, and the receipt time stamp at T0 + 6."""
+    run = start_run(m0)
     r, _ = Receiver.from_m3(BOB, TRUST, run.m3, T0 + 1, known)
     m4 = one(r.handle(Accept(), T0 + 2), "m4")
     m5 = one(receive(run.sender, m4, T0 + 3), "m5")
     m6 = one(receive(r, m5, T0 + 4), "m6")
     tsq = one(receive(run.sender, m6, T0 + 5), "receipt-stamp")
     run.sender.handle(TimestampReply(stamp(tsq, T0 + 6, kind="tsq")), T0 + 6)
+    return run, r
+
+
+def completed() -> tuple[dict[str, Any], dict[str, Any]]:
+    run, r = completed_run()
     return evidence.from_sender(run.sender), evidence.from_receiver(r)
 
 

@@ -254,11 +254,13 @@ def check_outcome(s: Sender, r: Receiver | None, s_stopped: bool, r_stopped: boo
         assert r_message or not s_receipt, "S has a receipt but honest R has no m0"
     # the evidence says what the machines say
     kind = _verdict(evidence.from_sender(s))
+    assert not kind.startswith("invalid"), (kind, s.phase)  # rows 6-12 of the table
     assert (kind == "received") == s_receipt, (kind, s.phase)
     if decision is not None and decision.state == "aborted" and not s_stopped:
         assert kind == "aborted", kind
     if r is not None and r.phase != "rejected":
         r_kind = _verdict(evidence.from_receiver(r))
+        assert not r_kind.startswith("invalid"), (r_kind, r.phase)
         assert (r_kind == "received") == r_message, (r_kind, r.phase)
 
 

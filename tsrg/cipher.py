@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tcms.cipher import DecryptionError
-from tsrg.generator import Randomizer, TsrgRandom, hkdf
+from tsrg.generator import MAX_SEGMENT, MIN_SEGMENT, Randomizer, TsrgRandom, hkdf
 
 MAGIC = b"TSR2"
 SESSION_MAGIC = b"TSI2"
@@ -174,9 +174,22 @@ def _seal(rnd: Randomizer, payload: bytes, aad: bytes, head: bytes, cls: int,
     return out
 
 
-def _open(rnd: Randomizer, body: memoryview, aad: bytes, cls: int) -> bytearray:
+def check_body_length(cls: int, body_len: int) -> int:
+    """The frame length of class ``cls`` if ``body_len`` bytes of segments can hold it;
+    TsrgError otherwise.  A frame of T bytes is cut into between ceil(T / MAX_SEGMENT) and
+    ceil(T / MIN_SEGMENT) segments, each with its tag: checked from the header alone,
+    before anything is planned or allocated, so that what decryption costs is bounded by
+    the input and not by the class the header claims (which may be up to 1 TiB)."""
     total = class_length(cls)
-    p, segs = _plan(rnd, total)
+    fewest, most = -(-total // MAX_SEGMENT), -(-total // MIN_SEGMENT)
+    if not total + TAG_LEN * fewest <= body_len <= total + TAG_LEN * most:
+        raise TsrgError("ciphertext length does not match its size class")
+    return total
+
+
+def _open(rnd: Randomizer, body: memoryview, aad: bytes, cls: int) -> bytearray:
+    total = check_body_length(cls, len(body))
+    p, segs = _plan(rnd, total)  # at most len(body) / MIN_SEGMENT + 1 segments
     if len(body) != total + TAG_LEN * len(segs):
         raise TsrgError("ciphertext length does not match its size class")
     # the linear layout is [length | payload | filler]: the length goes to its own
