@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -265,4 +266,5 @@ def create(settings: Settings) -> GatewayContext:
         imap=MasterLogin(upstream.imap_client, g.master_user, g.get_master_password(),
                          g.master_separator),
         http=httpx.AsyncClient(timeout=60),
-        queues=Queues(store, max_attempts=g.max_attempts))
+        queues=Queues(store, max_attempts=g.max_attempts,
+                      instance=g.instance or f"{socket.gethostname()}:{g.submission}"))

@@ -94,25 +94,32 @@ def _free(t: Table, now: int) -> ColumnElement[bool]:
 class Queues:
     """Claiming, finishing and failing units of work; the administrator's view of them."""
 
-    def __init__(self, store: Store, *, lease: int = 120, max_attempts: int = 10) -> None:
+    def __init__(self, store: Store, *, lease: int = 120, max_attempts: int = 10,
+                 instance: str | None = None) -> None:
         self.store = store
         self.lease = lease
         self.max_attempts = max_attempts
+        self.instance = instance  # who claims: a restarted instance takes its claims back
 
     # --- claiming -------------------------------------------------------------------
 
     async def _claim(self, t: Table, key: Any, pending: ColumnElement[bool], now: int,
                      limit: int) -> list[Any]:
-        """Claim up to ``limit`` pending rows in one statement.  The outer WHERE repeats
-        the conditions, so a row another worker claimed meanwhile is not returned twice;
-        on PostgreSQL, rows another worker is claiming are skipped, not waited for."""
-        ids = (select(key).where(pending, _free(t, now)).order_by(key).limit(limit)
-               .with_for_update(skip_locked=True))  # PostgreSQL: racing workers split rows
-        stmt = (update(t).where(key.in_(ids.scalar_subquery()), pending, _free(t, now))
-                .values(attempts=t.c.attempts + 1, next_attempt=now + self.lease)
-                .returning(*t.c))
+        """Claim up to ``limit`` pending rows in one transaction: pick them (PostgreSQL:
+        locked, skipping rows another worker is claiming), then update exactly those.
+        (One UPDATE ... WHERE id IN (SELECT ... LIMIT n) is not enough: PostgreSQL may run
+        the subquery more than once and claim more than n.)"""
+        pick = (select(key).where(pending, _free(t, now)).order_by(key).limit(limit)
+                .with_for_update(skip_locked=True))
         async with self.store.transaction() as conn:
-            rows = (await conn.execute(stmt)).mappings().all()
+            keys = [r[0] for r in (await conn.execute(pick)).all()]
+            if not keys:
+                return []
+            rows = (await conn.execute(
+                update(t).where(key.in_(keys), pending, _free(t, now))
+                .values(attempts=t.c.attempts + 1, next_attempt=now + self.lease,
+                        claimed_by=self.instance)
+                .returning(*t.c))).mappings().all()
         return sorted(rows, key=lambda r: r[key.name])
 
     async def claim_inbound(self, now: int, limit: int = 32) -> list[InboundItem]:
@@ -134,6 +141,23 @@ class Queues:
         t = m.answer_checks
         rows = await self._claim(t, t.c.owner, t.c.status == "due", now, limit)
         return [AnswerCheck(str(r["owner"]), int(r["attempts"])) for r in rows]
+
+    async def release_claims(self) -> int:
+        """At start: give back what this instance held when it stopped (killed, crashed),
+        so that it is handled now rather than when its lease runs out.  Attempts stay
+        counted.  Returns how many items (outbox messages included) were given back."""
+        if not self.instance:
+            return 0
+        released = await self.store.release_outbox_claims(self.instance)
+        async with self.store.transaction() as conn:
+            for t, pending in ((m.inbound, m.inbound.c.status == "new"),
+                               (m.submissions, m.submissions.c.status == "new"),
+                               (m.answer_checks, m.answer_checks.c.status == "due")):
+                res = await conn.execute(update(t).where(
+                    t.c.claimed_by == self.instance, pending).values(
+                    next_attempt=None, claimed_by=None))
+                released += int(res.rowcount or 0)
+        return released
 
     # --- adding work ----------------------------------------------------------------
 
@@ -174,7 +198,7 @@ class Queues:
         t = m.answer_checks
         async with self.store.transaction() as conn:
             await conn.execute(update(t).where(t.c.owner == owner, t.c.status == "due").values(
-                attempts=0, next_attempt=at, last_error=None, updated_at=now))
+                attempts=0, next_attempt=at, last_error=None, updated_at=now, claimed_by=None))
 
     # --- outcomes -------------------------------------------------------------------
 
@@ -214,13 +238,15 @@ class Queues:
                              "submission": (m.submissions, m.submissions.c.id, int(key)),
                              "answers": (m.answer_checks, m.answer_checks.c.owner, str(key))
                              }[kind]
-                values: dict[str, Any] = {"next_attempt": retry_at, "last_error": error}
+                values: dict[str, Any] = {"next_attempt": retry_at, "last_error": error,
+                                          "claimed_by": None}
                 if quarantine:
                     values["status"] = "quarantined"
                 await conn.execute(update(t).where(col == k).values(**values))
             elif kind == "outbox":
                 await conn.execute(update(m.messages).where(m.messages.c.id == int(key))
                                    .values(claimed_until=retry_at, last_error=error,
+                                           claimed_by=None,
                                            quarantined_at=now if quarantine else None))
             elif kind == "deadline":
                 cid, role = _run_key(str(key))

@@ -275,7 +275,8 @@ class Worker:
 
         async def outbox(limit: int) -> list[dict[str, Any]]:
             await ctx.imap.sweep()
-            return await ctx.store.claim_outbox(self.clock(), dispatch.LEASE, limit)
+            return await ctx.store.claim_outbox(self.clock(), dispatch.LEASE, limit,
+                                                by=ctx.queues.instance)
 
         async def send(row: dict[str, Any]) -> None:
             await self.isolated("outbox", int(row["id"]), int(row["attempts"]),
@@ -353,6 +354,10 @@ class Worker:
         ctx = self.ctx
         lanes = self.lanes()
         self._wake = {lane.name: asyncio.Event() for lane in lanes}
+        released = await ctx.queues.release_claims()
+        if released:
+            log.info("took back %d item(s) this instance (%s) held when it stopped", released,
+                     ctx.queues.instance)
         log.info("protocol worker started for %s (protocol mail to %s); looking for work "
                  "every %.1fs", ", ".join(ctx.domains),
                  ", ".join(ctx.protocol_address(d) for d in ctx.domains),

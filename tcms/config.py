@@ -195,6 +195,9 @@ class GatewayConfig(BaseModel):
     protocol_address: str = "tcms-gateway"  # local part; registered at the DC per domain
     # units of work: tries before an item is quarantined (`tcms queue`)
     max_attempts: int = 10
+    # this gateway instance's name among replicas (default: host name and submission
+    # address); a restarted instance takes back the work it held when it stopped
+    instance: str = ""
     # how often the accept/refuse folders of a user with a pending notice are looked at
     # when their client files it without the IMAP proxy (the proxy triggers a look at once)
     answer_poll_interval: float = 60.0

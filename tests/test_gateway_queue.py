@@ -188,3 +188,18 @@ def test_an_administrator_lists_shows_retries_and_drops(tmp_path: Path) -> None:
     bad = tcms(["queue", "show", "deadline", "nonsense"], db)
     assert bad.returncode == 2 and "CID/role" in bad.stderr
     assert "drop" in tcms(["queue", "--help"], db).stdout
+
+
+async def test_a_restarted_instance_takes_back_what_it_held(store: Store) -> None:
+    """A gateway killed while holding items gets them back at start, not after the
+    lease; what another instance holds stays with it."""
+    mine, other = Queues(store, instance="gw-1:8587"), Queues(store, instance="gw-2:8587")
+    ids = await add(mine, 2)
+    (held,) = await mine.claim_inbound(T0, limit=1)
+    (theirs,) = await other.claim_inbound(T0, limit=1)
+    assert (held.id, theirs.id) == (ids[0], ids[1])
+    restarted = Queues(store, instance="gw-1:8587")
+    assert await restarted.release_claims() == 1
+    again = await restarted.claim_inbound(T0 + 1)
+    assert [i.id for i in again] == [held.id] and again[0].attempts == 2
+    assert await Queues(store, instance="gw-3:8587").release_claims() == 0

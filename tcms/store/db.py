@@ -282,7 +282,8 @@ class Store:
             ).values(sent_at=now))
             return bool(res.rowcount == 1)
 
-    async def claim_outbox(self, now: int, lease: int, limit: int = 50) -> list[dict[str, Any]]:
+    async def claim_outbox(self, now: int, lease: int, limit: int = 50,
+                           by: str | None = None) -> list[dict[str, Any]]:
         """Claim unsent outbox messages for ``lease`` seconds, oldest first, in one
         statement (PostgreSQL: rows another worker is claiming are skipped).  A message
         whose lease ran out (its worker died) is claimed again: delivery is at least once,
@@ -292,14 +293,27 @@ class Store:
         free = ((t.c.claimed_until.is_(None) | (t.c.claimed_until <= now))
                 & t.c.quarantined_at.is_(None))
         pending = (t.c.direction == "out") & t.c.sent_at.is_(None)
-        ids = (select(t.c.id).where(pending, free).order_by(t.c.id).limit(limit)
-               .with_for_update(skip_locked=True))
-        stmt = (update(t).where(t.c.id.in_(ids.scalar_subquery()), pending, free)
-                .values(claimed_until=now + lease, attempts=t.c.attempts + 1)
-                .returning(*t.c))
+        pick = (select(t.c.id).where(pending, free).order_by(t.c.id).limit(limit)
+                .with_for_update(skip_locked=True))
         async with self.transaction() as conn:
-            rows = (await conn.execute(stmt)).mappings().all()
+            ids = [r[0] for r in (await conn.execute(pick)).all()]
+            if not ids:
+                return []
+            rows = (await conn.execute(
+                update(t).where(t.c.id.in_(ids), pending, free)
+                .values(claimed_until=now + lease, attempts=t.c.attempts + 1, claimed_by=by)
+                .returning(*t.c))).mappings().all()
         return sorted((dict(r) for r in rows), key=lambda r: int(r["id"]))
+
+    async def release_outbox_claims(self, by: str) -> int:
+        """A gateway instance (re)starting gives back the outbox messages it held when it
+        stopped: they are sent at once instead of when their lease runs out."""
+        t = m.messages
+        async with self.transaction() as conn:
+            res = await conn.execute(update(t).where(
+                t.c.claimed_by == by, t.c.direction == "out", t.c.sent_at.is_(None),
+                t.c.quarantined_at.is_(None)).values(claimed_until=None, claimed_by=None))
+        return int(res.rowcount or 0)
 
     async def outbox_done(self, message_id: int, now: int) -> None:
         async with self.transaction() as conn:

@@ -46,6 +46,7 @@ submissions = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt", BigInteger, nullable=True),
     Column("last_error", Text, nullable=True),
+    Column("claimed_by", String(128), nullable=True),  # the gateway instance holding it
 )
 
 # Protocol mail handed to the gateway's intake (LMTP) by the MTA: stored before the 250,
@@ -68,6 +69,7 @@ inbound = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt", BigInteger, nullable=True),
     Column("last_error", Text, nullable=True),
+    Column("claimed_by", String(128), nullable=True),
     Column("finished_at", BigInteger, nullable=True),
     Index("ix_inbound_work", "status", "next_attempt"),
 )
@@ -83,6 +85,7 @@ answer_checks = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt", BigInteger, nullable=True),
     Column("last_error", Text, nullable=True),
+    Column("claimed_by", String(128), nullable=True),
     Column("updated_at", BigInteger, nullable=False),
     Index("ix_answer_checks_work", "status", "next_attempt"),
 )
@@ -134,6 +137,7 @@ messages = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("last_error", Text, nullable=True),
     Column("quarantined_at", BigInteger, nullable=True),  # out: set aside, see `tcms queue`
+    Column("claimed_by", String(128), nullable=True),  # out: the gateway instance sending it
     Index("ix_messages_outbox", "direction", "sent_at"),
 )
 

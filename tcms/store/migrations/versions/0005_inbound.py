@@ -20,7 +20,8 @@ depends_on = None
 def _work_columns() -> list[sa.Column[object]]:
     return [sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
             sa.Column("next_attempt", sa.BigInteger, nullable=True),
-            sa.Column("last_error", sa.Text, nullable=True)]
+            sa.Column("last_error", sa.Text, nullable=True),
+            sa.Column("claimed_by", sa.String(128), nullable=True)]
 
 
 def upgrade() -> None:
@@ -53,12 +54,13 @@ def upgrade() -> None:
         for col in _work_columns():
             batch.add_column(col)
     with op.batch_alter_table("runs") as batch:
-        for col in _work_columns():
+        for col in _work_columns()[:3]:
             batch.add_column(col)
         batch.add_column(sa.Column("quarantined", sa.Boolean, nullable=False,
                                    server_default=sa.false()))
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("quarantined_at", sa.BigInteger, nullable=True))
+        batch.add_column(sa.Column("claimed_by", sa.String(128), nullable=True))
     with op.batch_alter_table("dc_gateways") as batch:
         batch.add_column(sa.Column("enc_pk", sa.LargeBinary(32), nullable=True))
         batch.add_column(sa.Column("protocol_address", sa.String(254), nullable=True))
@@ -69,12 +71,13 @@ def downgrade() -> None:
         batch.drop_column("protocol_address")
         batch.drop_column("enc_pk")
     with op.batch_alter_table("messages") as batch:
+        batch.drop_column("claimed_by")
         batch.drop_column("quarantined_at")
     with op.batch_alter_table("runs") as batch:
         for col in ("quarantined", "last_error", "next_attempt", "attempts"):
             batch.drop_column(col)
     with op.batch_alter_table("submissions") as batch:
-        for col in ("last_error", "next_attempt", "attempts"):
+        for col in ("claimed_by", "last_error", "next_attempt", "attempts"):
             batch.drop_column(col)
     op.drop_index("ix_answer_checks_work", "answer_checks")
     op.drop_table("answer_checks")
