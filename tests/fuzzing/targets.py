@@ -244,11 +244,11 @@ def ttp_dispute(data: bytes) -> None:
 
 
 def evidence_text(data: bytes) -> None:
-    evidence.verify(json.loads(data), TRUST)
+    evidence.verify(evidence.loads(data), TRUST)
 
 
 def trust_text(data: bytes) -> None:
-    evidence.trust_from_json(json.loads(data))
+    evidence.load_trust(data)
 
 
 # --- the DC ---------------------------------------------------------------------------------
@@ -666,11 +666,11 @@ ENTRY_POINTS: tuple[EntryPoint, ...] = (
                corpus.protocol_messages, 1.0),
     EntryPoint("evidence.bundle", "`tcms verify`: an evidence bundle's text",
                corpus.bundles, simple(evidence_text),
-               (evidence.EvidenceInvalid, json.JSONDecodeError, UnicodeDecodeError),
+               (evidence.EvidenceInvalid, evidence.BundleUnreadable),
                (json_tree,), (b'"', b"[", b"{", b"]", b"}", b",", b"null", b"\\u0000",
                               b'"core": null, '), corpus.protocol_messages, 1.5),
     EntryPoint("evidence.trust", "`tcms verify --trust`: a trust file's text",
-               corpus.trust_files, simple(trust_text), (ValueError,), (json_tree,),
+               corpus.trust_files, simple(trust_text), (evidence.TrustFileError,), (json_tree,),
                (b'"', b"[", b"{", b"]", b"}", b"-----BEGIN CERTIFICATE-----", b"null"),
                None, 0.5),
     EntryPoint("dc.request", "DC-PUBLISH and DC-REVOKE as the DC checks them",
