@@ -11,7 +11,8 @@ the inbound handler with its SQLite store get fewer).
 
 Usage: python bench/fuzz.py [--inputs 1000000] [--seed 11] [--only NAME ...] [--jobs 2]
        python bench/fuzz.py --list
-       python bench/fuzz.py --only NAME --replay HEX    (run one input, show its traceback)
+       python bench/fuzz.py --only NAME --replay HEX|FILE    (run one input, show its traceback)
+       python bench/fuzz.py ... --save DIR    (the inputs of findings and slow inputs as files)
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ def merge(reports: list[campaign.Report]) -> campaign.Report:
     return out
 
 
+def save(directory: Path, reports: list[campaign.Report]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for r in reports:
+        for found in r.findings.values():
+            for f in found[:10]:
+                (directory / f"{r.entry}-{f.index}.unexpected").write_bytes(f.data)
+        for _, index, data in r.slow[:10]:
+            (directory / f"{r.entry}-{index}.slow").write_bytes(data)
+    print(f"inputs written to {directory}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--inputs", type=int, default=1_000_000)
@@ -72,7 +84,10 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", metavar="NAME", help="these entry points only")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
     ap.add_argument("--list", action="store_true", help="list the entry points")
-    ap.add_argument("--replay", metavar="HEX", help="run one input (with one --only NAME)")
+    ap.add_argument("--replay", metavar="HEX|FILE",
+                    help="run one input (with one --only NAME)")
+    ap.add_argument("--save", metavar="DIR", type=Path,
+                    help="write every finding's and every slow input's bytes there")
     a = ap.parse_args()
     logging.disable(logging.CRITICAL)
     if a.list:
@@ -87,7 +102,9 @@ def main() -> int:
     if a.replay is not None:
         if not a.only or len(a.only) != 1:
             ap.error("--replay needs exactly one --only NAME")
-        print(campaign.replay(BY_NAME[a.only[0]], bytes.fromhex(a.replay)))
+        path = Path(a.replay)
+        data = path.read_bytes() if path.is_file() else bytes.fromhex(a.replay)
+        print(campaign.replay(BY_NAME[a.only[0]], data))
         return 0
     entries = [BY_NAME[n] for n in a.only] if a.only else list(ENTRY_POINTS)
     counts = allot(entries, a.inputs)
@@ -114,6 +131,8 @@ def main() -> int:
     for r in reports:
         if r.findings or r.slow:
             print("\n" + r.describe())
+    if a.save:
+        save(a.save, reports)
     inputs = sum(r.inputs for r in reports)
     unexpected = sum(r.unexpected for r in reports)
     print(f"\nwall time {time.monotonic() - began:.0f} s; "

@@ -70,8 +70,8 @@ class Report:
         for found in self.findings.values():
             lines.append(f"- {len(found)} x {found[0].reproducer()}")
         for seconds, index, data in self.slow[:5]:
-            lines.append(f"- slow: input {index} took {seconds:.2f} s; hex "
-                         f"{data.hex()[:HEX_SHOWN]}")
+            lines.append(f"- slow: input {index} took {seconds:.2f} s ({len(data)} bytes, "
+                         f"hex {data.hex()[:200]}...)")
         return "\n".join(lines)
 
 
@@ -80,7 +80,7 @@ def input_at(entry: EntryPoint, seeds: list[bytes], ctx: object, seed: int,
     if index < len(seeds):
         return seeds[index]
     r = random.Random(f"{seed}:{entry.name}:{index}")
-    return mutate(r, r.choice(seeds), ctx, entry.structure)  # type: ignore[arg-type]
+    return mutate(r, r.choice(seeds), ctx, entry.structure, entry.prefix)  # type: ignore[arg-type]
 
 
 def _where(exc: BaseException) -> str:

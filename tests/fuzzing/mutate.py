@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import json
 import random
@@ -46,7 +47,7 @@ class Context:
             for item in (self.corpus if self.donors is None else self.donors)[:64]:
                 try:
                     _walk(cbor2.loads(item), nodes)
-                except Exception:  # noqa: S112 - not CBOR: nothing to take from it
+                except Exception:  # not CBOR: nothing to take from it
                     continue
             self._cbor_nodes = nodes[:5000]
         return self._cbor_nodes
@@ -58,10 +59,9 @@ def _walk(value: Any, out: list[Any]) -> None:
         for v in value:
             _walk(v, out)
     elif isinstance(value, bytes) and len(value) > 2 and value[0] >> 5 == 4:
-        try:  # bytes holding a protocol message (m4 in RESOLVED, m5 in RESOLVE-REQ)
+        # bytes holding a protocol message (m4 in RESOLVED, m5 in RESOLVE-REQ)
+        with contextlib.suppress(Exception):  # or plain bytes
             _walk(cbor2.loads(value), out)
-        except Exception:  # noqa: S110 - plain bytes
-            pass
 
 
 # --- byte-level havoc -----------------------------------------------------------------------
@@ -228,6 +228,10 @@ def _mutate_leaf(r: random.Random, leaf: Any, ctx: Context) -> Any:
             inner = der_tree(r, leaf, ctx)
             if inner is not None:
                 return inner
+        if roll < 0.7:  # the same length: a signature, hash or key that still fits
+            b = bytearray(leaf)
+            b[r.randrange(len(b))] ^= 1 << r.randrange(8)
+            return bytes(b)
         if roll < 0.85:
             return havoc(r, leaf, Context((), ()))
     if isinstance(leaf, str) and leaf and r.random() < 0.5:
@@ -512,9 +516,13 @@ def lines(r: random.Random, data: bytes, ctx: Context) -> bytes | None:
 Structure = Callable[[random.Random, bytes, Context], "bytes | None"]
 
 
-def mutate(r: random.Random, data: bytes, ctx: Context, structure: Sequence[Structure]) -> bytes:
+def mutate(r: random.Random, data: bytes, ctx: Context, structure: Sequence[Structure],
+           prefix: int = 0) -> bytes:
     """One input from ``data``: a structure-aware step (when the entry point has one),
-    byte-level havoc, or both."""
+    byte-level havoc, or both.  The first ``prefix`` bytes (a selector) are mostly kept
+    and the rest mutated as what it is."""
+    if prefix and r.random() < 0.9:
+        return data[:prefix] + mutate(r, data[prefix:], ctx, structure)
     roll = r.random()
     if structure and roll < 0.6:
         out = r.choice(structure)(r, data, ctx)

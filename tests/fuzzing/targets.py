@@ -35,7 +35,7 @@ from services import DC
 from dc import records
 from dc.client import DirectoryClient
 from dc.records import DirectoryError
-from gateway import imappolicy, inbound, mailformat, mutf7, submission, subject
+from gateway import imappolicy, inbound, mailformat, mutf7, subject, submission
 from gateway.context import GatewayContext
 from gateway.imapproxy import AFTER_LOGIN, BEFORE_LOGIN
 from gateway.imapwire import (
@@ -111,6 +111,7 @@ class EntryPoint:
     dictionary: tuple[bytes, ...] = ()
     donors: Callable[[], list[bytes]] | None = None  # CBOR subtrees to splice in
     share: float = 1.0  # relative share of a campaign's inputs
+    prefix: int = 0  # selector bytes before the message (see ``pick``)
 
     def context(self, seeds: list[bytes]) -> Context:
         return Context(seeds, self.dictionary, self.donors() if self.donors else None)
@@ -125,11 +126,11 @@ def pick(data: bytes, n: int) -> tuple[int, bytes]:
     return (data[0] % n if data else 0), data[1:]
 
 
-CBOR_WORDS = tuple(codec.encode(w) for w in (
+CBOR_WORDS = (*(codec.encode(w) for w in (
     "TCMS1/M1", "TCMS1/M3", "TCMS1/M4", "TCMS1/M5", "TCMS1/M6", "TCMS1/REFUSE",
     "TCMS1/ABORT-REQ", "TCMS1/RESOLVE-REQ", "TCMS1/ABORTED", "TCMS1/RESOLVED",
     "TCMS1/BAD-ESCROW", "TCMS1/REJECTED", "TCMS1/HDR", "TCMS1/CORE", "TCMS1/PAYLOAD",
-    "TCMS1/DC-KEY", "TCMS1/DC-GATEWAY", "TCMS1/DC-PUBLISH", "TCMS1/DC-REVOKE")) + (
+    "TCMS1/DC-KEY", "TCMS1/DC-GATEWAY", "TCMS1/DC-PUBLISH", "TCMS1/DC-REVOKE")),
     b"\x9f", b"\xbf", b"\xff", b"\x5f", b"\x7f", b"\xc1", b"\xd8\x18", b"\xfb\x7f\xf8" + bytes(6),
     b"\x1b" + b"\xff" * 8, b"\x3b" + b"\xff" * 8, b"\x81", b"\x58\x20", b"\x5a\xff\xff\xff\xff")
 DER_WORDS = (b"\x30\x80", b"\x00\x00", b"\x05\x00", b"\x02\x01\x00", b"\x01\x01\xff",
@@ -526,7 +527,7 @@ ENV_WORDS = (b"TCMS_GATEWAY__DOMAINS=", b"TCMS_GATEWAY=", b"TCMS_PROTOCOL__ACCEP
 # --- IMAP -----------------------------------------------------------------------------------
 
 FOLDER = imappolicy.HiddenFolder("TCMS", substitute="Gone-fuzz")
-MAX_EVENTS = 20_000
+MAX_EVENTS = 5_000
 
 
 def _read(policy: Policy, limits: Limits, chunks: list[bytes]) -> tuple[list[Event], bool]:
@@ -545,9 +546,10 @@ def _read(policy: Policy, limits: Limits, chunks: list[bytes]) -> tuple[list[Eve
 
 
 def imap_commands(data: bytes) -> None:
-    """The proxy's reader before and after login, fed at once and in 7-byte pieces (the
+    """The proxy's reader before and after login, fed at once and in small pieces (the
     same commands either way), and every command vetted as the proxy does."""
-    pieces = [data[i:i + 7] for i in range(0, len(data), 7)]
+    step = 7 if len(data) < 65536 else 4099  # odd sizes: pieces end anywhere in a token
+    pieces = [data[i:i + step] for i in range(0, len(data), step)]
     for policy, limits in ((imappolicy.before_login, BEFORE_LOGIN),
                            (imappolicy.after_login, AFTER_LOGIN)):
         whole = _read(policy, limits, [data])
@@ -648,13 +650,15 @@ ENTRY_POINTS: tuple[EntryPoint, ...] = (
                lambda: _paired(_receiver_states(), corpus.messages(
                    "m5", "resolved", "aborted", "bad-escrow", "rejected", "m3")),
                receiver_received, (), (cbor_tree,), CBOR_WORDS, corpus.protocol_messages,
-               2.0),
+               2.0, prefix=1),
     EntryPoint("sender.received", "messages to S's machine in every phase",
                lambda: _paired(_sender_states(), corpus.messages(
                    "m4", "refusal", "m6", "aborted", "resolved", "bad-escrow", "rejected")),
-               sender_received, (), (cbor_tree,), CBOR_WORDS, corpus.protocol_messages, 2.0),
+               sender_received, (), (cbor_tree,), CBOR_WORDS, corpus.protocol_messages, 2.0,
+               prefix=1),
     EntryPoint("sender.timestamp", "time-stamp replies to S's machine (m2, the receipt's)",
-               _timestamp_seeds, sender_timestamp, (), (der_tree,), DER_WORDS, None, 1.0),
+               _timestamp_seeds, sender_timestamp, (), (der_tree,), DER_WORDS, None, 1.0,
+               prefix=1),
     EntryPoint("ttp.handle", "the TTP's parse, check and decision of a request",
                lambda: corpus.messages("abort", "resolve"), simple(ttp_handle),
                (MessageError, ProtocolError), (cbor_tree,), CBOR_WORDS,
@@ -680,8 +684,9 @@ ENTRY_POINTS: tuple[EntryPoint, ...] = (
                corpus.dc_records, simple(dc_record), (MessageError, DirectoryError),
                (cbor_tree,), CBOR_WORDS, None),
     EntryPoint("dc.client", "the gateway's DC client reading any answer (HTTP in-process)",
-               corpus.dc_answers, dc_client, (DirectoryError,), (), CBOR_WORDS + (
-                   b"{", b"[", b'"', b"null", b"1e999"), None, 0.5),
+               corpus.dc_answers, dc_client, (DirectoryError,), (cbor_tree, json_tree),
+               (*CBOR_WORDS, b"{", b"[", b'"', b"null", b"1e999"), corpus.protocol_messages,
+               0.5, prefix=1),
     EntryPoint("mail.parse", "gateway/mailformat.parse: protocol mail", _inbound_seeds,
                simple(mail_parse), (mailformat.MailFormatError,), (lines, mail_inner),
                MAIL_WORDS, corpus.protocol_messages),
