@@ -14,16 +14,17 @@ import datetime as dt
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from asn1crypto import cms, tsp
-from asn1crypto.core import Void
+from asn1crypto.core import Choice, Void
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tcms import token_layout
+from tcms import der, token_layout
 from tcms.crypto import ct_equal
 from tcms.text import printable
 
@@ -58,6 +59,21 @@ class TimeStampResp(tsp.TimeStampResp):  # type: ignore[misc]
     ]
 
 
+def _der(value: Any) -> bytes:
+    """The bytes a parsed ASN.1 value was read from (its lengths are checked to be minimal DER
+    by ``check_der_lengths``), never encoded again.  Not ``value.dump()``: asn1crypto 1.5
+    takes a definite length whose last octet is 0x80 (``30 82 03 80``) for an indefinite one
+    and then encodes the value's whole subtree again, at every level below once more, at a
+    cost exponential in its depth (the fuzz suite found it: a 3.5 KB token with 64 ESS
+    certificate identifiers took 15 s to read, so one m3 could stall a gateway for minutes)."""
+    if isinstance(value, Choice) and not value.explicit:  # the chosen alternative's bytes
+        return _der(value.chosen)
+    header = value._header
+    if header is None:  # built here, not parsed: nothing was read
+        return bytes(value.dump())
+    return bytes(header + value.contents + value._trailer)
+
+
 def make_request(imprint: bytes, *, hash_alg: str = "sha256", nonce: int | None = None,
                  cert_req: bool = True, policy: str | None = None) -> tuple[bytes, int]:
     """A DER TimeStampReq over a precomputed imprint; returns (request, nonce)."""
@@ -88,7 +104,7 @@ def token_from_reply(reply: bytes) -> bytes:
         text = "; ".join(status_info["status_string"].native or [])
         fail = ",".join(sorted(status_info["fail_info"].native or []))
         token = resp["time_stamp_token"]
-        token_der = None if isinstance(token, Void) else bytes(token.dump())
+        token_der = None if isinstance(token, Void) else _der(token)
     except Exception:  # asn1crypto raises many types on malformed input
         raise TimestampError("malformed time-stamp reply: not a DER TimeStampResp") from None
     if status not in ("granted", "granted_with_mods"):
@@ -169,7 +185,7 @@ class _Parts:
 def _parse(token: bytes) -> _Parts:
     try:
         info = cms.ContentInfo.load(token)
-        if len(info.dump()) != len(token):
+        if len(_der(info)) != len(token):
             raise TimestampError("token has trailing bytes after its ContentInfo")
         if info["content_type"].native != "signed_data":
             raise TimestampError("token is not CMS SignedData")
@@ -200,13 +216,13 @@ def _parse(token: bytes) -> _Parts:
             raise TimestampError("token carries CRLs or unsigned attributes")
         parts = _Parts(
             digest=_digest_name(si["digest_algorithm"]),
-            digest_alg_der=si["digest_algorithm"].dump(),
-            listed_der=[a.dump() for a in sd["digest_algorithms"]],
-            sig_alg_der=si["signature_algorithm"].dump(),
+            digest_alg_der=_der(si["digest_algorithm"]),
+            listed_der=[_der(a) for a in sd["digest_algorithms"]],
+            sig_alg_der=_der(si["signature_algorithm"]),
             tst_der=tst_der, tst=tst, certs=[c.chosen for c in choices],
-            sid_der=si["sid"].dump(),
+            sid_der=_der(si["sid"]),
             attrs={a["type"].native: a["values"] for a in signed_attrs},
-            signed_der=signed_attrs.untag().dump(),
+            signed_der=der.tlv(0x31, signed_attrs.contents),  # signed as a SET, sent as [0]
             signature=si["signature"].native)
         check_der_lengths(token)
     except TimestampError:
@@ -227,7 +243,7 @@ def _check_encoding(token: bytes, p: _Parts, signer: cms.Certificate,
                              "SEQUENCE { OID, NULL }")
     if p.listed_der != [digest_alg]:
         raise TimestampError("digestAlgorithms must list the signer's digest alone")
-    sid = token_layout.issuer_and_serial(signer["tbs_certificate"]["issuer"].dump(),
+    sid = token_layout.issuer_and_serial(_der(signer["tbs_certificate"]["issuer"]),
                                          signer.serial_number)
     if p.sid_der != sid:
         raise TimestampError("the signer identifier (sid) is not exactly the TSA "
@@ -238,7 +254,7 @@ def _check_encoding(token: bytes, p: _Parts, signer: cms.Certificate,
                              "digest, encoded exactly")
     canonical = token_layout.signed_data_token(
         digest_alg=digest_alg, tst_info=p.tst_der,
-        certificates=token_layout.certificate_set(signer.dump()), sid=sid,
+        certificates=token_layout.certificate_set(_der(signer)), sid=sid,
         signed_attrs=p.signed_der, signature_alg=sig_alg, signature=p.signature)
     if canonical != token:
         raise TimestampError("token is not in its one DER encoding")
@@ -275,10 +291,10 @@ def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
     ess = scv2[0]["certs"][0]  # type: ignore[index]
     ess_alg = ess["hash_algorithm"]["algorithm"].native
     if ess_alg not in _HASHES or not ct_equal(
-        ess["cert_hash"].native, _HASHES[ess_alg][0](signer.dump()).digest()
+        ess["cert_hash"].native, _HASHES[ess_alg][0](_der(signer)).digest()
     ):
         raise TimestampError("ESS signingCertificateV2 does not name the TSA certificate")
-    cert = x509.load_der_x509_certificate(signer.dump())
+    cert = x509.load_der_x509_certificate(_der(signer))
     _check_encoding(token, p, signer, cert)
     _verify_cms_signature(cert, p.signature, p.signed_der, digest)
     gen_time = tst["gen_time"].native
@@ -297,7 +313,7 @@ def _verify_token(token: bytes, imprint: bytes, trusted_ca: x509.Certificate,
 def _digest_name(alg: object) -> str:
     """A digest AlgorithmIdentifier's name; its parameters must be absent or NULL."""
     params = alg["parameters"]  # type: ignore[index]
-    if params.dump() not in (b"", b"\x05\x00"):
+    if _der(params) not in (b"", b"\x05\x00"):
         raise TimestampError("digest algorithm parameters must be absent or NULL")
     return str(alg["algorithm"].native)  # type: ignore[index]
 

@@ -165,6 +165,26 @@ def test_poison_protocol_mail_is_rejected_by_name_and_a_genuine_exchange_complet
     assert out.count(" rejected ") >= len(cases) + 1, out
 
 
+def test_protocol_mail_whose_headers_the_email_package_cannot_parse_is_judged(
+        orgs: Orgs) -> None:
+    """Found by the fuzz suite: a ``Message-ID: <)`` (IndexError inside the email package)
+    or a To header it reads as a group (AttributeError) made reading the mail raise, so the
+    worker tried the item again and again; it is judged by the message it carries."""
+    data = crafted_m3(bob_party(orgs))
+    tx = tx_of(data)
+    mail = mailformat.build(data, sender="mallory@evil.test", recipient="tcms-gateway@b.test",
+                            tx=tx, domain="evil.test")
+    head, body = mail.split(b"\r\n\r\n", 1)
+    lines = [b"Message-ID: <)" if line.startswith(b"Message-ID:") else
+             b'To: tcms-Content-Type: multipart/mixed; boundary="==x"gateway@b.test'
+             if line.startswith(b"To:") else line for line in head.split(b"\r\n")]
+    with smtplib.SMTP("127.0.0.1", orgs.stack.smtp_port, timeout=30) as s:
+        s.sendmail("mallory@evil.test", ["tcms-gateway@b.test"],
+                   b"\r\n".join(lines) + b"\r\n\r\n" + body)
+    status, detail = inbound_outcome(orgs.b.db_url, tx)
+    assert status == "rejected" and "hdr.sender" in detail, (status, detail)
+
+
 def test_a_replayed_m3_cannot_take_the_recipients_exchange(orgs: Orgs) -> None:
     """alice's m3 to bob is captured and replayed, to carol and to the gateway, before
     bob's copy arrives: bob still gets his notice (once), carol none, and it completes."""

@@ -76,6 +76,24 @@ def test_malformed_protocol_mail_names_the_defect(mutate: object, why: str) -> N
         mailformat.parse(raw)
 
 
+@pytest.mark.parametrize(("name", "value", "field"), [
+    ("Message-ID", "<)", "message_id"),  # the email package raised IndexError
+    ("To", 'tcms-Content-Type: multipart/mixed; boundary="==x"gateway@b.test',
+     "recipient"),  # it reads a group and raised AttributeError
+])
+def test_a_header_the_email_package_cannot_parse_is_kept_as_text(name: str, value: str,
+                                                                  field: str) -> None:
+    """Found by the fuzz suite (tests/fuzzing): with the email package's default policy,
+    reading these headers raised from inside the standard library instead of giving the
+    protocol message or a MailFormatError (the compat32 policy reads them as text)."""
+    lines = mail("m4").split(b"\r\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith(name.encode() + b":"))
+    lines[at] = f"{name}: {value}".encode()
+    pm = mailformat.parse(b"\r\n".join(lines))
+    assert pm is not None and pm.kind == "m4" and pm.data == MSGS["m4"]
+    assert getattr(pm, field) == value
+
+
 def test_only_protocol_messages_travel_by_mail() -> None:
     with pytest.raises(MailFormatError):
         mailformat.build(b"not cbor", sender="a@a.test", recipient="b@b.test", tx=TX,

@@ -8,9 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from asn1crypto import tsp
+from asn1crypto import cms, core, tsp
 from reencode import REENCODINGS, reencodings
 
+from tcms import der, token_layout
 from tcms.timestamp import (
     TimestampError,
     TimeStampResp,
@@ -18,7 +19,7 @@ from tcms.timestamp import (
     token_from_reply,
     verify_token,
 )
-from tss.authority import POLICY_OID, TimeStampAuthority, create_credentials
+from tss.authority import POLICY_OID, TimeStampAuthority, create_credentials, granted
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -142,3 +143,79 @@ def test_a_token_has_one_encoding(tsa: TimeStampAuthority, kind: str) -> None:
     assert other != token
     with pytest.raises(TimestampError, match=reason):
         verify_token(other, imprint, tsa.creds.ca_cert, nonce=nonce)
+
+
+# --- lengths whose last octet is 0x80 (found by the fuzz suite) ------------------------------
+
+
+def _reencodings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A counter of asn1crypto's re-encodings of constructed values."""
+    count = [0]
+    for cls in (core.Sequence, core.SequenceOf):
+        original = cls._set_contents
+
+        def counting(self: object, force: bool = False, _original: object = original) -> None:
+            count[0] += 1
+            _original(self, force)  # type: ignore[operator]
+
+        monkeypatch.setattr(cls, "_set_contents", counting)
+    return count
+
+
+def _token_of_length_80(tsa: TimeStampAuthority, imprint: bytes) -> bytes:
+    """A genuine token whose ContentInfo length ends in the octet 0x80 (the nonce's size
+    chosen to make it so), as one token in 256 of a real TSA's is."""
+    for size in range(1, 300):  # the signature's length varies by a byte or two: try again
+        for _ in range(4):
+            token = token_from_reply(tsa.stamp(make_request(imprint, nonce=1 << (8 * size))[0],
+                                               now=NOW, serial=7).reply)
+            if token[1] == 0x82 and token[3] == 0x80:
+                return token
+    raise AssertionError("no nonce size gives such a length")
+
+
+def _token_with_ess_ids(tsa: TimeStampAuthority, n: int) -> bytes:
+    """A token whose signingCertificateV2 lists ``n`` more ESS certificate identifiers,
+    padded so that its ContentInfo length ends in 0x80 (it cannot verify: the signed
+    attributes changed; what matters is what reading it costs)."""
+    good = token_from_reply(tsa.stamp(make_request(bytes(32))[0], now=NOW, serial=8).reply)
+    sd = cms.ContentInfo.load(good)["content"]
+    si = sd["signer_infos"][0]
+    attrs = [a.dump() for a in si["signed_attrs"]][:3]
+    for pad in range(300):
+        ids = [der.seq(der.octets(bytes(32)))] * n + [der.seq(der.octets(bytes(32 + pad)))]
+        scv2 = der.seq(der.oid("1.2.840.113549.1.9.16.2.47"), der.set_of(der.seq(der.seq(*ids))))
+        token = token_layout.signed_data_token(
+            digest_alg=token_layout.DIGEST_ALGORITHMS["sha256"],
+            tst_info=sd["encap_content_info"]["content"].contents,
+            certificates=token_layout.certificate_set(sd["certificates"][0].chosen.dump()),
+            sid=si["sid"].dump(), signed_attrs=der.set_of(*attrs, scv2),
+            signature_alg=token_layout.SIGNATURE_ALGORITHMS["ec", "sha256"],
+            signature=si["signature"].native)
+        if token[1] == 0x82 and token[3] == 0x80:
+            return token
+    raise AssertionError("no padding gives such a length")
+
+
+def test_a_length_ending_in_0x80_is_read_as_it_is(tsa: TimeStampAuthority,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """asn1crypto takes a definite length whose last octet is 0x80 (``30 82 04 80``) for an
+    indefinite one and re-encodes the value's whole subtree, once more at every level below:
+    a 3.5 KB token listing 64 ESS identifiers took 15 s to read, so one m3 could stall a
+    gateway for minutes.  The verifier now reads every part as it was sent: a genuine token
+    of such a length verifies, and the crafted one is refused, with no re-encoding."""
+    imprint = hashlib.sha256(b"m").digest()
+    genuine = _token_of_length_80(tsa, imprint)
+    crafted = _token_with_ess_ids(tsa, 64)
+    count = _reencodings(monkeypatch)
+    info = verify_token(genuine, imprint, tsa.creds.ca_cert)
+    assert info.imprint == imprint
+    with pytest.raises(TimestampError, match="signingCertificateV2"):
+        verify_token(crafted, bytes(32), tsa.creds.ca_cert)
+    assert token_from_reply(granted(genuine)) == genuine
+    assert count[0] == 0, f"{count[0]} re-encodings"  # before the fix: over 200,000
+    # the TSS's reply, now written without asn1crypto, is the one asn1crypto writes
+    other = token_from_reply(tsa.stamp(make_request(imprint)[0], now=NOW, serial=9).reply)
+    assert granted(other) == TimeStampResp({"status": {"status": "granted"},
+                                            "time_stamp_token": cms.ContentInfo.load(other)}
+                                           ).dump()

@@ -17,16 +17,14 @@ import datetime as dt
 import time
 from collections.abc import Callable
 
-from asn1crypto import cms
 from fastapi import FastAPI, Request, Response
 
 from tcms.crypto import CryptoError, verify
 from tcms.protocol.checks import ProtocolError
 from tcms.protocol.messages import M1
 from tcms.store import Store
-from tcms.timestamp import TimeStampResp
 from tcms.web import CBOR, ERROR_RESPONSES, binary_body, install_error_handlers, read_body
-from tss.authority import RequestRejected, TimeStampAuthority
+from tss.authority import RequestRejected, TimeStampAuthority, granted
 
 QUERY = "application/timestamp-query"
 REPLY = "application/timestamp-reply"
@@ -53,9 +51,7 @@ def create_app(store: Store, tsa: TimeStampAuthority,
             imprint=imprint["hashed_message"].native, nonce=req["nonce"].native,
             requester=requester, requester_fp=requester_fp,
             sign=lambda serial: tsa.issue(req, now=now, serial=serial))
-        reply = TimeStampResp({"status": {"status": "granted"},
-                               "time_stamp_token": cms.ContentInfo.load(token)}).dump()
-        return Response(reply, media_type=REPLY)
+        return Response(granted(token), media_type=REPLY)
 
     @app.post("/tsa", response_class=Response, responses={
         200: {"content": {REPLY: {}}, "description": "TimeStampResp (granted or rejection)"},
