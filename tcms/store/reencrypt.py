@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Column, LargeBinary, Table, Text, and_, func, select, type_coerce, update
 
-from tcms.datakeys import DataKeyMismatch, DataKeyMissing, DataKeys, key_id_of
+from tcms.datakeys import HEADER, DataKeyMismatch, DataKeyMissing, DataKeys, key_id_of
 from tcms.store import models as m
 from tcms.store.db import Store
 from tcms.store.encrypted import TEXT_PREFIX, EncryptedBinary, EncryptedText, stored_text
@@ -43,7 +43,7 @@ class Encrypted:
         return type_coerce(self.column, Text if self.text else LargeBinary)
 
     def head(self) -> Any:
-        n = TEXT_HEAD if self.text else 6
+        n = TEXT_HEAD if self.text else HEADER.size
         return type_coerce(func.substr(self.column, 1, n), Text if self.text else LargeBinary)
 
     def key_id(self, head: Any) -> int | None:
@@ -64,17 +64,12 @@ class Encrypted:
             raise DataKeyMismatch(f"a value of {self.name} is not valid sealed text")
         return kid
 
-    def in_clear(self, stored: Any) -> bool:
-        if self.text:
-            return not str(stored).startswith(TEXT_PREFIX)
-        return key_id_of(bytes(stored)) is None
-
     def open(self, keys: DataKeys, stored: Any) -> Any:
         """The clear value of a stored one (as the column's type gives it)."""
         if not self.text:
             return keys.open(bytes(stored), self.name)
-        if self.in_clear(stored):
-            return str(stored)
+        if not str(stored).startswith(TEXT_PREFIX):
+            return str(stored)  # in clear
         return keys.open(stored_text(str(stored), self.name), self.name).decode()
 
 
