@@ -61,6 +61,7 @@ class GatewayProc:
     proc: subprocess.Popen[bytes] | None = None
     log: BinaryIO | None = None
     home: Path | None = None  # keys and trust files (default: workdir); a replica shares them
+    _mark: int = 0  # where the log of the latest start begins
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -128,21 +129,29 @@ class GatewayProc:
     def start(self) -> GatewayProc:
         """Start it; when a listening port was taken meanwhile (another test run on this
         machine), start again on fresh ports (the MTA's route to the intake follows)."""
-        for _ in range(3):
-            if self._start_once():
+        for attempt in range(3):
+            if attempt:
+                for name in ("submission", "smtps", "imap", "imaps", "intake"):
+                    setattr(self, name, free_port())
+                if self.home is None:
+                    self.stack.route(self.protocol_address, self.intake)
+            self.launch()
+            if self.ready():
                 return self
-            for name in ("submission", "smtps", "imap", "imaps", "intake"):
-                setattr(self, name, free_port())
-            if self.home is None:
-                self.stack.route(self.protocol_address, self.intake)
         raise RuntimeError(self.log_text())
 
-    def _start_once(self) -> bool:
+    def launch(self) -> None:
+        """Start the process (from the main thread: see spawn), without waiting."""
         self.log = open(self.workdir / "gateway.log", "ab")  # noqa: SIM115
-        mark = self.log.tell()
+        self._mark = self.log.tell()
         self.proc = spawn([sys.executable, "-m", "tcms.cli", "serve", "gateway"],
                           env=self.env(), cwd=self.workdir, stdout=self.log,
                           stderr=subprocess.STDOUT)
+
+    def ready(self) -> bool:
+        """Wait until the launched gateway answers; False if it could not listen on its
+        ports (taken meanwhile by another test run on this machine)."""
+        assert self.proc is not None and self.log is not None
         deadline = time.time() + 30
         while True:
             try:
@@ -151,7 +160,7 @@ class GatewayProc:
             except OSError:
                 if self.proc.poll() is not None:
                     self.log.close()
-                    if "address already in use" in self.log_text()[mark:]:
+                    if "address already in use" in self.log_text()[self._mark:]:
                         return False
                     raise RuntimeError(self.log_text()) from None
                 if time.time() > deadline:
@@ -330,16 +339,20 @@ def start_orgs(workdir: Path, services_db: str, a_db: str, b_db: str) -> Orgs:
     b = GatewayProc(workdir / "b", "b.test", stack, services, b_db)
     orgs = Orgs(stack, services, a, b, workdir)
 
-    def bring_up(gw: GatewayProc, *users: str) -> None:
+    def prepare(gw: GatewayProc, *users: str) -> None:
         gw.setup()
         gw.enroll(*users)
-        gw.start()
 
     try:
         with ThreadPoolExecutor(2) as pool:
-            for done in [pool.submit(bring_up, b, "bob@b.test", "carol@b.test", "dave@b.test"),
-                         pool.submit(bring_up, a, "alice@a.test")]:
+            for done in [pool.submit(prepare, b, "bob@b.test", "carol@b.test", "dave@b.test"),
+                         pool.submit(prepare, a, "alice@a.test")]:
                 done.result()
+        for gw in (a, b):  # both start at once
+            gw.launch()
+        for gw in (a, b):
+            if not gw.ready():
+                gw.start()  # on fresh ports
     except BaseException:
         orgs.stop()
         raise
