@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -62,6 +63,7 @@ class GatewayProc:
     proc: subprocess.Popen[bytes] | None = None
     log: BinaryIO | None = None
     home: Path | None = None  # keys and trust files (default: workdir); a replica shares them
+    _mark: int = 0  # where the log of the latest start begins
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -129,21 +131,29 @@ class GatewayProc:
     def start(self) -> GatewayProc:
         """Start it; when a listening port was taken meanwhile (another test run on this
         machine), start again on fresh ports (the MTA's route to the intake follows)."""
-        for _ in range(3):
-            if self._start_once():
+        for attempt in range(3):
+            if attempt:
+                for name in ("submission", "smtps", "imap", "imaps", "intake"):
+                    setattr(self, name, free_port())
+                if self.home is None:
+                    self.stack.route(self.protocol_address, self.intake)
+            self.launch()
+            if self.ready():
                 return self
-            for name in ("submission", "smtps", "imap", "imaps", "intake"):
-                setattr(self, name, free_port())
-            if self.home is None:
-                self.stack.route(self.protocol_address, self.intake)
         raise RuntimeError(self.log_text())
 
-    def _start_once(self) -> bool:
+    def launch(self) -> None:
+        """Start the process (from the main thread: see spawn), without waiting."""
         self.log = open(self.workdir / "gateway.log", "ab")  # noqa: SIM115
-        mark = self.log.tell()
+        self._mark = self.log.tell()
         self.proc = spawn([sys.executable, "-m", "tcms.cli", "serve", "gateway"],
                           env=self.env(), cwd=self.workdir, stdout=self.log,
                           stderr=subprocess.STDOUT)
+
+    def ready(self) -> bool:
+        """Wait until the launched gateway answers; False if it could not listen on its
+        ports (taken meanwhile by another test run on this machine)."""
+        assert self.proc is not None and self.log is not None
         deadline = time.time() + 30
         while True:
             try:
@@ -152,7 +162,7 @@ class GatewayProc:
             except OSError:
                 if self.proc.poll() is not None:
                     self.log.close()
-                    if "address already in use" in self.log_text()[mark:]:
+                    if "address already in use" in self.log_text()[self._mark:]:
                         return False
                     raise RuntimeError(self.log_text()) from None
                 if time.time() > deadline:
@@ -324,21 +334,33 @@ class Orgs:
 
 
 def start_orgs(workdir: Path, services_db: str, a_db: str, b_db: str) -> Orgs:
-    stack = MailStack(USERS).start()
-    (workdir / "services").mkdir()
-    prepare_keys(workdir / "services" / "keys")
-    services = Services(workdir / "services", services_db).start()
+    """The mail stack and the services, then each organisation's gateway (set up,
+    registered at the DC, users enrolled, started), the two side by side."""
+    with ThreadPoolExecutor(2) as pool:
+        stacking = pool.submit(MailStack(USERS).start)
+        (workdir / "services").mkdir()
+        prepare_keys(workdir / "services" / "keys")
+        services = Services(workdir / "services", services_db).start()
+        stack = stacking.result()
     a = GatewayProc(workdir / "a", "a.test", stack, services, a_db)
     b = GatewayProc(workdir / "b", "b.test", stack, services, b_db)
-    for gw in (a, b):
-        gw.setup()
-    b.enroll("bob@b.test", "carol@b.test", "dave@b.test")
-    a.enroll("alice@a.test")
     orgs = Orgs(stack, services, a, b, workdir)
+
+    def prepare(gw: GatewayProc, *users: str) -> None:
+        gw.setup()
+        gw.enroll(*users)
+
     try:
-        a.start()
-        b.start()
-    except Exception:
+        with ThreadPoolExecutor(2) as pool:
+            for done in [pool.submit(prepare, b, "bob@b.test", "carol@b.test", "dave@b.test"),
+                         pool.submit(prepare, a, "alice@a.test")]:
+                done.result()
+        for gw in (a, b):  # both start at once
+            gw.launch()
+        for gw in (a, b):
+            if not gw.ready():
+                gw.start()  # on fresh ports
+    except BaseException:
         orgs.stop()
         raise
     return orgs

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,9 @@ DOMAINS = ("a.test", "b.test")
 MASTER = ("gateway", "gateway-master-secret")
 REFUSED_RCPT = "refuse-me@b.test"  # Postfix answers 554 at RCPT
 REFUSED_HEADER = "X-Refuse-Me"  # Postfix answers 550 after DATA
+
+
+_ROUTING = threading.Lock()
 
 
 def free_port() -> int:
@@ -244,10 +248,11 @@ maillog_file_prefixes = {ROOT}
     def route(self, address: str, port: int) -> None:
         """Route one address to an LMTP listener on ``port`` (a gateway's intake), as an
         administrator adds one ``transport_maps`` line; Postfix is reloaded."""
-        self.routes[address] = port
-        self._write_transport()
-        res = subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} reload",
-                              "/dev/null"], capture_output=True, timeout=60)
+        with _ROUTING:  # two gateways may be set up at once (tests/gateways.py)
+            self.routes[address] = port
+            self._write_transport()
+            res = subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} reload",
+                                  "/dev/null"], capture_output=True, timeout=60)
         if res.returncode != 0:
             raise RuntimeError(f"postfix reload failed: {res.stdout!r}")
 

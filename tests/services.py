@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,9 @@ def _die_with_parent() -> None:
 
 def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """Start a test's server process: it is stopped when the test run ends, however it
-    ends."""
+    ends.  Call it from the main thread: the kernel's SIGTERM follows the death of the
+    thread that started the process, not of the whole test process."""
+    assert threading.current_thread() is threading.main_thread(), "spawn from the main thread"
     proc = subprocess.Popen(args, preexec_fn=_die_with_parent, **kwargs)
     _LIVE.add(proc)
     return proc

@@ -37,21 +37,26 @@ GW_A = Identity.from_seed("gateway@a.test", b"gwa" * 10 + b"xx", kind="gateway")
 GW_B = Identity.from_seed("gateway@b.test", b"gwb" * 10 + b"xx", kind="gateway")
 
 
-def register(svc: Services, domain: str, gateway: Identity) -> None:
-    keyfile = svc.workdir / f"{gateway.name}.json"
-    keyfile.write_text(json.dumps(gateway.party.to_json()))
-    res = subprocess.run([sys.executable, "-m", "tcms.cli", "dc", "register", domain,
-                          str(keyfile)], env=svc.env(), capture_output=True, text=True,
-                         timeout=60)
-    assert res.returncode == 0, res.stderr
+def register(svc: Services, *gateways: tuple[str, Identity]) -> None:
+    """`tcms dc register DOMAIN KEYFILE` for each (domain, gateway), side by side."""
+    procs = []
+    for domain, gateway in gateways:
+        keyfile = svc.workdir / f"{gateway.name}.json"
+        keyfile.write_text(json.dumps(gateway.party.to_json()))
+        procs.append(subprocess.Popen([sys.executable, "-m", "tcms.cli", "dc", "register",
+                                       domain, str(keyfile)], env=svc.env(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
 
 
 @pytest.fixture
 def dc_service(tmp_path: Path) -> Iterator[Services]:
     prepare_keys(tmp_path / "keys")
     svc = Services(tmp_path, f"sqlite:///{tmp_path / 'dc.db'}", which="dc").start()
-    register(svc, "a.test", GW_A)
-    register(svc, "b.test", GW_B)
+    register(svc, ("a.test", GW_A), ("b.test", GW_B))
     yield svc
     svc.stop()
 
