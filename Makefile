@@ -5,7 +5,24 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TCMS_TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: setup demo demo-inprocess mail-packages test test-fast lint typecheck bench clean
+.PHONY: setup demo demo-inprocess mail-packages test-packages postgres-ready test test-fast \
+        soak lint typecheck bench clean
+
+# Debian packages, as command:package (a path for a file that must exist): the mail stack
+# of the demo and the end-to-end tests (tests/mailstack.py), then what the tests add:
+# openssl and curl (RFC 3161 and TLS interoperability), dieharder (TSRG batteries)
+MAIL_TOOLS := postfix:postfix dovecot:dovecot-imapd /usr/lib/dovecot/lmtp:dovecot-lmtpd \
+              swaks:swaks openssl:openssl
+TEST_TOOLS := $(MAIL_TOOLS) curl:curl dieharder:dieharder
+# install the packages of $(1) that are missing (root, as on a fresh Debian machine)
+define install_missing
+	@need=""; for pair in $(1); do cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	  case $$cmd in /*) [ -e "$$cmd" ] || need="$$need $$pkg";; \
+	                *) command -v "$$cmd" >/dev/null || need="$$need $$pkg";; esac; done; \
+	if [ -n "$$need" ]; then echo "installing Debian packages:$$need"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; fi
+endef
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,20 +38,34 @@ demo: $(STAMP) mail-packages  ## two organisations, real Postfix + Dovecot, one 
 demo-inprocess: $(STAMP)  ## five exchanges between in-process parties (no mail servers), every recovery path
 	$(BIN)/tcms demo --out demo-out
 
-mail-packages:  ## Debian's Postfix, Dovecot (IMAP, LMTP, Sieve) and swaks, if missing (root)
-	@command -v postfix >/dev/null && command -v dovecot >/dev/null && \
-	  command -v sievec >/dev/null && [ -e /usr/lib/dovecot/lmtp ] || { \
-	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections && \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    postfix dovecot-imapd dovecot-lmtpd dovecot-sieve swaks openssl; }
+mail-packages:  ## Debian's Postfix, Dovecot (IMAP, LMTP), swaks and openssl, if missing
+	$(call install_missing,$(MAIL_TOOLS))
 
-test: $(STAMP)  ## lint, type-check and run the whole test suite (needs PostgreSQL)
+test-packages:  ## the mail packages, curl and dieharder, if missing (root)
+	$(call install_missing,$(TEST_TOOLS))
+
+postgres-ready: $(STAMP)  ## the PostgreSQL server of the tests answers (TCMS_TEST_PG_URL)
+	@$(BIN)/python -c 'import asyncio, asyncpg, os; \
+	asyncio.run(asyncpg.connect(os.environ["TCMS_TEST_PG_URL"], timeout=10))' 2>/dev/null || { \
+	  echo "No PostgreSQL answers at $$TCMS_TEST_PG_URL: the tests need one (trust auth," \
+	       "database test). Debian: apt-get install postgresql, then start it" \
+	       "(pg_ctlcluster ... main start) or set TCMS_TEST_PG_URL."; exit 1; }
+
+test: $(STAMP) test-packages postgres-ready  ## lint, type-check, every test (< 10 min)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	TCMS_PROPERTY_EXAMPLES=200 TCMS_RACES=100 $(BIN)/pytest -q --durations=15
 
-test-fast: $(STAMP)  ## every test, with 200 instead of 3000 property-based schedules each
-	TCMS_PROPERTY_EXAMPLES=200 $(BIN)/pytest -q
+test-fast: $(STAMP) postgres-ready  ## the tests without the real mail stack (not marked slow)
+	TCMS_PROPERTY_EXAMPLES=200 TCMS_RACES=100 $(BIN)/pytest -q -m "not slow"
+
+soak: $(STAMP) test-packages postgres-ready  ## the deep runs, with figures (about an hour)
+	TCMS_PROPERTY_EXAMPLES=3000 TCMS_RACES=1000 $(BIN)/pytest -q -s \
+	  --hypothesis-show-statistics --durations=0 tests/test_property.py \
+	  tests/test_services.py::test_abort_resolve_races_across_two_ttp_processes
+	$(BIN)/python bench/tsrg_quality.py
+	@if [ -f bench/fuzz.py ]; then echo "$(BIN)/python bench/fuzz.py"; \
+	  $(BIN)/python bench/fuzz.py; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

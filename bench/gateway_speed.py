@@ -152,7 +152,7 @@ def mta_floor(orgs: Orgs, n: int) -> tuple[float, float, float]:
     def append(k: int, per: int) -> None:
         imap = orgs.direct.open("dave@b.test")
         for i in range(per):
-            imap.append("INBOX", None, None,  # type: ignore[arg-type]
+            imap.append("INBOX", None, None,
                         f"Subject: {marker} append {k}-{i}\r\n\r\n".encode() + BODY)
         imap.logout()
 
@@ -169,8 +169,8 @@ def mta_floor(orgs: Orgs, n: int) -> tuple[float, float, float]:
 def _saved_count(orgs: Orgs, marker: str) -> int:
     with orgs.direct.open("carol@b.test") as imap:
         imap.select("INBOX")
-        _, data = imap.search(None, "SUBJECT", f'"{marker}"')  # type: ignore[arg-type]
-        return len(data[0].split())  # type: ignore[union-attr]
+        _, data = imap.search(None, "SUBJECT", f'"{marker}"')
+        return len(data[0].split())
 
 
 class Clients:

@@ -73,8 +73,8 @@ def child(budget: float) -> None:
         gd = _time(lambda s=sealed: gcm.decrypt(nonce, s, aad), size, budget)
         for api, enc, dec in (("bytes", tsrg.encrypt, tsrg.decrypt),
                               ("buffer", tsrg.encrypt_buffer, tsrg.decrypt_buffer)):
-            te = _time(lambda d=data, f=enc: f(key, d, aad), size, budget)  # type: ignore[misc]
-            td = _time(lambda b=blob, f=dec: f(key, b, aad), size, budget)  # type: ignore[misc]
+            te = _time(lambda d=data, f=enc: f(key, d, aad), size, budget)
+            td = _time(lambda b=blob, f=dec: f(key, b, aad), size, budget)
             print(f"{label:>6} {api:>6} | {te:9.0f} {ge:9.0f} {te / ge:6.2f} | "
                   f"{td:9.0f} {gd:9.0f} {td / gd:6.2f}", flush=True)
         # the protocol's other E_k: AES-256-GCM with a random nonce, bytes out

@@ -2,7 +2,8 @@
 # One-time set-up of an organisation's TCMS (run by the `init` service of
 # docker-compose.yml, idempotent): the TSA's certificate, the TTP's, DC's and gateway's
 # identities, the DC's update repository, the gateway registered for its domain, and the
-# trust files the gateways read.  Private keys are encrypted with TCMS_KEYS__PASSPHRASE.
+# trust files the gateways read, the data key.  Private keys (and the data key) are
+# encrypted with TCMS_KEYS__PASSPHRASE.
 set -eu
 : "${TCMS_GATEWAY__DOMAINS:?set the organisation's mail domains, e.g. [\"example.org\"]}"
 domain=$(echo "$TCMS_GATEWAY__DOMAINS" | tr -d '[]" ' | cut -d, -f1)
@@ -16,6 +17,8 @@ for id in "${TCMS_TTP__IDENTITY:-ttp@tcms.local}:ttp" "${TCMS_DC__IDENTITY:-dc@t
   tcms keys export "$name" >/dev/null 2>&1 || tcms keys create "$name" --kind "$kind"
 done
 [ -d "${TCMS_DC__UPDATES_DIR:-var/updates}" ] || tcms dc updates init
+# the data key that encrypts mail and key shares in the database, shared by the replicas
+[ -e "$keys/data-keys.keyring" ] || tcms keys data-key create
 tcms keys export "$gw" > "$keys/gateway-public.json"
 protocol="${TCMS_GATEWAY__PROTOCOL_ADDRESS:-tcms-gateway}@$domain"
 tcms dc register "$domain" "$keys/gateway-public.json" --protocol-address "$protocol"

@@ -22,7 +22,7 @@ from dc.client import DirectoryClient
 from dc.records import DirectoryError
 from gateway.imap import MasterLogin
 from gateway.queue import Queues
-from tcms import evidence
+from tcms import datakeys, evidence
 from tcms.config import ConfigError, GatewayConfig, Settings
 from tcms.identity import Identity, Party, normalise_name
 from tcms.keystore import Keystore, KeystoreError
@@ -245,12 +245,26 @@ def load_trust(settings: Settings, keystore: Keystore) -> tuple[Trust, Party]:
     return trust, dc
 
 
+def data_keys(directory: Path, passphrase: bytes) -> datakeys.DataKeys:
+    """The data keys that encrypt mail and key shares in the store, created on first use."""
+    new = not datakeys.keyring_path(directory).exists()
+    try:
+        keys = datakeys.load_or_create(directory, passphrase)
+    except datakeys.KeyringError as exc:
+        raise ConfigError(f"gateway: its data keys: {exc}") from None
+    if new:
+        log.info("created the data key %08x in %s", keys.current,
+                 datakeys.keyring_path(directory))
+    return keys
+
+
 def create(settings: Settings) -> GatewayContext:
     g = settings.gateway
     if not g.domains:
         raise ConfigError("gateway: set gateway.domains (TCMS_GATEWAY__DOMAINS), the mail "
                           "domains it certifies for")
-    keystore = Keystore(Path(settings.keys.dir), settings.keys.get_passphrase())
+    passphrase = settings.keys.get_passphrase()
+    keystore = Keystore(Path(settings.keys.dir), passphrase)
     try:
         me = keystore.load(g.identity)
     except KeystoreError as exc:
@@ -258,7 +272,7 @@ def create(settings: Settings) -> GatewayContext:
                           f"`tcms keys create {g.identity} --kind gateway`)") from None
     trust, dc_party = load_trust(settings, keystore)
     upstream = Upstream.from_config(g)
-    store = Store(settings.database.url)
+    store = Store(settings.database.url, data_keys=data_keys(keystore.dir, passphrase))
     return GatewayContext(
         settings=settings, store=store, keystore=keystore, me=me,
         trust=trust, dc=DirectoryClient(settings.dc.url, dc_party, clock=time.time),

@@ -127,8 +127,10 @@ async def to_mailbox(ctx: GatewayContext, row: dict[str, Any], now: int) -> None
     async with ctx.imap.session(owner) as box:
         mail = await render(ctx, box, row, rec, delivery_id)
         if mail is not None:
+            # attempts counts claims: 1 means no earlier claim can have appended it
             added = await box.append_once("INBOX", mail, notices.DELIVERY_ID, delivery_id,
-                                          flags="" if row["kind"] != "submitted" else "\\Seen")
+                                          flags="" if row["kind"] != "submitted" else "\\Seen",
+                                          retry=int(row["attempts"]) > 1)
             if added:
                 log.info("%s: %s mail for %s", rec.tx if rec else "-", row["kind"], owner)
     if row["kind"] == "notice":  # look at the user's answer folders until they answer

@@ -193,10 +193,12 @@ class Mailbox:
         await self._ok("MOVE", await self.client.uid("move", uid, _quote(folder)))
 
     async def append_once(self, folder: str, message: bytes, header: str, key: str,
-                          flags: str = "") -> bool:
+                          flags: str = "", retry: bool = True) -> bool:
         """APPEND ``message`` unless ``folder`` already holds one whose ``header`` is ``key``
-        (so a retried delivery never shows twice).  True if appended now."""
-        if await self.search_header(folder, header, key):
+        (so a retried delivery never shows twice).  True if appended now.  On a first try
+        (``retry`` false: no earlier try can have appended it) the search, whose cost grows
+        with the folder, is skipped."""
+        if retry and await self.search_header(folder, header, key):
             return False
         res = await self.client.append(message, mailbox=_quote(folder), flags=flags or None)
         await self._ok(f"APPEND to {folder}", res)

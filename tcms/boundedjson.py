@@ -14,8 +14,15 @@ import json
 import re
 from typing import Any
 
-# a JSON string, or one structural character; anything else is skipped
-_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]')
+# One item after optional whitespace: a string, a bracket or a comma (what is counted),
+# with the colon and the number or literal that may come before it in JSON.  The scan
+# matches at the current position only, never searching forwards: where nothing matches
+# (a character JSON cannot have there, or a string never closed) it stops, and the parser
+# refuses the text at that point.  Searching forwards instead would start a new attempt at
+# every quote of `"\"\"\"...`, each running to the end of the text: quadratic.
+_WS = rb"[ \t\r\n]*"
+_ITEM = re.compile(_WS + rb"(?::" + _WS + rb")?(?:[-+.0-9a-zA-Z]+" + _WS + rb")?"
+                   rb'(?:"[^"\\]*(?:\\.[^"\\]*)*"|([\[{])|([\]}])|,)', re.DOTALL)
 
 
 class JsonRefused(ValueError):
@@ -30,25 +37,28 @@ class JsonRefused(ValueError):
 def check_shape(data: bytes, *, max_depth: int, max_items: int) -> None:
     """Raise JsonRefused if ``data`` nests deeper than ``max_depth`` or holds more than
     ``max_items`` items (brackets, strings and commas: about two per list or object
-    member).  Linear in ``len(data)``; the Python loop runs at most about ``2 * max_items``
+    member).  Linear in ``len(data)``; the Python loop runs at most ``max_items + 1``
     times."""
-    depth = 0
-    for items, m in enumerate(_TOKENS.finditer(data), 1):
-        c = data[m.start()]
-        if c == 0x5B or c == 0x7B:  # [ {
+    depth = pos = items = 0
+    while (m := _ITEM.match(data, pos)) is not None:
+        items += 1
+        if items > max_items:
+            raise JsonRefused("json.size", f"more than {max_items} items")
+        if m.group(1):
             depth += 1
             if depth > max_depth:
                 raise JsonRefused("json.depth", f"nested deeper than {max_depth} levels")
-        elif c == 0x5D or c == 0x7D:  # ] }
+        elif m.group(2):
             depth -= 1
-        if items > max_items:
-            raise JsonRefused("json.size", f"more than {max_items} items")
+        pos = m.end()
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise JsonRefused("json.duplicate", "an object has the same key twice")
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise JsonRefused("json.duplicate", f"an object has the key {key[:40]!r} twice")
+        out[key] = value
     return out
 
 
@@ -64,4 +74,4 @@ def loads(data: bytes, *, max_depth: int, max_items: int) -> Any:
     except JsonRefused:
         raise
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, int digits
-        raise JsonRefused("json", "not valid JSON") from None
+        raise JsonRefused("json", "not JSON (RFC 8259, UTF-8)") from None

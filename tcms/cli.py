@@ -124,6 +124,95 @@ def keys_export(ctx: click.Context, name: str, output: Any) -> None:
     output.write(json.dumps({"kind": kind, **party.to_json()}, indent=1) + "\n")
 
 
+@keys.group("data-key")
+def data_key() -> None:
+    """The data key that encrypts mail, key shares and protocol state in the database.
+
+    Kept in the key directory (data-keys.keyring, sealed with the passphrase); a gateway
+    creates it on first use.  Rotate: `rotate`, then `tcms db reencrypt`, then `retire`
+    the old version (docs/gateway.md, "Data at rest")."""
+
+
+def _passphrase_of(ctx: click.Context) -> tuple[Path, bytes]:
+    settings = _settings(ctx)
+    return Path(settings.keys.dir), _passphrase(settings)
+
+
+def _keyring_command(fn: Any) -> Any:
+    from tcms import datakeys
+
+    try:
+        return fn()
+    except datakeys.DataKeyError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+@data_key.command("create")
+@click.pass_context
+def data_key_create(ctx: click.Context) -> None:
+    """Create the data key (an error if there is one: use `rotate`)."""
+    from tcms import datakeys
+
+    directory, passphrase = _passphrase_of(ctx)
+    keys = _keyring_command(lambda: datakeys.create(directory, passphrase))
+    click.echo(f"data key {keys.current:08x} created in {datakeys.keyring_path(directory)}")
+
+
+@data_key.command("rotate")
+@click.pass_context
+def data_key_rotate(ctx: click.Context) -> None:
+    """Add a new version of the data key and make it current: new values are sealed under
+    it, old ones still open.  Restart the gateways (copy the keyring to every gateway
+    sharing the database), then run `tcms db reencrypt`."""
+    from tcms import datakeys
+
+    directory, passphrase = _passphrase_of(ctx)
+    keys = _keyring_command(lambda: datakeys.rotate(directory, passphrase))
+    old = ", ".join(f"{k:08x}" for k in sorted(keys.keys) if k != keys.current) or "none"
+    click.echo(f"data key {keys.current:08x} is now current (older versions kept: {old})")
+
+
+@data_key.command("list")
+@click.pass_context
+def data_key_list(ctx: click.Context) -> None:
+    """The versions of the data key, oldest first (no passphrase needed)."""
+    import datetime as dt
+
+    from tcms import datakeys
+
+    directory = Path(_settings(ctx).keys.dir)
+    rows = _keyring_command(lambda: datakeys.describe(directory))
+    if not rows:
+        click.echo(f"no data key in {directory}")
+    for kid, created, current in sorted(rows, key=lambda r: r[1]):
+        when = dt.datetime.fromtimestamp(created, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{kid:08x}  created {when} UTC{'  current' if current else ''}")
+
+
+@data_key.command("retire")
+@click.argument("key_id")
+@click.pass_context
+def data_key_retire(ctx: click.Context, key_id: str) -> None:
+    """Drop the old version KEY_ID, once no value in the database is sealed under it
+    (`tcms db reencrypt` first).  What it sealed could never be opened again: it is
+    checked, on the configured database ([database] url)."""
+    from tcms import datakeys
+    from tcms.cliutil import with_store
+    from tcms.store.reencrypt import usage
+
+    directory, passphrase = _passphrase_of(ctx)
+    kid = _keyring_command(lambda: datakeys.parse_key_id(key_id))
+    used = with_store(ctx, usage)
+    left = {col: n[kid] for col, n in used.items() if n[kid]}
+    if left:
+        raise click.ClickException(
+            f"data key {kid:08x} still seals " + ", ".join(f"{n} value(s) of {c}"
+                                                            for c, n in left.items())
+            + ": run `tcms db reencrypt` first")
+    _keyring_command(lambda: datakeys.retire(directory, passphrase, kid))
+    click.echo(f"data key {kid:08x} retired")
+
+
 # --- verify -------------------------------------------------------------------------------
 
 
@@ -220,6 +309,64 @@ def db_upgrade(ctx: click.Context) -> None:
 
     asyncio.run(go())
     click.echo("database schema is up to date")
+
+
+def _usage_lines(used: dict[str, Any], current: int | None) -> list[str]:
+    lines = []
+    for col, counts in used.items():
+        parts = [f"{n} in clear" if kid is None else
+                 f"{n} under {kid:08x}{' (current)' if kid == current else ''}"
+                 for kid, n in sorted(counts.items(), key=lambda kv: (kv[0] is not None,
+                                                                       kv[0] or 0))]
+        lines.append(f"{col:18} {', '.join(parts) or 'empty'}")
+    return lines
+
+
+@db.command("key-usage")
+@click.pass_context
+def db_key_usage(ctx: click.Context) -> None:
+    """Which data key seals the values of each encrypted column (or: in clear)."""
+    from tcms.cliutil import data_keys_of, with_store
+    from tcms.store.reencrypt import usage
+
+    keys = data_keys_of(_settings(ctx))
+    for line in _usage_lines(with_store(ctx, usage), keys.current if keys else None):
+        click.echo(line)
+
+
+@db.command("reencrypt")
+@click.pass_context
+def db_reencrypt(ctx: click.Context) -> None:
+    """Seal every value under the current data key: values sealed under an older version
+    (after `tcms keys data-key rotate`) and values stored in clear before encryption.
+    Safe while gateways run; run it again if it reports values rewritten meanwhile."""
+    from tcms.cliutil import data_keys_of, with_store
+    from tcms.store.reencrypt import reencrypt
+
+    keys = data_keys_of(_settings(ctx))
+    if keys is None:
+        raise click.ClickException("no data key: set the keystore passphrase "
+                                   "(TCMS_KEYS__PASSPHRASE); a gateway creates the key on "
+                                   "first start, or `tcms keys data-key create`")
+    report = with_store(ctx, reencrypt)
+    total = sum(report.resealed.values())
+    click.echo(f"{total} value(s) sealed again under data key {keys.current:08x}"
+               + "".join(f"; {c}: {n}" for c, n in report.resealed.items()))
+    if report.raced:
+        click.echo(f"{sum(report.raced.values())} value(s) were rewritten by a gateway "
+                   "meanwhile (sealed under its current key)")
+    for line in _usage_lines(report.usage, keys.current):
+        click.echo(line)
+    if report.vacuumed:
+        click.echo("the SQLite file was rebuilt (VACUUM) and its WAL emptied: no page "
+                   "keeps a value as it was")
+    elif report.vacuumed is False:
+        click.echo("the SQLite file was rebuilt (VACUUM) but a reader kept its WAL busy: "
+                   "run `tcms db reencrypt` again to empty it")
+    elif total and _settings(ctx).database.url.startswith("postgres"):
+        click.echo("PostgreSQL keeps old row versions until they are vacuumed: run "
+                   "VACUUM FULL on submissions, inbound, runs, messages and evidence, and "
+                   "destroy backups taken before")
 
 
 # --- services -------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """What every package's commands share: the settings of the current `tcms` invocation and
-a store opened (and migrated) for one command."""
+a store opened (and migrated) for one command, with the data keys when the keystore has
+them and the passphrase is configured."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any, TypeVar
 import click
 
 from tcms import config as config_mod
+from tcms import datakeys
 from tcms.store import Store
+from tcms.store.encrypted import data_key_error
 
 T = TypeVar("T")
 
@@ -27,16 +30,37 @@ def settings_of(ctx: click.Context) -> config_mod.Settings:
     return settings
 
 
+def data_keys_of(settings: config_mod.Settings) -> datakeys.DataKeys | None:
+    """The keystore's data keys; None if it has none or no passphrase is configured (a
+    sealed value read then fails with DataKeyMissing)."""
+    try:
+        passphrase = settings.keys.get_passphrase()
+    except config_mod.ConfigError:
+        return None
+    try:
+        return datakeys.load(settings.keys.dir, passphrase)
+    except datakeys.KeyringError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
 def with_store(ctx: click.Context, fn: Callable[[Store], Awaitable[T]]) -> T:
-    """Run ``fn`` with the configured database, brought to the newest schema."""
+    """Run ``fn`` with the configured database, brought to the newest schema; a value the
+    data keys cannot open ends the command with the error's name and reason."""
     settings = settings_of(ctx)
+    keys = data_keys_of(settings)
 
     async def go() -> T:
-        store = Store(settings.database.url)
+        store = Store(settings.database.url, data_keys=keys)
         try:
             await store.upgrade()
             return await fn(store)
         finally:
             await store.close()
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except Exception as exc:
+        err = data_key_error(exc)
+        if err is None:
+            raise
+        raise click.ClickException(f"{type(err).__name__}: {err}") from None

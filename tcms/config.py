@@ -24,7 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from tcms import strict_json
+from tcms import boundedjson
 from tcms.identity import party_name_error
 
 DEFAULT_FILE = Path("config/tcms.toml")
@@ -330,14 +330,15 @@ class _BoundedEnv(EnvSettingsSource):
     def decode_complex_value(self, field_name: str, field: FieldInfo,
                              value: Any) -> Any:
         if isinstance(value, str):
-            try:
-                strict_json.check_shape(value, max_depth=MAX_NESTING)
-            except strict_json.JsonInputError as exc:
+            raw = value.encode(errors="replace")
+            try:  # every item takes a byte at least: only the depth is bounded here
+                boundedjson.check_shape(raw, max_depth=MAX_NESTING, max_items=len(raw))
+            except boundedjson.JsonRefused as exc:
                 names = [k for k, v in os.environ.items()
                          if v == value and k.upper().startswith("TCMS_")]
                 where = names[0] if names else f"the value for {field_name}"
-                raise ConfigError(f"invalid configuration (environment): {where}: {exc}"
-                                  ) from None
+                raise ConfigError(f"invalid configuration (environment): {where}: "
+                                  f"{exc.reason}") from None
         return super().decode_complex_value(field_name, field, value)
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tcms import evidence
+from tcms import datakeys, evidence
 from tcms.keystore import Keystore
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.checks import Trust
@@ -62,7 +62,8 @@ async def run(out_dir: Path, scenario: str = "accept",
         "TCMS Demo TSA", now=dt.datetime.fromtimestamp(now - 3600, dt.UTC)))
     trust = Trust(ttp.party, tsa.creds.ca_cert)
     (out_dir / "trust.json").write_text(json.dumps(evidence.trust_to_json(trust), indent=1))
-    store = Store(f"sqlite:///{out_dir / 'demo.db'}")
+    store = Store(f"sqlite:///{out_dir / 'demo.db'}",
+                  data_keys=datakeys.load_or_create(out_dir / "keys", passphrase))
     await store.upgrade()
     serial = [0]
     decisions: dict[bytes, ttp_role.Decision] = {}

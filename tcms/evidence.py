@@ -18,7 +18,7 @@ import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tcms import strict_json
+from tcms import boundedjson
 from tcms.crypto import CryptoError, check_commitment, ct_equal, h
 from tcms.identity import Party
 from tcms.protocol import checks
@@ -55,7 +55,7 @@ CONTENT = ("k_r", "k_t", "c")
 MAX_BUNDLE_BYTES = 128 * 1024 * 1024
 MAX_TRUST_BYTES = 1024 * 1024
 MAX_DEPTH = 8  # a bundle nests 1 level, a trust file 2
-MAX_TOKENS = 256  # a bundle has 58 tokens, a trust file about 40
+MAX_ITEMS = 256  # a bundle has at most 43 (strings, brackets, commas), a trust file 22
 
 
 class BundleUnreadable(ValueError):
@@ -152,19 +152,20 @@ def receiver_bundle(st: ReceiverState) -> dict[str, Any]:
 # --- reading files ---------------------------------------------------------------------
 
 
-def _read_json(data: bytes | str, max_bytes: int) -> Any:
-    return strict_json.loads(data, max_bytes=max_bytes, max_depth=MAX_DEPTH,
-                             max_tokens=MAX_TOKENS)
+def _read_json(data: bytes, max_bytes: int) -> Any:
+    if len(data) > max_bytes:
+        raise boundedjson.JsonRefused("json.size", f"larger than {max_bytes} bytes")
+    return boundedjson.loads(data, max_depth=MAX_DEPTH, max_items=MAX_ITEMS)
 
 
-def loads(data: bytes | str) -> Any:
-    """The JSON value of a bundle file, read strictly (``strict_json``: size, depth and
-    token bounds before parsing, no duplicate names); BundleUnreadable otherwise.  Its
-    fields are checked by ``verify``."""
+def loads(data: bytes) -> Any:
+    """The JSON value of a bundle file, read strictly (``boundedjson``: size, depth and
+    item bounds before parsing, no key twice); BundleUnreadable otherwise.  Its fields
+    are checked by ``verify``."""
     try:
         return _read_json(data, MAX_BUNDLE_BYTES)
-    except strict_json.JsonInputError as exc:
-        raise BundleUnreadable(f"the bundle cannot be read: {exc}") from None
+    except boundedjson.JsonRefused as exc:
+        raise BundleUnreadable(f"the bundle cannot be read: {exc.reason}") from None
 
 
 def dumps(bundle: dict[str, Any]) -> str:
@@ -221,12 +222,12 @@ def trust_from_json(data: object) -> Trust:
     return Trust(party, ca)
 
 
-def load_trust(data: bytes | str) -> Trust:
+def load_trust(data: bytes) -> Trust:
     """The Trust in a trust file's bytes, read strictly; TrustFileError otherwise."""
     try:
         parsed = _read_json(data, MAX_TRUST_BYTES)
-    except strict_json.JsonInputError as exc:
-        raise TrustFileError(str(exc)) from None
+    except boundedjson.JsonRefused as exc:
+        raise TrustFileError(exc.reason) from None
     return trust_from_json(parsed)
 
 

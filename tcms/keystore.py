@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 from tcms.identity import Identity, Party, normalise_name
@@ -15,6 +16,26 @@ from tcms.identity import Identity, Party, normalise_name
 
 class KeystoreError(Exception):
     pass
+
+
+def write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
+    """Write ``text`` to ``path`` atomically, mode 0600 (its directory made 0700 if new).
+    ``exclusive``: never replace an existing file (FileExistsError), so that two
+    processes creating the same file at once keep one of them, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class Keystore:
@@ -37,16 +58,8 @@ class Keystore:
     def save(self, ident: Identity) -> None:
         if self._passphrase is None:
             raise KeystoreError("a passphrase is needed to store private keys")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self._path(ident.name)
-        data = json.dumps(ident.to_encrypted_json(self._passphrase), indent=1)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        write_private(self._path(ident.name),
+                      json.dumps(ident.to_encrypted_json(self._passphrase), indent=1))
 
     def load(self, name: str) -> Identity:
         if self._passphrase is None:

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tcms.datakeys import DataKey, DataKeys
 from tcms.identity import Identity, Party
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.checks import Trust
@@ -22,6 +24,17 @@ from tcms.store import Store
 from tss.authority import TimeStampAuthority, create_credentials
 
 PG_URL = os.environ.get("TCMS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    """SIGTERM or SIGHUP (a CI timeout, a closed terminal) ends the run as Ctrl-C does:
+    fixtures are torn down and atexit handlers run, so no server a test started is left
+    running (tests/services.py, tests/mailstack.py)."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+signal.signal(signal.SIGTERM, _interrupted)
+signal.signal(signal.SIGHUP, _interrupted)
 T0 = 1_800_000_000  # a fixed "now" for protocol tests (2027-01-15)
 
 ALICE = Identity.from_seed("alice@a.test", b"alice" * 6 + b"xx")
@@ -35,6 +48,8 @@ TSA = TimeStampAuthority(create_credentials("Test TSA", now=dt.datetime(2026, 1,
 TRUST = Trust(TTP.party, TSA.creds.ca_cert)
 DEADLINES = Deadlines(T0 + 100, T0 + 200, T0 + 300, T0 + 1000)
 PARTIES = {p.name: p for p in (ALICE.party, BOB.party, CAROL.party)}
+# the data key of stores made in tests (a gateway's own comes from its keystore)
+DATA_KEYS = DataKeys([DataKey(0x7E570001, T0, b"k" * 32)], 0x7E570001)
 
 
 def known(name: str) -> Party | None:
@@ -57,9 +72,18 @@ class Run:
 
     sender: Sender
     m3: bytes
-    receiver: Receiver | None = None
+    _receiver: Receiver | None = None
     ttp_decision: ttp_role.Decision | None = None
     delivered: list[bytes] = field(default_factory=list)
+
+    @property
+    def receiver(self) -> Receiver:
+        assert self._receiver is not None, "no receiver yet: the recipient has not got m3"
+        return self._receiver
+
+    @receiver.setter
+    def receiver(self, r: Receiver) -> None:
+        self._receiver = r
 
     def to_ttp(self, data: bytes, at: int) -> bytes:
         decision, answer = ttp_role.handle(TTP, TRUST, data, self.ttp_decision, at)
@@ -73,22 +97,21 @@ def start_run(m0: bytes = b"Subject: test\r\n\r\nbody", *, sender: Identity = AL
               deadlines: Deadlines = DEADLINES) -> Run:
     s, acts = Sender.start(sender, TRUST, recipient.party, m0,
                            Description("test", len(m0), "<t@a.test>"), deadlines)
-    acts = s.handle(TimestampReply(stamp(acts[0].data, at)), at)
-    m3 = next(a.data for a in acts if isinstance(a, Send) and a.kind == "m3")
-    return Run(s, m3)
+    acts = s.handle(TimestampReply(stamp(one(acts, "m1"), at)), at)
+    return Run(s, one(acts, "m3"))
 
 
-def sends(actions: list[Action], kind: str | None = None) -> list[Send]:
+def sends(actions: Sequence[Action], kind: str | None = None) -> list[Send]:
     return [a for a in actions if isinstance(a, Send) and (kind is None or a.kind == kind)]
 
 
-def one(actions: list[Action], kind: str) -> bytes:
+def one(actions: Sequence[Action], kind: str) -> bytes:
     found = sends(actions, kind)
     assert len(found) == 1, f"expected one {kind} in {actions}"
     return found[0].data
 
 
-def delivered(actions: list[Action]) -> list[bytes]:
+def delivered(actions: Sequence[Action]) -> list[bytes]:
     return [a.m0 for a in actions if isinstance(a, Deliver)]
 
 
@@ -107,13 +130,13 @@ def run_factory() -> Callable[..., Run]:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'tcms.db'}")
+        s = Store(f"sqlite:///{tmp_path / 'tcms.db'}", data_keys=DATA_KEYS)
         await s.upgrade()
         yield s
         await s.close()
         return
     async with pg_database() as url:
-        s = Store(url)
+        s = Store(url, data_keys=DATA_KEYS)
         await s.upgrade()
         yield s
         await s.close()

@@ -24,14 +24,17 @@ from typing import BinaryIO
 
 import httpx
 from mailstack import MASTER, MailStack, free_port
-from services import DC, PASSPHRASE, Services, prepare_keys, stop_process
+from services import DC, PASSPHRASE, Services, prepare_keys, spawn, stop_process
 
+from tcms import datakeys
 from tcms.keystore import Keystore
+from tcms.store import Store
 
 USERS = {"alice@a.test": "alice-password", "bob@b.test": "bob-password",
          "carol@b.test": "carol-password", "dave@b.test": "dave-password"}
-# windows short enough for tests to watch every recovery procedure happen
-WINDOWS = {"ACCEPT_WINDOW": "15", "M5_WINDOW": "10", "M6_WINDOW": "10",
+# windows short enough for tests to watch every recovery procedure happen, long enough
+# for a 20 MB mail to be sealed and carried on a busy 2-core machine
+WINDOWS = {"ACCEPT_WINDOW": "30", "M5_WINDOW": "10", "M6_WINDOW": "10",
            "RESOLVE_WINDOW": "600"}
 
 
@@ -138,9 +141,9 @@ class GatewayProc:
     def _start_once(self) -> bool:
         self.log = open(self.workdir / "gateway.log", "ab")  # noqa: SIM115
         mark = self.log.tell()
-        self.proc = subprocess.Popen([sys.executable, "-m", "tcms.cli", "serve", "gateway"],
-                                     env=self.env(), cwd=self.workdir, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = spawn([sys.executable, "-m", "tcms.cli", "serve", "gateway"],
+                          env=self.env(), cwd=self.workdir, stdout=self.log,
+                          stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while True:
             try:
@@ -156,8 +159,25 @@ class GatewayProc:
                     raise RuntimeError(self.log_text()) from None
                 time.sleep(0.2)
 
+    def store(self) -> Store:
+        """Its database, with its data keys (from its keystore) to read what it sealed."""
+        keys = datakeys.load((self.home or self.workdir) / "keys", PASSPHRASE.encode())
+        return Store(self.db_url, data_keys=keys)
+
     def log_text(self) -> str:
         return (self.workdir / "gateway.log").read_text(errors="replace")
+
+    def wait_log(self, *needles: str, since: int = 0, timeout: float = 60) -> str:
+        """The first line of the log (from offset ``since``) holding every one of
+        ``needles``, once the gateway has written it."""
+        deadline = time.time() + timeout
+        while True:
+            for line in self.log_text()[since:].splitlines():
+                if all(n in line for n in needles):
+                    return line
+            if time.time() > deadline:
+                raise AssertionError(f"{self.domain}'s gateway never logged {needles}")
+            time.sleep(0.1)
 
     def replica(self, name: str) -> GatewayProc:
         """Another instance of this organisation's gateway: its own ports, the same
@@ -222,8 +242,8 @@ def messages(via: Via, user: str, folder: str = "INBOX") -> list[tuple[bytes, by
         _, data = imap.uid("SEARCH", None, "ALL")  # type: ignore[arg-type]
         out = []
         for uid in data[0].split():
-            _, msg = imap.uid("FETCH", uid, "(BODY.PEEK[])")  # type: ignore[arg-type]
-            out.append((uid, bytes(msg[0][1])))  # type: ignore[index]
+            _, msg = imap.uid("FETCH", uid, "(BODY.PEEK[])")
+            out.append((uid, bytes(msg[0][1])))
         return out
 
 
@@ -347,13 +367,47 @@ def query(db_url: str, sql: str, *args: object) -> list[tuple[object, ...]]:
     return asyncio.run(pg())
 
 
-def inbound_outcome(db_url: str, tx: str, timeout: float = 60) -> tuple[str, str]:
-    """(status, detail) of the newest inbound item of exchange ``tx``, once handled."""
+def inbound_outcome(db_url: str, tx: str, timeout: float = 60,
+                    kind: str | None = None) -> tuple[str, str]:
+    """(status, detail) of the newest inbound item of exchange ``tx`` (of that ``kind``:
+    m3 ... refusal), once handled."""
+    sql = "SELECT status, detail FROM inbound WHERE tx = ?"
+    args: tuple[str, ...] = (tx,)
+    if kind is not None:
+        sql, args = sql + " AND kind = ?", (tx, kind)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        rows = query(db_url, "SELECT status, detail FROM inbound WHERE tx = ? "
-                             "ORDER BY id DESC", tx)
+        rows = query(db_url, sql + " ORDER BY id DESC", *args)
         if rows and rows[0][0] != "new":
             return str(rows[0][0]), str(rows[0][1] or "")
         time.sleep(0.1)
-    raise AssertionError(f"the intake never handled protocol mail of exchange {tx}")
+    raise AssertionError(f"the intake never handled {kind or 'protocol'} mail of exchange {tx}")
+
+
+def unfinished(db_url: str, tx: str) -> list[str]:
+    """What a gateway still has to do for exchange ``tx``: runs not yet terminal, outbox
+    messages not yet sent, inbound protocol mail not yet handled ([] if none, and the
+    gateway has runs of ``tx``)."""
+    runs = query(db_url, "SELECT cid, role, phase, terminal FROM runs WHERE tx = ?", tx)
+    if not runs:
+        return [f"no run of exchange {tx}"]
+    left = [f"{role} run in phase {phase}" for _, role, phase, terminal in runs
+            if not terminal]
+    for cid, role, _, _ in runs:
+        left += [f"{role}'s {kind} to {dest} unsent" for kind, dest in query(
+            db_url, "SELECT kind, destination FROM messages WHERE cid = ? AND role = ? "
+                    "AND direction = 'out' AND sent_at IS NULL", cid, role)]
+    left += [f"inbound #{i} ({kind}) unhandled" for i, kind in query(
+        db_url, "SELECT id, kind FROM inbound WHERE tx = ? AND status = 'new'", tx)]
+    return left
+
+
+def settled(tx: str, *gateways: GatewayProc, timeout: float = 90) -> None:
+    """Wait until each gateway has done all it will do for exchange ``tx`` (its runs
+    ended, its outbox sent, protocol mail handled): what its users hold then is final."""
+    deadline = time.time() + timeout
+    for gw in gateways:
+        while left := unfinished(gw.db_url, tx):
+            if time.time() > deadline:
+                raise AssertionError(f"{gw.domain} never settled exchange {tx}: {left}")
+            time.sleep(0.1)

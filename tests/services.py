@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import os
 import signal
 import socket
@@ -11,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from conftest import TSA, TTP
@@ -21,6 +24,31 @@ from tss import credentials
 
 PASSPHRASE = "service-test-passphrase"
 DC = Identity.from_seed("dc@tcms.test", b"dc" * 16, kind="dc")
+
+
+# every server process a test starts, until it is stopped: stopped at exit too, so that an
+# interrupted run (Ctrl-C, or SIGTERM: see conftest.py) leaves none behind; and each one
+# gets SIGTERM from the kernel should the test process die without running atexit (SIGKILL)
+_LIVE: set[subprocess.Popen[bytes]] = set()
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a test's server process: it is stopped when the test run ends, however it
+    ends."""
+    proc = subprocess.Popen(args, preexec_fn=_die_with_parent, **kwargs)
+    _LIVE.add(proc)
+    return proc
+
+
+@atexit.register
+def stop_every_process() -> None:
+    for proc in list(_LIVE):
+        stop_process(proc)
 
 
 def free_port() -> int:
@@ -115,9 +143,9 @@ class Services:
     def _start_once(self) -> bool:
         self._log_path = self.workdir / f"serve-{self.ttp_port}.log"
         log = open(self._log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "tcms.cli", "serve", self.which],
-                                     env=self.env(), cwd=self.workdir, stdout=log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = spawn([sys.executable, "-m", "tcms.cli", "serve", self.which],
+                          env=self.env(), cwd=self.workdir, stdout=log,
+                          stderr=subprocess.STDOUT)
         urls = {"all": [self.tss, self.ttp, self.dc], "tss": [self.tss], "ttp": [self.ttp],
                 "dc": [self.dc]}[self.which]
         verify: bool | ssl.SSLContext = (ssl.create_default_context(cafile=str(self.tls[0]))
@@ -155,3 +183,4 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    _LIVE.discard(proc)

@@ -194,7 +194,10 @@ def test_tcms_keys_cli(tmp_path: Path) -> None:
                                   ["ttp", "audit"], ["ttp", "dispute"], ["dc", "register"],
                                   ["dc", "publish"], ["dc", "revoke"], ["dc", "lookup"],
                                   ["dc", "updates", "init"], ["dc", "updates", "apply"],
-                                  ["tx", "list"], ["tx", "show"], ["tx", "export"]])
+                                  ["tx", "list"], ["tx", "show"], ["tx", "export"],
+                                  ["keys", "data-key"], ["keys", "data-key", "rotate"],
+                                  ["keys", "data-key", "retire"], ["db", "reencrypt"],
+                                  ["db", "key-usage"]])
 def test_help_everywhere(tmp_path: Path, args: list[str]) -> None:
     res = tcms(tmp_path, *args, "--help")
     assert res.returncode == 0 and "Usage:" in res.stdout, res.stderr

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, SSlibKey
 from services import PASSPHRASE, Services, prepare_keys
-from tuf.api.metadata import Metadata, TargetFile
+from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
 
 from dc.updater import ModuleUpdater
@@ -73,7 +73,7 @@ def test_forged_or_wrongly_signed_metadata_is_refused(
     # the attacker points the metadata at its own file, without the targets key
     evil = module(9, "aes256gcm")
     (repo.targets_dir / "algorithm-suite").write_bytes(evil)
-    md = Metadata.from_bytes(signed)
+    md = Metadata[Targets].from_bytes(signed)
     md.signed.targets["algorithm-suite"] = TargetFile.from_data("algorithm-suite", evil)
     path.write_bytes(md.to_bytes(JSONSerializer()))  # old signature kept: does not verify
     with pytest.raises(UpdateError, match="UnsignedMetadata"):

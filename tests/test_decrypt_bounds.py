@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import struct
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from tcms.protocol.messages import Description
 from tcms.timestamp import make_request, token_from_reply
 from tsrg import TsrgCipher, TsrgError, TsrgSession
 from tsrg.cipher import MAX_CLASS_EXP, MIN_FRAME, TAG_LEN, class_index, class_length
+from ttp import filing
 
 ISSUE_BLOB = b"TSR2\x01\x00\x28\x7f" + bytes(288)  # claims a class of 2 TiB in 296 bytes
 CHEAP = 1 << 20  # bytes of Python allocations a rejection may cost at most
@@ -137,8 +139,12 @@ def test_dispute_with_it_costs_the_ttp_nothing(tmp_path: Path) -> None:
     try:
         assert svc.proc is not None
         def dispute(c: bytes) -> httpx.Response:
-            return httpx.post(svc.ttp + "/dispute", content=json.dumps(bundle_sealing(c)),
-                              headers={"Content-Type": "application/json"}, timeout=60)
+            bundle = bundle_sealing(c)
+            body = json.dumps(bundle).encode()
+            filed = filing.filing_headers(ALICE, filing.core_of(bundle).cid, body,
+                                          int(time.time()))  # the sender files it
+            return httpx.post(svc.ttp + "/dispute", content=body, timeout=60,
+                              headers={"Content-Type": "application/json", **filed})
 
         warm = dispute(b"TSR2")  # the same path up to the cipher: imports, connection
         assert warm.json()["check"] == "c.decrypt", warm.text

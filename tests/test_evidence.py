@@ -218,6 +218,9 @@ def test_tcms_tx_list_show_export(tmp_path: Path) -> None:
     def tx(*args: str) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
         env["TCMS_DATABASE__URL"] = env_db
+        # the demo's keystore holds the data key that seals its runs
+        env["TCMS_KEYS__DIR"] = str(tmp_path / "recipient-stalls" / "keys")
+        env["TCMS_KEYS__PASSPHRASE"] = "demo-passphrase-not-for-production"
         return subprocess.run([sys.executable, "-m", "tcms.cli", "tx", *args], env=env,
                               capture_output=True, text=True, timeout=60)
 

@@ -5,12 +5,17 @@ SQLite.  Every recovery procedure is watched happening: R1S, R1R, R2S."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import smtplib
 import time
+import uuid
+from collections.abc import Callable
 from email.header import Header, decode_header, make_header
 from email.message import Message
+from pathlib import Path
 
 import pytest
 from gateways import (
@@ -21,9 +26,15 @@ from gateways import (
     move,
     parse,
     query,
+    settled,
     subject_starts,
     wait_mail,
 )
+from test_data_at_rest import assert_nowhere, key_ids, mode, pg_dump, sqlite_bytes, tcms
+
+from tcms.protocol.receiver import ReceiverState
+from tcms.protocol.sender import SenderState
+from tcms.protocol.state import load_state
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +59,7 @@ def notice_for(orgs: Orgs, user: str, about: str) -> tuple[bytes, Message]:
     return uid, parse(raw)
 
 
-def original(marker: str) -> object:
+def original(marker: str) -> Callable[[Message], bool]:
     return lambda m: m["X-Marker"] == marker and m["TCMS-Certified"] is not None
 
 
@@ -64,6 +75,12 @@ def no_protocol_mail_left(orgs: Orgs, *users: str) -> None:
 
 def decoded(value: object) -> str:
     return str(make_header(decode_header(str(value))))
+
+
+def decoded_subject(prefix: str, about: str) -> Callable[[Message], bool]:
+    """Matches a mail whose decoded subject starts with ``prefix`` and names ``about``."""
+    return lambda m: (decoded(m["Subject"]).startswith(prefix)
+                      and about in decoded(m["Subject"]))
 
 
 def test_accept_read_and_receipt(orgs: Orgs) -> None:
@@ -103,9 +120,8 @@ def test_accept_read_and_receipt(orgs: Orgs) -> None:
     no_protocol_mail_left(orgs, "alice@a.test", "bob@b.test")
 
 
-def count(orgs: Orgs, user: str, match: object) -> int:
-    return sum(1 for _, r in messages(orgs.proxy, user)
-               if match(parse(r)))  # type: ignore[operator]
+def count(orgs: Orgs, user: str, match: Callable[[Message], bool]) -> int:
+    return sum(1 for _, r in messages(orgs.proxy, user) if match(parse(r)))
 
 
 def test_refuse_by_replying_to_the_notice(orgs: Orgs) -> None:
@@ -123,7 +139,7 @@ def test_refuse_by_replying_to_the_notice(orgs: Orgs) -> None:
     _, raw = wait_mail(imap, "alice@a.test", subject_starts("Refused:", "Offer to refuse"))
     res = orgs.verify(attachment(raw, "vnd.tcms.evidence+json"), "refuse-2.json")
     assert res.returncode == 0 and "refused" in res.stdout, res.stdout + res.stderr
-    time.sleep(2)
+    settled(tx, orgs.a, orgs.b)  # both gateways are done with it: the mailboxes are final
     assert count(orgs, "bob@b.test", original("refuse-2")) == 0
     assert count(orgs, "alice@a.test", subject_starts("Receipt:", "Offer to refuse")) == 0
 
@@ -137,9 +153,7 @@ def test_several_recipients_non_ascii_and_an_uncertifiable_one(orgs: Orgs) -> No
     send(orgs, raw, ["bob@b.test", "carol@b.test", "dave@b.test", "nobody@b.test",
                      "x@unknown.test"])
     for who in ("nobody@b.test", "x@unknown.test"):
-        _, fail = wait_mail(imap, "alice@a.test",
-                            lambda m, w=who: decoded(m["Subject"]).startswith("Not sent:")
-                            and w in decoded(m["Subject"]))
+        _, fail = wait_mail(imap, "alice@a.test", decoded_subject("Not sent:", who))
         assert b"NOT sent" in fail
     notes = {u: notice_for(orgs, u, "Vertrag über Grüße") for u in
              ("bob@b.test", "carol@b.test", "dave@b.test")}
@@ -156,12 +170,11 @@ def test_several_recipients_non_ascii_and_an_uncertifiable_one(orgs: Orgs) -> No
         assert content.replace("\r\n", "\n") == body.replace("\r\n", "\n")
         assert msg["Bcc"] is None
     for user in ("bob@b.test", "carol@b.test", "dave@b.test"):
-        _, rec = wait_mail(imap, "alice@a.test",
-                           lambda m, u=user: decoded(m["Subject"]).startswith("Receipt:")
-                           and u in decoded(m["Subject"]))
+        _, rec = wait_mail(imap, "alice@a.test", decoded_subject("Receipt:", user))
         res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), f"multi-{user}.json")
         assert res.returncode == 0 and "(received)" in res.stdout, res.stdout
-    time.sleep(1)
+    for _, note in notes.values():
+        settled(str(note["TCMS-Notice"]), orgs.a, orgs.b)
     for user in ("bob@b.test", "carol@b.test", "dave@b.test"):
         assert count(orgs, user, original("multi-3")) == 1
 
@@ -177,9 +190,12 @@ def test_recipient_never_answers_r1s(orgs: Orgs) -> None:
     assert res.returncode == 0 and "(aborted)" in res.stdout, res.stdout + res.stderr
     wait_mail(imap, "carol@b.test", subject_starts("Expired:", "Silent treatment"))
     # a late accept changes nothing: the notice is consumed, the mail stays sealed
-    uid, _ = notice_for(orgs, "carol@b.test", "Silent treatment")
+    uid, note = notice_for(orgs, "carol@b.test", "Silent treatment")
+    tx = str(note["TCMS-Notice"])
+    mark = len(orgs.b.log_text())
     move(imap, "carol@b.test", uid, "Certified.Accept")
-    time.sleep(3)
+    orgs.b.wait_log(f"exchange {tx}: carol@b.test could not be accepted", since=mark)
+    settled(tx, orgs.a, orgs.b)
     assert count(orgs, "carol@b.test", original("r1s-4")) == 0
 
 
@@ -187,10 +203,8 @@ def _receiver_run(orgs: Orgs, marker_subject: str) -> tuple[str, str, bool]:
     """(tx, phase, m4 sent) of b.test's receiver run with this subject."""
     import asyncio
 
-    from tcms.store import Store
-
     async def look() -> tuple[str, str, bool]:
-        store = Store(orgs.b.db_url)
+        store = orgs.b.store()
         try:
             for r in await store.list_runs():
                 if r.role == "receiver" and r.subject == marker_subject:
@@ -226,7 +240,7 @@ def test_sender_stalls_after_m4_r1r(orgs: Orgs) -> None:
 def test_recipient_stalls_after_m5_r2s(orgs: Orgs) -> None:
     imap = orgs.proxy
     send(orgs, certified("[certified] Stalling recipient", "r2s-6"), ["bob@b.test"])
-    uid, _ = notice_for(orgs, "bob@b.test", "Stalling recipient")
+    uid, note = notice_for(orgs, "bob@b.test", "Stalling recipient")
     move(imap, "bob@b.test", uid, "Certified.Accept")
     deadline = time.time() + 30
     while not _receiver_run(orgs, "Stalling recipient")[2]:  # m4 is out
@@ -242,9 +256,18 @@ def test_recipient_stalls_after_m5_r2s(orgs: Orgs) -> None:
         assert res.returncode == 0, res.stdout + res.stderr
     finally:
         orgs.b.send_signal(signal.SIGCONT)
-    # bob's gateway carries on: the mail is delivered once, the late m6 changes nothing
+    # bob's gateway carries on: it takes the late m5 and either answers it with m6 or, when
+    # its own m5 deadline fires first, ends through the TTP; the mail is delivered once and
+    # a late m6 changes nothing
     wait_mail(imap, "bob@b.test", original("r2s-6"))
-    time.sleep(2)
+    tx = str(note["TCMS-Notice"])
+    inbound_outcome(orgs.b.db_url, tx, kind="m5")
+    settled(tx, orgs.a, orgs.b)
+    if query(orgs.b.db_url, "SELECT m.id FROM messages m JOIN runs r ON m.cid = r.cid "
+                            "AND m.role = r.role WHERE r.tx = ? AND m.kind = 'm6'", tx):
+        status, detail = inbound_outcome(orgs.a.db_url, tx, kind="m6")
+        assert status == "done", detail
+        settled(tx, orgs.a)
     assert count(orgs, "bob@b.test", original("r2s-6")) == 1
     assert count(orgs, "alice@a.test", subject_starts("Receipt:", "Stalling recipient")) == 1
 
@@ -310,14 +333,14 @@ def test_a_gateway_killed_at_each_step_the_exchange_still_ends_fair(
 
     if at in ("await-m4", "pending"):  # steps before the recipient answers
         wait_and_kill()
-    uid, _ = notice_for(orgs, "bob@b.test", subject)
+    uid, note = notice_for(orgs, "bob@b.test", subject)
     move(imap, "bob@b.test", uid, "Certified.Accept")
     wait_and_kill()
     _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", subject), timeout=90)
     wait_mail(imap, "bob@b.test", original(marker))
     res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), f"{marker}.json")
     assert res.returncode == 0, res.stdout + res.stderr
-    time.sleep(2)
+    settled(str(note["TCMS-Notice"]), orgs.a, orgs.b)
     assert count(orgs, "bob@b.test", original(marker)) == 1
     assert count(orgs, "bob@b.test", subject_starts("Certified mail from", subject)) <= 1
     assert count(orgs, "alice@a.test", subject_starts("Receipt:", subject)) == 1
@@ -355,7 +378,6 @@ def test_a_20_mb_attachment(orgs: Orgs) -> None:
 
 def deliveries(orgs: Orgs, sender: str, rcpt: str) -> int:
     """How many mails Postfix delivered from ``sender`` to ``rcpt`` (its log)."""
-    import re
 
     log = orgs.stack.maillog()
     senders = set(re.findall(r"(\w+): from=<" + re.escape(sender) + ">", log))
@@ -377,20 +399,28 @@ def test_two_replicas_share_postgresql_and_send_nothing_twice(orgs: Orgs) -> Non
                 s.sendmail("alice@a.test", ["dave@b.test"],
                            certified(f"[certified] Replicated {i}", f"replica-{i}",
                                      to="dave@b.test"))
+        txs = []
         for i in range(n):
-            uid, _ = notice_for(orgs, "dave@b.test", f"Replicated {i}")
+            uid, note = notice_for(orgs, "dave@b.test", f"Replicated {i}")
+            txs.append(str(note["TCMS-Notice"]))
             move(imap, "dave@b.test", uid, "Certified.Accept")
         for i in range(n):
             wait_mail(imap, "alice@a.test", subject_starts("Receipt:", f"Replicated {i}"))
             wait_mail(imap, "dave@b.test", original(f"replica-{i}"))
-        time.sleep(3)
+        for tx in txs:
+            settled(tx, orgs.a, orgs.b)
         for i in range(n):
             assert count(orgs, "dave@b.test", original(f"replica-{i}")) == 1
             assert count(orgs, "alice@a.test", subject_starts("Receipt:",
                                                               f"Replicated {i}")) == 1
             assert count(orgs, "alice@a.test", subject_starts(
                 "Sent for certification", f"Replicated {i}")) == 1
-        # exactly m3 and m5 per exchange went from alice's gateway to dave's
+        # exactly m3 and m5 per exchange went from alice's gateway to dave's (dave's has
+        # handled them all; Postfix logs each delivery as it ends)
+        deadline = time.time() + 30
+        while (deliveries(orgs, "tcms-gateway@a.test", "tcms-gateway@b.test") - before
+               < 2 * n and time.time() < deadline):
+            time.sleep(0.1)
         assert deliveries(orgs, "tcms-gateway@a.test", "tcms-gateway@b.test") - before == 2 * n
         assert "protocol worker started" in replica.log_text()
     finally:
@@ -401,10 +431,8 @@ def _sender_state(orgs: Orgs, subject: str) -> tuple[str, bytes]:
     """(tx, stored state) of a.test's sender run with this subject."""
     import asyncio
 
-    from tcms.store import Store
-
     async def look() -> tuple[str, bytes]:
-        store = Store(orgs.a.db_url)
+        store = orgs.a.store()
         try:
             for r in await store.list_runs(owner="alice@a.test"):
                 if r.role == "sender" and r.subject == subject:
@@ -483,10 +511,12 @@ def test_the_ttp_is_down_when_a_deadline_passes(orgs: Orgs) -> None:
     imap = orgs.proxy
     send(orgs, certified("[certified] While the TTP sleeps", "ttp-down-10"), ["carol@b.test"])
     notice_for(orgs, "carol@b.test", "While the TTP sleeps")
+    mark = len(orgs.a.log_text())
     orgs.services.stop()
     try:
-        time.sleep(22)  # past the accept deadline: alice's gateway cannot reach the TTP
-        assert "(abort to ttp)" in orgs.a.log_text() and "retrying" in orgs.a.log_text()
+        # past the accept deadline alice's gateway tries the abort, cannot reach the TTP,
+        # and says it will retry: until then no abort can have been decided
+        orgs.a.wait_log("(abort to ttp)", "retrying in", since=mark, timeout=90)
         assert count(orgs, "alice@a.test", subject_starts("Not delivered:",
                                                           "While the TTP sleeps")) == 0
     finally:
@@ -498,16 +528,133 @@ def test_the_ttp_is_down_when_a_deadline_passes(orgs: Orgs) -> None:
     wait_mail(imap, "carol@b.test", subject_starts("Expired:", "While the TTP sleeps"))
 
 
+# --- data at rest -------------------------------------------------------------------------
+
+
+def sealed_mail(subject: str, marker: str, to: str) -> bytes:
+    return (f"From: Alice <alice@a.test>\r\nTo: {to}\r\nSubject: [certified] {subject}\r\n"
+            f"Message-ID: <{marker}@a.test>\r\nX-Marker: {marker}\r\n\r\n"
+            f"Confidential terms, not for the database: {marker}-body\r\n").encode()
+
+
+async def states(orgs: Orgs, subject: str) -> list[SenderState | ReceiverState]:
+    out: list[SenderState | ReceiverState] = []
+    for gw in (orgs.a, orgs.b):
+        store = gw.store()
+        try:
+            for r in await store.list_runs(limit=1000):
+                if r.subject == subject and r.role == "sender":
+                    out.append(load_state(SenderState, r.state))
+                elif r.subject == subject:
+                    out.append(load_state(ReceiverState, r.state))
+        finally:
+            await store.close()
+    return out
+
+
+def secrets_of(found: list[SenderState | ReceiverState], body: bytes) -> dict[str, bytes]:
+    out = {"the mail's body": body}
+    for i, st in enumerate(found):
+        for name in ("k_r", "k_t", "c"):
+            value = getattr(st, name, None)
+            if value:
+                out[f"{name} of run {i}"] = value
+    assert any(k.startswith("k_t") for k in out) and any(k.startswith("k_r") for k in out)
+    return out
+
+
+def test_a_copy_of_either_gateways_database_reveals_no_mail(orgs: Orgs) -> None:
+    """Issue 11, item 15, through two real gateways.
+    Alice certifies two mails: carol has not answered the first (the issue's case: both
+    key shares on alice's side), bob accepts the second (the exchange ends, he reads it).
+    Neither a.test's pg_dump nor b.test's SQLite files show a body, a key share or c; the
+    files are 0600.  Then b.test's data key is rotated while dave's notice waits: after the
+    restart dave accepts, the state sealed under the old key opens and is sealed again
+    under the new one; `tcms db reencrypt` moves everything to it while the gateway runs."""
+    tag = uuid.uuid4().hex[:10]
+    accepted, pending, rotated_over = f"Accepted {tag}", f"Pending {tag}", f"Rotated {tag}"
+    with orgs.a.smtp("alice@a.test") as s:
+        s.sendmail("alice@a.test", ["carol@b.test"], sealed_mail(pending, f"pen-{tag}",
+                                                               "carol@b.test"))
+        s.sendmail("alice@a.test", ["bob@b.test"], sealed_mail(accepted, f"acc-{tag}",
+                                                             "bob@b.test"))
+    wait_mail(orgs.proxy, "carol@b.test", subject_starts("Certified mail from", pending))
+    found = asyncio.run(states(orgs, pending))
+    uid, _ = wait_mail(orgs.proxy, "bob@b.test", subject_starts("Certified mail from",
+                                                                accepted))
+    move(orgs.proxy, "bob@b.test", uid, "Certified.Accept")
+    wait_mail(orgs.proxy, "bob@b.test", lambda m: m["X-Marker"] == f"acc-{tag}")
+    _, receipt = wait_mail(orgs.proxy, "alice@a.test", subject_starts("Receipt:", accepted))
+    found += asyncio.run(states(orgs, accepted))
+    assert len(found) == 4
+    a_dump, b_files = pg_dump(orgs.a.db_url), sqlite_bytes(orgs.b.db_url)
+    for body in (f"acc-{tag}-body", f"pen-{tag}-body"):
+        secrets = secrets_of(found, body.encode())
+        assert_nowhere(a_dump, secrets)
+        assert_nowhere(b_files, secrets)
+    b_db = Path(orgs.b.db_url.split(":///", 1)[1])
+    for f in (b_db, Path(f"{b_db}-wal"), Path(f"{b_db}-shm")):
+        assert not f.exists() or mode(f) == 0o600, f"{f} has mode {mode(f):o}"
+    # the evidence alice received by mail verifies: only the database is sealed
+    assert orgs.verify(attachment(receipt, "vnd.tcms.evidence+json"),
+                       f"{tag}.json").returncode == 0
+
+    # b.test's key rotates while dave's notice waits; the gateway restarts with it
+    b_env = orgs.b.env()
+    (first,) = set(key_ids(tcms(["db", "key-usage"], b_env).stdout))
+    with orgs.a.smtp("alice@a.test") as s:
+        s.sendmail("alice@a.test", ["dave@b.test"], sealed_mail(rotated_over, f"rot-{tag}",
+                                                              "dave@b.test"))
+    uid, _ = wait_mail(orgs.proxy, "dave@b.test", subject_starts("Certified mail from",
+                                                                 rotated_over))
+    rotated = tcms(["keys", "data-key", "rotate"], b_env)
+    assert rotated.returncode == 0, rotated.stderr
+    second = key_ids(rotated.stdout)[0]
+    orgs.b.stop(signal.SIGTERM)
+    orgs.b.start()
+    move(orgs.proxy, "dave@b.test", uid, "Certified.Accept")  # a state sealed under key 1
+    wait_mail(orgs.proxy, "dave@b.test", lambda m: m["X-Marker"] == f"rot-{tag}")
+    wait_mail(orgs.proxy, "alice@a.test", subject_starts("Receipt:", rotated_over))
+    usage = tcms(["db", "key-usage"], b_env).stdout
+    assert f"under {second} (current)" in usage.split("runs.state")[1], usage
+    assert f"under {first}" in usage, usage  # carol's and bob's runs, not touched since
+    again = tcms(["db", "reencrypt"], b_env)
+    assert again.returncode == 0, again.stderr
+    assert f"under {first}" not in again.stdout and "in clear" not in again.stdout
+    # without the passphrase the gateway's state cannot be read, and the error says why
+    tx = query(orgs.b.db_url, "SELECT tx FROM runs WHERE subject = ?", rotated_over)[0][0]
+    no_key = {k: v for k, v in b_env.items() if k != "TCMS_KEYS__PASSPHRASE"}
+    res = tcms(["tx", "export", str(tx)], no_key)
+    assert res.returncode == 1 and "DataKeyMissing" in res.stderr, res.stderr
+    res = tcms(["tx", "export", str(tx)], b_env)
+    assert res.returncode == 0 and '"holder": "receiver"' in res.stdout, res.stderr
+
+
 def test_no_secret_reaches_a_log(orgs: Orgs) -> None:
-    """After everything above: users' passwords, the IMAP master password and the key
-    passphrase appear in no gateway or service log."""
+    """Users' passwords (right and wrong ones), the IMAP master password and the key
+    passphrase appear in no gateway or service log.  Whatever ran before, this test drives
+    each path that handles one itself: the services and gateways started with the
+    passphrase, SMTP AUTH, IMAP logins through the proxy (which logs in to Dovecot as the
+    master user), the answer check and the delivery (master user again)."""
+    import imaplib
+
     from gateways import USERS
     from mailstack import MASTER
     from services import PASSPHRASE
 
+    wrong = "not-alices-password-7f3a"
+    with orgs.a.connect() as s, pytest.raises(smtplib.SMTPAuthenticationError):
+        s.login("alice@a.test", wrong)
+    with (imaplib.IMAP4_SSL("127.0.0.1", orgs.b.imaps, ssl_context=orgs.b.tls,
+                            timeout=30) as imap, pytest.raises(imaplib.IMAP4.error)):
+        imap.login("bob@b.test", wrong)
     send(orgs, certified("[certified] Log check", "log-11"), ["bob@b.test"])
-    notice_for(orgs, "bob@b.test", "Log check")
+    uid, _ = notice_for(orgs, "bob@b.test", "Log check")
+    move(orgs.proxy, "bob@b.test", uid, "Certified.Accept")
+    wait_mail(orgs.proxy, "bob@b.test", original("log-11"))
+    wait_mail(orgs.proxy, "alice@a.test", subject_starts("Receipt:", "Log check"))
     logs = orgs.a.log_text() + orgs.b.log_text() + orgs.services.log_text()
     assert "AUTH ok for alice@a.test" in logs  # the logs are the real ones
-    for secret in [*USERS.values(), MASTER[1], PASSPHRASE]:
+    assert "AUTH failed" in logs and "accepted it" in logs
+    for secret in [*USERS.values(), wrong, MASTER[1], PASSPHRASE]:
         assert secret not in logs

@@ -47,12 +47,12 @@ def test_the_protocol_folder_exists_upstream_but_never_through_the_proxy(orgs: O
         for cmd, args in (("SELECT", ("TCMS",)), ("EXAMINE", ("TCMS",)),
                           ("STATUS", ("TCMS", "(MESSAGES)")), ("DELETE", ("TCMS",)),
                           ("RENAME", ("TCMS.sub", "Other"))):
-            typ, data = imap._simple_command(cmd, *args)  # type: ignore[attr-defined]
+            typ, data = imap._simple_command(cmd, *args)
             assert typ == "NO" and b"Mailbox doesn't exist: TCMS" in data[0], (cmd, typ, data)
         for cmd, args in (("RENAME", ("INBOX.x", "TCMS.y")), ("CREATE", ("TCMS.z",))):
-            typ, data = imap._simple_command(cmd, *args)  # type: ignore[attr-defined]
+            typ, data = imap._simple_command(cmd, *args)
             assert typ == "NO" and b"Reserved" in data[0], (cmd, typ, data)
-        imap.append("INBOX", None, None, b"Subject: x\r\n\r\nx\r\n")  # type: ignore[arg-type]
+        imap.append("INBOX", None, None, b"Subject: x\r\n\r\nx\r\n")
         imap.select("INBOX")
         typ, data = imap.copy("1:*", "TCMS")
         assert typ == "NO" and b"[TRYCREATE] Mailbox doesn't exist: TCMS" in data[0], data
@@ -84,7 +84,7 @@ class Raw:
 
     def until(self, tag: bytes) -> list[bytes]:
         """Every line up to the tagged answer for ``tag``."""
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = self.f.readline()
             assert line, f"connection closed before {tag!r}: {lines}"
@@ -109,7 +109,7 @@ def hidden_message(orgs: Orgs, marker: str) -> None:
         direct.login("bob@b.test", USERS["bob@b.test"])
         direct.create("TCMS")
         msg = f"Subject: hidden\r\nX-Marker: {marker}\r\n\r\nsecret\r\n".encode()
-        assert direct.append("TCMS", None, None, msg)[0] == "OK"  # type: ignore[arg-type]
+        assert direct.append("TCMS", None, None, msg)[0] == "OK"
 
 
 def inbox_has(orgs: Orgs, user: str, marker: str) -> bool:
@@ -196,8 +196,8 @@ def test_a_hidden_name_is_answered_exactly_as_a_missing_one(orgs: Orgs) -> None:
     missing.raw.close()
     with imaplib.IMAP4("127.0.0.1", orgs.stack.imap_port) as direct:  # nothing happened to it
         direct.login("bob@b.test", USERS["bob@b.test"])
-        typ, data = direct.select("TCMS")
-        assert typ == "OK" and int(data[0] or 0) >= 1
+        typ, exists = direct.select("TCMS")
+        assert typ == "OK" and int(exists[0] or 0) >= 1
 
 
 def test_a_960_kb_line_before_login_is_cut_at_once_and_others_go_on(orgs: Orgs) -> None:
@@ -298,8 +298,8 @@ def test_tls_logins_and_capabilities(orgs: Orgs) -> None:
         imap.starttls(ssl_context=gw.tls)
         imap.login("bob@b.test", USERS["bob@b.test"])
         typ, caps = imap.capability()
-        assert typ == "OK" and b"IMAP4REV1" in caps[0].upper()  # type: ignore[union-attr]
-        assert b"COMPRESS" not in caps[0] and b"IDLE" in caps[0]  # type: ignore[operator]
+        assert typ == "OK" and b"IMAP4REV1" in caps[0].upper()
+        assert b"COMPRESS" not in caps[0] and b"IDLE" in caps[0]
     with pytest.raises(imaplib.IMAP4.error):
         imaplib.IMAP4_SSL("127.0.0.1", gw.imaps, ssl_context=gw.tls).login(
             "bob@b.test", "wrong-password")
@@ -318,13 +318,13 @@ def test_append_and_fetch_a_large_message_with_literals(orgs: Orgs) -> None:
     body = ("Grüße " * 200_000).encode()  # about 1.4 MB, one literal each way
     msg = b"Subject: big via proxy\r\nX-Marker: proxy-big\r\n\r\n" + body + b"\r\n"
     with proxy(orgs) as imap:
-        typ, _ = imap.append("INBOX", None, None, msg)  # type: ignore[arg-type]
+        typ, _ = imap.append("INBOX", None, None, msg)
         assert typ == "OK"
         imap.select("INBOX")
         typ, data = imap.uid("SEARCH", None, "HEADER", "X-Marker", "proxy-big")  # type: ignore[arg-type]
-        uid = data[0].split()[-1]  # type: ignore[union-attr]
-        typ, got = imap.uid("FETCH", uid, "(BODY.PEEK[])")  # type: ignore[arg-type]
-        assert got[0][1] == msg  # type: ignore[index]
+        uid = data[0].split()[-1]
+        typ, got = imap.uid("FETCH", uid, "(BODY.PEEK[])")
+        assert got[0][1] == msg
 
 
 def test_idle_through_the_proxy(orgs: Orgs) -> None:

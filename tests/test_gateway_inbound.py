@@ -14,10 +14,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
-from conftest import TRUST, stamp
+from conftest import TRUST, one, stamp
 from gateways import (
+    GatewayProc,
     Orgs,
     attachment,
     inbound_outcome,
@@ -34,12 +36,12 @@ from services import PASSPHRASE
 from gateway import mailformat
 from tcms.identity import Identity, Party
 from tcms.keystore import Keystore
-from tcms.protocol.events import Send, TimestampReply
+from tcms.protocol.events import TimestampReply
 from tcms.protocol.messages import M3, Deadlines, Description
 from tcms.protocol.sender import Sender
-from tcms.store import Store
 
 pytestmark = pytest.mark.slow
+T = TypeVar("T")
 MALLORY = Identity.from_seed("mallory@evil.test", b"mallory!" * 4)
 
 
@@ -55,8 +57,8 @@ def crafted_m3(recipient: Party, sender: Identity = MALLORY, subject: str = "cra
     m0 = b"Subject: crafted\r\n\r\nbody"
     s, acts = Sender.start(sender, TRUST, recipient, m0, Description(subject, len(m0), "<c@x>"),
                            dl)
-    acts = s.handle(TimestampReply(stamp(acts[0].data, now)), now)
-    return next(a.data for a in acts if isinstance(a, Send) and a.kind == "m3")
+    acts = s.handle(TimestampReply(stamp(one(acts, "m1"), now)), now)
+    return one(acts, "m3")
 
 
 def with_header(m3: bytes, **changes: object) -> bytes:
@@ -70,10 +72,8 @@ def with_header(m3: bytes, **changes: object) -> bytes:
 
 
 def tx_of(m3: bytes) -> str:
-    from tcms import codec
 
-    value = codec.decode(m3)
-    return bytes(value[1][1][2]).hex()  # type: ignore[index]
+    return M3.decode(m3).core.header.tx.hex()
 
 
 def to_intake(orgs: Orgs, data: bytes, *, tx: str, envelope_to: str = "tcms-gateway@b.test",
@@ -92,7 +92,7 @@ def inbound(db_url: str, tx: str) -> tuple[str, str] | None:
     return (str(rows[0][0]), str(rows[0][1] or "")) if rows else None
 
 
-def wait_until(what: str, probe: Callable[[], object], timeout: float = 60) -> object:
+def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
     deadline = time.time() + timeout
     while time.time() < deadline:
         got = probe()
@@ -193,7 +193,7 @@ def test_a_replayed_m3_cannot_take_the_recipients_exchange(orgs: Orgs) -> None:
         with orgs.a.smtp("alice@a.test") as s:
             s.sendmail("alice@a.test", ["bob@b.test"],
                        certified("[certified] Replay target", "replay-2"))
-        m3, tx = wait_until("alice's m3 to go out", lambda: _sent_m3(orgs.a.db_url))  # type: ignore[misc]
+        m3, tx = wait_until("alice's m3 to go out", lambda: _sent_m3(orgs.a))
     finally:
         orgs.b.start()
     to_intake(orgs, m3, tx=tx, mail_from="tcms-gateway@a.test")  # the replay, to the gateway
@@ -226,9 +226,9 @@ def _inbound_count(db_url: str, tx: str) -> int:
     return len(query(db_url, "SELECT id FROM inbound WHERE tx = ?", tx))
 
 
-def _sent_m3(db_url: str) -> tuple[bytes, str] | None:
+def _sent_m3(gw: GatewayProc) -> tuple[bytes, str] | None:
     async def look() -> tuple[bytes, str] | None:
-        store = Store(db_url)
+        store = gw.store()
         try:
             for r in await store.list_runs(owner="alice@a.test"):
                 if r.role == "sender" and r.subject == "Replay target":

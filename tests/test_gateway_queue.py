@@ -14,10 +14,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import DATA_KEYS
 
 from gateway.queue import Queues, backoff
 from gateway.worker import Lane, Worker
-from tcms.store import Store
+from tcms.store import OutMessage, RunRecord, Store
 
 T0 = 1_800_000_000
 
@@ -86,6 +87,39 @@ async def test_done_inbound_mail_is_emptied_and_answer_checks_coalesce(store: St
     assert await q.claim_answer_checks(T0 + 10_000) == []  # idle until asked again
     await q.want_answer_check("bob@b.test", T0 + 6, T0 + 6)
     assert [c.owner for c in await q.claim_answer_checks(T0 + 6)] == ["bob@b.test"]
+
+
+async def test_outbox_failures_back_off_then_quarantine(store: Store) -> None:
+    """The outbox as the worker drives it: claim_outbox under a lease, a failure through
+    Queues.fail (retry after the backoff, quarantine past the bound), retried by an
+    administrator, then sent once."""
+    q = Queues(store, lease=60, max_attempts=3)
+    cid = b"o" * 32
+    await store.save_run(RunRecord(cid, "sender", cid.hex()[:32], "alice@a.test", "bob@b.test",
+                                   "hi", "await-m4", False, T0 + 100, b"state"),
+                         now=T0, outbox=[OutMessage("peer", "m3", b"m3-bytes")])
+    now = T0
+    for attempt in (1, 2):
+        (got,) = await store.claim_outbox(now, q.lease)
+        assert got["attempts"] == attempt and got["kind"] == "m3"
+        assert await q.fail("outbox", got["id"], got["attempts"], now, "451 try later") == "retry"
+        assert await store.claim_outbox(now + backoff(attempt) - 1, q.lease) == []
+        now += backoff(attempt)
+    (got,) = await store.claim_outbox(now, q.lease)
+    key = str(got["id"])
+    assert await q.fail("outbox", got["id"], got["attempts"], now, "550 no") == "quarantined"
+    assert await store.claim_outbox(now + 10_000, q.lease) == []  # never again on its own
+    entry = await q.entry("outbox", key)
+    assert entry is not None and (entry.status, entry.attempts) == ("quarantined", 3)
+    assert entry.last_error == "550 no"
+    assert await q.retry("outbox", key, now)  # the administrator's `tcms queue retry`
+    (got,) = await store.claim_outbox(now, q.lease)
+    assert got["attempts"] == 1
+    await store.outbox_done(got["id"], now)
+    assert await store.claim_outbox(now + 10_000, q.lease) == []
+    assert not await q.retry("outbox", key, now)  # sent: nothing left to retry
+    entry = await q.entry("outbox", key)
+    assert entry is not None and entry.status == "sent"
 
 
 def _worker(store: Store, max_attempts: int = 3) -> Worker:
@@ -162,7 +196,7 @@ def test_an_administrator_lists_shows_retries_and_drops(tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
 
     async def prepare() -> list[int]:
-        store = Store(f"sqlite:///{db}")
+        store = Store(f"sqlite:///{db}", data_keys=DATA_KEYS)
         await store.upgrade()
         q = Queues(store, max_attempts=1)
         ids = await add(q, 2)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import DATA_KEYS
 from gateways import USERS, GatewayProc, Orgs
 from mailstack import REFUSED_HEADER, REFUSED_RCPT, MailStack, free_port
 from sqlalchemy import select
@@ -116,7 +117,7 @@ def test_certified_mail_is_stored_and_never_sent_uncertified(
         s.sendmail("alice@a.test", ["bob@b.test"], raw_mail(subject, marker))
         # the 250 says it was queued for certification, not relayed
     async def stored() -> list[bytes]:
-        store = Store(gateway.db_url)
+        store = gateway.store()
         try:
             out = []
             for sid in range(1, 50):
@@ -221,9 +222,9 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-async def submissions(db_url: str) -> list[dict[str, Any]]:
+async def submissions(gateway: GatewayProc) -> list[dict[str, Any]]:
     """Every certified submission the gateway has stored."""
-    store = Store(db_url)
+    store = gateway.store()
     try:
         async with store.engine.connect() as conn:
             rows = await conn.execute(select(models.submissions).order_by(
@@ -366,7 +367,7 @@ async def test_certified_mail_to_a_name_no_party_can_have_is_refused_at_data(
     """Tagged: 550 after DATA naming the recipient and why, nothing stored, and the next
     certified mail is stored and started by the worker.  Untagged: relayed as the MTA
     decides (the test Postfix takes any recipient of its domains)."""
-    before = len(await submissions(gateway.db_url))
+    before = len(await submissions(gateway))
     w = await Wire.to(gateway).open("alice@a.test")
     assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
     assert (await w.cmd("RCPT TO:<bob@b.test>"))[0] == 250
@@ -375,7 +376,7 @@ async def test_certified_mail_to_a_name_no_party_can_have_is_refused_at_data(
     assert code == 550, text
     assert text.startswith(f"5.1.3 Cannot certify mail to <{recipient}>: {why}"), text
     assert text.endswith("nothing was stored")
-    assert len(await submissions(gateway.db_url)) == before
+    assert len(await submissions(gateway)) == before
     marker = f"good-after-bad-{uuid.uuid4().hex[:8]}"
     assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
     assert (await w.cmd("RCPT TO:<bob@b.test>"))[0] == 250
@@ -389,7 +390,7 @@ async def test_certified_mail_to_a_name_no_party_can_have_is_refused_at_data(
     await w.close()
     deadline = time.monotonic() + 60
     while True:  # the worker takes it up: nothing before it blocks the queue
-        mine = [s for s in await submissions(gateway.db_url) if s["message_id"] ==
+        mine = [s for s in await submissions(gateway) if s["message_id"] ==
                 f"<{marker}@a.test>"]
         assert len(mine) == 1
         if mine[0]["status"] == "started":
@@ -408,14 +409,14 @@ async def test_certified_mail_to_a_name_no_party_can_have_is_refused_at_data(
 ])
 async def test_certified_mail_whose_subject_would_break_a_header_is_refused(
         gateway: GatewayProc, subject: str, why: str) -> None:
-    before = len(await submissions(gateway.db_url))
+    before = len(await submissions(gateway))
     w = await Wire.to(gateway).open("alice@a.test")
     assert (await w.cmd("MAIL FROM:<alice@a.test>"))[0] == 250
     assert (await w.cmd("RCPT TO:<bob@b.test>"))[0] == 250
     assert await w.mail(raw_mail(subject, "bad-subject")) == (
         554, f"5.6.0 Cannot certify this mail: the Subject holds a {why}; nothing was stored")
     await w.close()
-    assert len(await submissions(gateway.db_url)) == before
+    assert len(await submissions(gateway)) == before
 
 
 async def test_a_message_id_the_email_package_cannot_parse_is_kept(
@@ -430,7 +431,7 @@ async def test_a_message_id_the_email_package_cannot_parse_is_kept(
     assert code == 250 and "Queued for certification as #" in text, text
     await w.close()
     sid = int(text.rsplit("#", 1)[1])
-    stored = [s for s in await submissions(gateway.db_url) if s["id"] == sid]
+    stored = [s for s in await submissions(gateway) if s["id"] == sid]
     assert stored[0]["message_id"] == "<" and stored[0]["raw"] == mail
 
 
@@ -441,7 +442,7 @@ async def test_an_internal_error_is_answered_451_without_its_text(
     the session goes on."""
     gw, stack = orgs.a, orgs.stack
     handler = submission.SubmissionHandler(
-        Store(f"sqlite:///{tmp_path / 'no-tables.db'}"),
+        Store(f"sqlite:///{tmp_path / 'no-tables.db'}", data_keys=DATA_KEYS),
         Upstream("127.0.0.1", stack.smtp_port, "127.0.0.1", stack.imap_port), "[certified]")
     port = free_port()
     servers = await submission.start(

@@ -91,7 +91,7 @@ def test_the_notice_says_what_and_how() -> None:
     assert msg["Reply-To"] == "tcms+accept-x@b.test"
     assert notices.notice_is_genuine(ALICE.party, "ab" * 16, "bob@b.test",
                                      str(msg[notices.NOTICE_SIG]))
-    text = msg.get_content()  # type: ignore[attr-defined]
+    text = msg.get_content()
     for needle in ("1234 bytes", "Certified.Accept", "Certified.Refuse", "2026-11-26",
                    "tcms+refuse-x@b.test"):
         assert needle in text

@@ -38,6 +38,7 @@ def wait_for(imap_port: int, user: str, password: str, needle: bytes,
             for num in data[0].split():
                 _, msg = imap.fetch(num, "(RFC822)")
                 raw = msg[0][1]  # type: ignore[index]
+                assert isinstance(raw, bytes), msg
                 if needle in raw:
                     return bytes(raw)
         time.sleep(0.2)
@@ -63,7 +64,7 @@ def test_smtplib_and_the_master_user(stack: MailStack) -> None:
     # the gateway opens any user's mailbox as `user*master`
     raw = wait_for(stack.imap_port, f"alice@a.test*{MASTER[0]}", MASTER[1], b"smtplib-probe-2")
     delivered = email.message_from_bytes(raw, policy=email.policy.default)
-    body = delivered.get_content().replace("\r\n", "\n")  # type: ignore[attr-defined]
+    body = delivered.get_content().replace("\r\n", "\n")
     assert body == "Grüße über SMTP\n"
     with pytest.raises(imaplib.IMAP4.error), imaplib.IMAP4("127.0.0.1", stack.imap_port) as imap:
         imap.login("alice@a.test", "wrong-password")

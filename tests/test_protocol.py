@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -30,6 +31,7 @@ from tcms.protocol import ttp as ttp_role
 from tcms.protocol.checks import ProtocolError, Trust
 from tcms.protocol.events import (
     Accept,
+    Action,
     Ignored,
     Notify,
     Received,
@@ -63,7 +65,7 @@ def accepted(run: Run, at: int = T0 + 10) -> bytes:
     return one(r.handle(Accept(), at), "m4")
 
 
-def ignored(actions: list[object]) -> str:
+def ignored(actions: Sequence[Action]) -> str:
     assert len(actions) == 1 and isinstance(actions[0], Ignored), actions
     return actions[0].reason
 
@@ -193,7 +195,6 @@ def test_state_survives_dump_and_load() -> None:
     m4 = accepted(run)
     s2 = Sender.load(ALICE, TRUST, run.sender.dump())
     m5 = one(receive(s2, m4, T0 + 11), "m5")
-    assert run.receiver is not None
     r2 = Receiver.load(BOB, TRUST, run.receiver.dump())
     assert delivered(receive(r2, m5, T0 + 12)) == [M0]
 
@@ -218,7 +219,6 @@ def test_m4_and_m6_replayed_across_transactions_are_rejected() -> None:
     m4_a = accepted(a)
     assert "m4.cid" in ignored(receive(b.sender, m4_a, T0 + 11))
     m5_a = one(receive(a.sender, m4_a, T0 + 11), "m5")
-    assert a.receiver is not None
     waiting_a = a.receiver.dump()  # R of run a, still waiting for m5
     m6_a = one(receive(a.receiver, m5_a, T0 + 12), "m6")
     m4_b = accepted(b)
@@ -259,7 +259,7 @@ def test_exchange_naming_another_ttp_is_rejected() -> None:
     evil_trust = Trust(MALLORY_TTP.party, TRUST.tsa_ca)
     s, acts = Sender.start(ALICE, evil_trust, BOB.party, M0, Description("t", 1, "<x>"),
                            DEADLINES)
-    acts = s.handle(TimestampReply(stamp(acts[0].data, T0)), T0)
+    acts = s.handle(TimestampReply(stamp(one(acts, "m1"), T0)), T0)
     r, _ = Receiver.from_m3(BOB, TRUST, one(acts, "m3"), T0 + 1, known)
     assert r.phase == "rejected" and "hdr.ttp" in r.state.reason
     # and the real TTP will not act on it either
@@ -412,6 +412,7 @@ def test_a_cheating_sender_whose_c_does_not_open_ends_in_cheated_with_the_proof(
     core = replace(sealed.core, h_c=h(garbage))
     tsq, _ = make_request(core.cid)
     token = TSA.stamp(tsq, now=dt.datetime.fromtimestamp(T0, dt.UTC), serial=90_001).token
+    assert token is not None
     m3 = M3(core, garbage, sealed.e_r, sealed.e_t, token, checks.sign_eoo(ALICE, core, token))
     r, _ = Receiver.from_m3(BOB, TRUST, m3.encode(), T0 + 1,
                             lambda n: ALICE.party if n == ALICE.name else None)

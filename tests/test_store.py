@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import DEADLINES, T0, TTP, pg_database, start_run
+from conftest import DATA_KEYS, DEADLINES, T0, TTP, pg_database, start_run
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -61,7 +61,7 @@ async def test_a_failed_update_writes_nothing(store: Store) -> None:
         await store.save_run(record(version=v1.version),
                              now=T0 + 2, outbox=[OutMessage("peer", "m5", b"x")],
                              audit=[("a", "b", "c")])
-    assert await store.pending_outbox() == []
+    assert await store.claim_outbox(T0 + 2, lease=60) == []
     assert await store.audit_entries() == []
 
 
@@ -74,14 +74,60 @@ async def test_due_runs_are_the_timer_work_list(store: Store) -> None:
     assert [r.cid for r in await store.due_runs(T0 + 25)] == [b"a" * 32, b"b" * 32]
 
 
-async def test_outbox_message_is_claimed_once(store: Store) -> None:
-    await store.save_run(record(), now=T0, outbox=[OutMessage("peer", "m3", b"x"),
-                                                   OutMessage("ttp", "abort", b"y")])
-    pending = await store.pending_outbox()
-    assert [p["kind"] for p in pending] == ["m3", "abort"]
-    claims = await asyncio.gather(*(store.mark_sent(pending[0]["id"], T0) for _ in range(8)))
-    assert sorted(claims) == [False] * 7 + [True]
-    assert [p["kind"] for p in await store.pending_outbox()] == ["abort"]
+# --- the outbox: claimed under a lease, as the gateway's worker does ------------------------
+
+
+async def queue_outbox(store: Store, runs: int = 3, per_run: int = 4) -> list[int]:
+    """``runs`` runs with ``per_run`` outgoing messages each (and one incoming); their ids."""
+    for r in range(runs):
+        await store.save_run(record(bytes([r + 1]) * 32), now=T0, received=[("m2", b"in")],
+                             outbox=[OutMessage("peer", f"m{i}", b"%d/%d" % (r, i))
+                                     for i in range(per_run)])
+    ids = []
+    for r in range(runs):
+        ids += [int(m["id"]) for m in await store.messages_of(bytes([r + 1]) * 32)
+                if m["direction"] == "out"]
+    return sorted(ids)
+
+
+async def test_the_outbox_is_claimed_oldest_first_each_message_once(store: Store) -> None:
+    """(On PostgreSQL one UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP
+    LOCKED) did not keep its limit: the subquery may be rescanned.  The claim picks the
+    rows first, then updates exactly those.)"""
+    ids = await queue_outbox(store)
+    first = await store.claim_outbox(T0, lease=60, limit=2)
+    assert [r["id"] for r in first] == ids[:2]  # oldest first
+    assert [(r["kind"], r["data"]) for r in first] == [("m0", b"0/0"), ("m1", b"0/1")]
+    # eight workers race for the rest: nobody gets a message another one holds
+    claims = await asyncio.gather(*(store.claim_outbox(T0, lease=60, limit=3)
+                                    for _ in range(8)))
+    claimed = [int(r["id"]) for batch in claims for r in batch]
+    assert all(batch == sorted(batch, key=lambda r: int(r["id"])) for batch in claims)
+    assert len(claimed) == len(set(claimed))
+    claimed += [int(r["id"]) for r in await store.claim_outbox(T0, lease=60, limit=100)]
+    assert sorted(claimed) == ids[2:]  # every outgoing message once, no incoming one
+    rows = [m for r in range(3) for m in await store.messages_of(bytes([r + 1]) * 32)
+            if m["direction"] == "out"]
+    assert {(m["claimed_until"], m["attempts"], m["sent_at"]) for m in rows} == {
+        (T0 + 60, 1, None)}
+
+
+async def test_an_outbox_lease_holds_until_it_runs_out_and_sent_is_final(
+        store: Store) -> None:
+    ids = await queue_outbox(store, runs=1, per_run=3)
+    assert [r["id"] for r in await store.claim_outbox(T0, lease=60)] == ids
+    assert await store.claim_outbox(T0 + 59, lease=60) == []  # held by the lease
+    await store.outbox_done(ids[1], T0 + 10)  # its worker sent it
+    # the lease ran out on the others (their worker died): claimed again, one more attempt
+    again = await store.claim_outbox(T0 + 60, lease=60)
+    assert [(r["id"], r["attempts"]) for r in again] == [(ids[0], 2), (ids[2], 2)]
+    for i in (0, 2):
+        await store.outbox_done(ids[i], T0 + 61)
+    assert await store.claim_outbox(T0 + 100_000, lease=60) == []  # sent is never resent
+    sent = {m["id"]: (m["sent_at"], m["claimed_until"])
+            for m in await store.messages_of(b"\x01" * 32) if m["direction"] == "out"}
+    assert sent == {ids[0]: (T0 + 61, None), ids[1]: (T0 + 10, None),
+                    ids[2]: (T0 + 61, None)}
 
 
 async def test_a_real_machine_state_survives_the_store(store: Store) -> None:
@@ -178,6 +224,23 @@ async def test_concurrent_run_updates_have_one_winner(store: Store) -> None:
 
 
 # --- several processes on one PostgreSQL ---------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_two_gateway_replicas_on_one_postgres_claim_each_message_once() -> None:
+    async with pg_database() as url:
+        a, b = Store(url, data_keys=DATA_KEYS), Store(url, data_keys=DATA_KEYS)
+        await a.upgrade()
+        try:
+            ids = await queue_outbox(a, runs=4, per_run=5)
+            claims = await asyncio.gather(*(s.claim_outbox(T0, lease=60, limit=3)
+                                            for _ in range(6) for s in (a, b)))
+            claimed = [int(r["id"]) for batch in claims for r in batch]
+            claimed += [int(r["id"]) for r in await b.claim_outbox(T0, lease=60, limit=100)]
+            assert sorted(claimed) == ids  # each outgoing message by one replica, once
+        finally:
+            await a.close()
+            await b.close()
 
 
 @pytest.mark.postgres

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ALICE, BOB, DEADLINES, T0, TRUST
+from conftest import ALICE, BOB, DATA_KEYS, DEADLINES, T0, TRUST
 from fakehttp import serve
 
 from gateway import dispatch
@@ -18,7 +18,7 @@ from gateway.context import GatewayContext
 from gateway.queue import Queues
 from gateway.runs import outbox, record
 from tcms import der
-from tcms.config import Settings
+from tcms.config import Settings, TssConfig
 from tcms.keystore import Keystore
 from tcms.protocol.events import Ignored, TimestampFailed, TimestampReply
 from tcms.protocol.messages import Description
@@ -47,7 +47,8 @@ def test_reading_a_malformed_reply_is_a_timestamp_error(reply: bytes, why: str) 
     sender, _ = Sender.start(ALICE, TRUST, BOB.party, b"m0", Description("t", 2, "<x>"),
                              DEADLINES)
     actions = sender.handle(TimestampReply(reply), T0)
-    assert [type(a) for a in actions] == [Ignored] and why in actions[0].reason
+    [ignored] = actions
+    assert isinstance(ignored, Ignored) and why in ignored.reason
     assert sender.phase == "stamping"
     sender.handle(TimestampFailed("the TSS sent a malformed reply"), T0)
     assert sender.phase == "failed"
@@ -58,7 +59,7 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
                                                      why: str) -> None:
     """The gateway's outbox sends m1 to a TSS that answers with a malformed reply: the run
     ends as failed, the m1 row is done, and the user gets a notice naming the cause."""
-    store = Store(f"sqlite:///{tmp_path / 'gw.db'}")
+    store = Store(f"sqlite:///{tmp_path / 'gw.db'}", data_keys=DATA_KEYS)
     await store.upgrade()
     keystore = Keystore(tmp_path / "keys", b"passphrase")
     keystore.save(ALICE)
@@ -69,7 +70,7 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
         await store.save_run(record(sender, "sender", ALICE.name, BOB.name), now=T0,
                              outbox=outbox(actions, ALICE.name, BOB.name))
         async with httpx.AsyncClient() as http:
-            ctx = GatewayContext(Settings(tss={"url": url}), store, keystore, ALICE, TRUST,
+            ctx = GatewayContext(Settings(tss=TssConfig(url=url)), store, keystore, ALICE, TRUST,
                                  dc=None, upstream=None, imap=None,  # type: ignore[arg-type]
                                  http=http, queues=Queues(store))
             (row,) = await store.claim_outbox(T0 + 1, dispatch.LEASE)
@@ -81,7 +82,7 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
         rows = await store.messages_of(sender.cid)
         m1 = [r for r in rows if r["kind"] == "m1"]
         assert len(m1) == 1 and m1[0]["sent_at"] == T0 + 1 and m1[0]["attempts"] == 1
-        pending = await store.pending_outbox()
+        pending = await store.claim_outbox(T0 + 2, dispatch.LEASE)
         assert [(r["destination"], r["kind"]) for r in pending] == [("mailbox", "failed")]
         assert why.encode() in bytes(pending[0]["data"])
     finally:

@@ -12,8 +12,10 @@ Concurrency rules, so that several gateway or TTP processes can share one Postgr
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tcms.crypto import h
+from tcms.datakeys import DataKeys
 from tcms.protocol.ttp import Decision
+from tcms.store import encrypted
 from tcms.store import models as m
 
+log = logging.getLogger("tcms.store")
 AUDIT_LOCK = 0x7C3A_0001
 GENESIS = "0" * 64
 
@@ -94,13 +99,19 @@ def normalise_url(url: str) -> str:
 
 
 class Store:
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    """The database of one process.  ``data_keys`` seal and open the columns encrypted at
+    rest (mail, machine state, protocol messages, evidence: tcms/store/encrypted.py); the
+    services (TSS, TTP, DC) keep none of those and need none.  A Store without keys reads
+    values stored in clear before encryption and raises DataKeyMissing otherwise."""
+
+    def __init__(self, url: str, *, echo: bool = False,
+                 data_keys: DataKeys | None = None) -> None:
         self.url = normalise_url(url)
         self.is_postgres = self.url.startswith("postgresql")
         if self.url.startswith("sqlite"):
             path = self.url.split(":///", 1)[1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if path and path != ":memory:" and not path.startswith("file:"):
+                private_sqlite_file(Path(path))
             self.engine: AsyncEngine = create_async_engine(
                 self.url, echo=echo, connect_args={"timeout": 30})
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -108,6 +119,15 @@ class Store:
         else:
             self.engine = create_async_engine(self.url, echo=echo, pool_size=10,
                                               max_overflow=20)
+        self.data_keys = data_keys
+
+    @property
+    def data_keys(self) -> DataKeys | None:
+        return encrypted.keys_of(self.engine.sync_engine.dialect)
+
+    @data_keys.setter
+    def data_keys(self, keys: DataKeys | None) -> None:
+        encrypted.attach(self.engine.sync_engine.dialect, keys)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -267,21 +287,6 @@ class Store:
 
     # --- outbox ----------------------------------------------------------------------
 
-    async def pending_outbox(self, limit: int = 100) -> list[dict[str, Any]]:
-        q = (select(m.messages).where(m.messages.c.direction == "out",
-                                      m.messages.c.sent_at.is_(None))
-             .order_by(m.messages.c.id).limit(limit))
-        async with self.engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(q)).mappings().all()]
-
-    async def mark_sent(self, message_id: int, now: int) -> bool:
-        """Claim an outbox message; False if another worker already sent it."""
-        async with self.transaction() as conn:
-            res = await conn.execute(update(m.messages).where(
-                m.messages.c.id == message_id, m.messages.c.sent_at.is_(None)
-            ).values(sent_at=now))
-            return bool(res.rowcount == 1)
-
     async def claim_outbox(self, now: int, lease: int, limit: int = 50,
                            by: str | None = None) -> list[dict[str, Any]]:
         """Claim unsent outbox messages for ``lease`` seconds, oldest first, in one
@@ -319,12 +324,6 @@ class Store:
         async with self.transaction() as conn:
             await conn.execute(update(m.messages).where(m.messages.c.id == message_id)
                                .values(sent_at=now, claimed_until=None, last_error=None))
-
-    async def outbox_retry(self, message_id: int, retry_at: int, error: str) -> None:
-        """Leave the message unsent, to be claimed again from ``retry_at``."""
-        async with self.transaction() as conn:
-            await conn.execute(update(m.messages).where(m.messages.c.id == message_id)
-                               .values(claimed_until=retry_at, last_error=error[:1000]))
 
     async def messages_of(self, cid: bytes) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
@@ -432,6 +431,25 @@ class Store:
                 return i, f"entry {i}: its content does not match its hash"
             prev = e.hash
         return len(entries), None
+
+
+def private_sqlite_file(path: Path) -> None:
+    """The database file, created empty with mode 0600 before SQLite opens it (SQLite gives
+    its -wal and -shm files the database file's mode), in a directory created 0700; an
+    existing file and its companions lose any group and other permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
+              path.with_name(path.name + "-journal")):
+        try:
+            mode = f.stat().st_mode & 0o777
+            if mode & 0o077:
+                f.chmod(mode & 0o700)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            log.warning("%s is readable by others and not ours to change (mode %o)", f, mode)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

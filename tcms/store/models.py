@@ -1,4 +1,9 @@
-"""The SQL schema (SQLAlchemy Core).  Alembic migrations in ``migrations/`` create it."""
+"""The SQL schema (SQLAlchemy Core).  Alembic migrations in ``migrations/`` create it.
+
+Columns that hold mail, key shares or ciphertext are encrypted at rest with the data key
+(``Encrypted*``, tcms/store/encrypted.py): in the database they are binary or text as
+before, sealed.  What stays in clear is what the store looks rows up by and what the
+protocol's own headers show anyway: addresses, subjects, sizes, times, ids, phases."""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from sqlalchemy import (
     false,
 )
 
+from tcms.store.encrypted import EncryptedBinary, EncryptedText
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(column_0_label)s",
@@ -36,7 +43,7 @@ submissions = Table(
     Column("sender", String(254), nullable=False),
     Column("recipients", Text, nullable=False),  # JSON list
     Column("subject", Text, nullable=False),
-    Column("raw", LargeBinary, nullable=False),
+    Column("raw", EncryptedBinary("submissions.raw"), nullable=False),  # the mail
     Column("created_at", BigInteger, nullable=False),
     # new -> started (runs created) | failed (nothing could be certified); see ``detail``
     Column("status", String(12), nullable=False, server_default="new", index=True),
@@ -60,7 +67,7 @@ inbound = Table(
     Column("mail_from", String(254), nullable=False),
     Column("rcpt", Text, nullable=False),  # JSON list: the protocol addresses it came to
     Column("peer", String(64), nullable=False),  # the MTA host that handed it over
-    Column("raw", LargeBinary, nullable=False),  # emptied once handled
+    Column("raw", EncryptedBinary("inbound.raw"), nullable=False),  # emptied once handled
     Column("size", Integer, nullable=False),
     Column("kind", String(16), nullable=True),  # m3 ... refusal, once parsed
     Column("tx", String(32), nullable=True),
@@ -104,7 +111,7 @@ runs = Table(
     Column("phase", String(16), nullable=False),
     Column("terminal", Boolean, nullable=False, default=False),
     Column("deadline", BigInteger, nullable=True),
-    Column("state", LargeBinary, nullable=False),
+    Column("state", EncryptedBinary("runs.state"), nullable=False),  # key shares, c, m0
     Column("version", Integer, nullable=False, default=1),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
@@ -127,7 +134,7 @@ messages = Table(
     Column("direction", String(3), nullable=False),  # in | out
     Column("destination", String(8), nullable=True),  # peer | ttp | tss (out only)
     Column("kind", String(16), nullable=False),
-    Column("data", LargeBinary, nullable=False),
+    Column("data", EncryptedBinary("messages.data"), nullable=False),
     Column("at", BigInteger, nullable=False),
     Column("sent_at", BigInteger, nullable=True),  # out: when the outbox delivered it
     # out, gateway: the local user and the peer address; a worker's lease and its retries
@@ -147,7 +154,7 @@ evidence = Table(
     Column("cid", LargeBinary(32), primary_key=True),
     Column("role", String(8), primary_key=True),
     Column("verdict", String(16), nullable=False),
-    Column("bundle", Text, nullable=False),
+    Column("bundle", EncryptedText("evidence.bundle"), nullable=False),
     Column("created_at", BigInteger, nullable=False),
 )
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import ALICE, BOB, DEADLINES, T0, TRUST, TSA, TTP, known
+from conftest import ALICE, BOB, DATA_KEYS, DEADLINES, T0, TRUST, TSA, TTP, known
 from services import DC
 
 from dc import records
@@ -377,7 +377,7 @@ class InboundHarness:
         self._open()
 
     async def _prepare(self) -> None:
-        store = Store(f"sqlite:///{self.template}")
+        store = Store(f"sqlite:///{self.template}", data_keys=DATA_KEYS)
         await store.upgrade()
         x = corpus.exchanges()
         waiting_m6 = x.senders["await-m6"][:1]  # one run waits for m6, the others for m4
@@ -387,8 +387,8 @@ class InboundHarness:
             if s.core.header.recipient == BOB.party and (s.phase == "await-m6"
                                                          or s.cid not in skip):
                 await store.save_run(record(s, "sender", ALICE.name, BOB.name), now=T0)
-        for st in x.receivers["await-m5"]:
-            r = Receiver(BOB, TRUST, st)
+        for rst in x.receivers["await-m5"]:
+            r = Receiver(BOB, TRUST, rst)
             await store.save_run(record(r, "receiver", BOB.name, ALICE.name), now=T0)
         await store.close()
 
@@ -397,8 +397,9 @@ class InboundHarness:
             self.runner.run(self.store.close())
         live = self.dir / "live.db"
         shutil.copyfile(self.template, live)
-        self.store = Store(f"sqlite:///{live}")
-        settings = config_mod.Settings(gateway={"domains": ["a.test", "b.test"]})
+        self.store = Store(f"sqlite:///{live}", data_keys=DATA_KEYS)
+        settings = config_mod.Settings(
+            gateway=config_mod.GatewayConfig(domains=["a.test", "b.test"]))
         self.ctx = GatewayContext(settings, self.store, self.keystore, corpus.GW_A, TRUST,
                                   dc=StubDC(), upstream=None, imap=None,  # type: ignore[arg-type]
                                   http=None, queues=Queues(self.store))  # type: ignore[arg-type]
@@ -416,6 +417,11 @@ class InboundHarness:
             self.runner.run(self.store.close())
         self.runner.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _open_inbound() -> Harness:
+    harness = InboundHarness()
+    return Harness(harness, harness.close)
 
 
 # --- time stamps ----------------------------------------------------------------------------
@@ -693,7 +699,7 @@ ENTRY_POINTS: tuple[EntryPoint, ...] = (
     EntryPoint("mail.hints", "gateway/mailformat.hints: the administrator's view",
                _inbound_seeds, simple(mail_hints), (), (lines,), MAIL_WORDS, None, 0.3),
     EntryPoint("gateway.inbound", "gateway/inbound.handle: one protocol mail, applied to a "
-               "real SQLite store", _inbound_seeds, InboundHarness, (),
+               "real SQLite store", _inbound_seeds, _open_inbound, (),
                (lines, mail_inner, mail_inner), MAIL_WORDS, corpus.protocol_messages, 1.0),
     EntryPoint("submission.mail", "a certified submission's headers, subject and tag",
                corpus.submitted_mails, simple(submitted), (), (lines,), MAIL_WORDS, None,
