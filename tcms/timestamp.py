@@ -108,7 +108,9 @@ def token_from_reply(reply: bytes) -> bytes:
     except Exception:  # asn1crypto raises many types on malformed input
         raise TimestampError("malformed time-stamp reply: not a DER TimeStampResp") from None
     if status not in ("granted", "granted_with_mods"):
-        raise TimestampError(printable(f"time-stamp refused: {status} {fail} {text}".strip()))
+        # a status RFC 3161 does not name is read as a number, of any size: not shown
+        named = status if isinstance(status, str) else "unknown status"
+        raise TimestampError(printable(f"time-stamp refused: {named} {fail} {text}".strip()))
     if token_der is None:
         raise TimestampError("malformed time-stamp reply: granted without a token")
     return token_der

@@ -17,6 +17,7 @@ from gateway import dispatch
 from gateway.context import GatewayContext
 from gateway.queue import Queues
 from gateway.runs import outbox, record
+from tcms import der
 from tcms.config import Settings, TssConfig
 from tcms.keystore import Keystore
 from tcms.protocol.events import Ignored, TimestampFailed, TimestampReply
@@ -25,29 +26,37 @@ from tcms.protocol.sender import Sender
 from tcms.store import Store
 from tcms.timestamp import TimestampError, token_from_reply
 
+MALFORMED = "malformed time-stamp reply"
 BAD_REPLIES = {
-    "status-string-not-utf8": bytes.fromhex("300a300802010230030c01ff"),  # UnicodeDecodeError
-    "fail-info-9-unused-bits": bytes.fromhex("3009300702010203020980"),  # ValueError
-    "fail-info-empty-bit-string": bytes.fromhex("3009300702010230000300"),  # IndexError
+    "status-string-not-utf8": (bytes.fromhex("300a300802010230030c01ff"),  # UnicodeDecodeError
+                               MALFORMED),
+    "fail-info-9-unused-bits": (bytes.fromhex("3009300702010203020980"), MALFORMED),  # ValueError
+    "fail-info-empty-bit-string": (bytes.fromhex("3009300702010230000300"),  # IndexError
+                                   MALFORMED),
+    # found by the fuzz suite: a status of 4800 decimal digits raised ValueError (Python's
+    # limit on converting an integer to text) while the refusal was being worded
+    "status-number-of-4800-digits": (der.seq(der.seq(der.integer(1 << 16_000))),
+                                     "time-stamp refused: unknown status"),
 }
 
 
-@pytest.mark.parametrize("reply", BAD_REPLIES.values(), ids=BAD_REPLIES.keys())
-def test_reading_a_malformed_reply_is_a_timestamp_error(reply: bytes) -> None:
-    with pytest.raises(TimestampError, match="malformed time-stamp reply"):
+@pytest.mark.parametrize(("reply", "why"), BAD_REPLIES.values(), ids=BAD_REPLIES.keys())
+def test_reading_a_malformed_reply_is_a_timestamp_error(reply: bytes, why: str) -> None:
+    with pytest.raises(TimestampError, match=why):
         token_from_reply(reply)
     sender, _ = Sender.start(ALICE, TRUST, BOB.party, b"m0", Description("t", 2, "<x>"),
                              DEADLINES)
     actions = sender.handle(TimestampReply(reply), T0)
     [ignored] = actions
-    assert isinstance(ignored, Ignored) and "malformed" in ignored.reason
+    assert isinstance(ignored, Ignored) and why in ignored.reason
     assert sender.phase == "stamping"
     sender.handle(TimestampFailed("the TSS sent a malformed reply"), T0)
     assert sender.phase == "failed"
 
 
-@pytest.mark.parametrize("reply", BAD_REPLIES.values(), ids=BAD_REPLIES.keys())
-async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: bytes) -> None:
+@pytest.mark.parametrize(("reply", "why"), BAD_REPLIES.values(), ids=BAD_REPLIES.keys())
+async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: bytes,
+                                                     why: str) -> None:
     """The gateway's outbox sends m1 to a TSS that answers with a malformed reply: the run
     ends as failed, the m1 row is done, and the user gets a notice naming the cause."""
     store = Store(f"sqlite:///{tmp_path / 'gw.db'}", data_keys=DATA_KEYS)
@@ -75,6 +84,6 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
         assert len(m1) == 1 and m1[0]["sent_at"] == T0 + 1 and m1[0]["attempts"] == 1
         pending = await store.claim_outbox(T0 + 2, dispatch.LEASE)
         assert [(r["destination"], r["kind"]) for r in pending] == [("mailbox", "failed")]
-        assert b"malformed time-stamp reply" in bytes(pending[0]["data"])
+        assert why.encode() in bytes(pending[0]["data"])
     finally:
         await store.close()
