@@ -389,6 +389,10 @@ def load(path: str | Path | None = None) -> Settings:
     if file is not None and not file.exists():
         raise ConfigError(f"configuration file {file} does not exist")
     source = str(file) if file else "defaults and environment"
+    for name in os.environ:  # pydantic-settings nests a value once per "__" in its name
+        if name.upper().startswith("TCMS_") and name.count("__") > MAX_NESTING:
+            raise ConfigError(f"invalid configuration (environment): {name[:60]}...: "
+                              f"the name nests deeper than {MAX_NESTING} levels")
     old = os.environ.get("_TCMS_CONFIG_FILE")
     try:
         if file:

@@ -217,7 +217,7 @@ def trust_from_json(data: object) -> Trust:
         raise TrustFileError(f"ttp: {exc}") from None
     try:
         ca = x509.load_pem_x509_certificate(top["tsa_ca"].encode())
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise TrustFileError("tsa_ca: not a PEM certificate") from None
     return Trust(party, ca)
 

@@ -1,7 +1,5 @@
-"""What the fuzz campaign (bench/fuzz.py, 10^6 inputs) found in code another change owns,
-through the `tcms` command: each test states the behaviour the charter asks for and is a
-strict xfail until that code is fixed (then it passes, fails as an xfail, and the marker
-goes).  The findings fixed here have their regression tests beside the code they fixed
+"""What the fuzz campaign (bench/fuzz.py, 10^6 inputs) found in the evidence and config
+code, through the `tcms` command.  The findings fixed here have their regression tests beside the code they fixed
 (test_timestamp, test_tss_replies, test_mailformat, test_gateway_inbound)."""
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import TRUST
 from cryptography.hazmat.primitives import serialization
 
@@ -26,8 +23,6 @@ def tcms(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, cwd=cwd, env={**clean, **env})
 
 
-@pytest.mark.xfail(strict=True, reason="tcms/evidence.py (trust_from_json): cryptography's "
-                   "InvalidVersion is not a ValueError and escapes as a traceback")
 def test_a_trust_file_whose_certificate_has_an_impossible_version_exits_2(
         tmp_path: Path) -> None:
     """evidence.trust, input 4777 of seed 11: the TSA CA certificate's version field says
@@ -46,8 +41,6 @@ def test_a_trust_file_whose_certificate_has_an_impossible_version_exits_2(
     assert res.returncode == 2 and "cannot use the trust file" in res.stderr, res.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="tcms/config.py: the nesting bound covers values, not "
-                   "the nesting that '__' in a variable's name makes")
 def test_a_variable_name_with_a_thousand_separators_is_a_named_error(tmp_path: Path) -> None:
     """config.env, input 3736 of seed 11: ``TCMS_GATEWAY__MAX_RECIPIENTS`` followed by
     ``__x`` a thousand times nests its value a thousand levels deep (pydantic-settings
