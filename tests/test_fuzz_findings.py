@@ -1,6 +1,7 @@
 """What the fuzz campaign (bench/fuzz.py, 10^6 inputs) found in the evidence and config
-code, through the `tcms` command.  The findings fixed here have their regression tests beside the code they fixed
-(test_timestamp, test_tss_replies, test_mailformat, test_gateway_inbound)."""
+code, through the `tcms` command.  The other findings have their regression tests beside
+the code they fixed (test_timestamp, test_tss_replies, test_mailformat,
+test_gateway_inbound)."""
 
 from __future__ import annotations
 
