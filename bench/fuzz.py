@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import signal
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,11 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from fuzzing import campaign  # noqa: E402
 from fuzzing.targets import BY_NAME, ENTRY_POINTS, EntryPoint  # noqa: E402
+
+# tests/conftest.py turns SIGTERM and SIGHUP into KeyboardInterrupt, for pytest's teardown;
+# here that would leave the pool waiting for a worker that died: a signal ends the campaign
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 CHUNK = 25_000  # inputs per task: a large entry point is run in pieces on all jobs
 
