@@ -418,7 +418,7 @@ def _listeners(settings: config_mod.Settings, which: str) -> list[Any]:
     passphrase = _passphrase(settings)
     try:
         if which in ("tss", "all"):
-            from tss.service import create_app as tss_app
+            from tss.api import create_app as tss_app
 
             tsa = TimeStampAuthority(credentials.load(settings.keys.dir, passphrase))
             s = settings.tss

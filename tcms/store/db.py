@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,25 +373,6 @@ class Store:
             rows = (await conn.execute(select(m.ttp_decisions.c.state, func.count()).group_by(
                 m.ttp_decisions.c.state))).all()
         return {str(s): int(n) for s, n in rows}
-
-    # --- TSS log ---------------------------------------------------------------------
-
-    async def issue_timestamp(self, *, now: int, hash_alg: str, imprint: bytes,
-                              nonce: int | None, requester: str | None,
-                              requester_fp: str | None,
-                              sign: Callable[[int], bytes]) -> tuple[int, bytes]:
-        """Allocate the next serial, sign with it, and log the token, in one transaction:
-        a serial is never reused, even across restarts or several TSS processes."""
-        async with self.transaction() as conn:
-            res = await conn.execute(insert(m.tss_log).values(
-                at=now, hash_alg=hash_alg, imprint=imprint,
-                nonce=None if nonce is None else str(nonce), requester=requester,
-                requester_fp=requester_fp).returning(m.tss_log.c.serial))
-            serial = int(res.scalar_one())
-            token = sign(serial)
-            await conn.execute(update(m.tss_log).where(m.tss_log.c.serial == serial)
-                               .values(token=token))
-        return serial, token
 
     # --- audit log -------------------------------------------------------------------
 
