@@ -13,8 +13,8 @@ written a 503 (and no token).  Every token is in the log, durably, before it is 
 unique and increasing across restarts.
 
 A well-formed ``POST /tsa`` (its content type, a declared length within bounds) takes a
-short path in plain ASGI (``QueryFastPath``), with no routing, validation or response
-objects; every other request, refusals included, goes through the FastAPI routes below,
+short path in plain ASGI (``TssApp``), with no middleware, routing, validation or
+response objects; every other request, refusals included, goes through the FastAPI routes below,
 which say the same for the same input.
 """
 
@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from tcms.crypto import CryptoError, verify
 from tcms.protocol.checks import ProtocolError
@@ -39,6 +39,7 @@ from tss.commit import GroupCommit, LogUnavailable
 QUERY = "application/timestamp-query"
 REPLY = "application/timestamp-reply"
 MAX_QUERY = 16 * 1024
+_QUERY, _REPLY = QUERY.encode(), REPLY.encode()
 
 
 class Stamper:
@@ -58,24 +59,24 @@ class Stamper:
         return granted(await self.commit.issue(req, requester, requester_fp))
 
 
-class QueryFastPath:
-    """Plain ASGI for a well-formed ``POST /tsa``; anything else goes on to ``app``."""
+class TssApp(FastAPI):
+    """The FastAPI app, with a plain-ASGI path for a well-formed ``POST /tsa`` taken before
+    any middleware or routing; every other request goes through FastAPI."""
 
-    def __init__(self, app: ASGIApp, stamper: Stamper) -> None:
-        self.app, self.stamper = app, stamper
+    stamper: Stamper
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/tsa" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
+            return await super().__call__(scope, receive, send)
         ctype = length = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 ctype = value
             elif name == b"content-length":
                 length = value
-        if ctype is None or ctype.split(b";")[0].strip().lower() != QUERY.encode() \
+        if ctype is None or ctype.split(b";")[0].strip().lower() != _QUERY \
                 or length is None or not length.isdigit() or not 0 < int(length) <= MAX_QUERY:
-            return await self.app(scope, receive, send)
+            return await super().__call__(scope, receive, send)
         body = b""
         while True:  # the server holds the body to its declared length
             message = await receive()
@@ -90,7 +91,7 @@ class QueryFastPath:
             await _log_unavailable(exc)(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", REPLY.encode()), (b"content-length", str(len(reply)).encode())]})
+            (b"content-type", _REPLY), (b"content-length", str(len(reply)).encode())]})
         await send({"type": "http.response.body", "body": reply})
 
 
@@ -108,11 +109,10 @@ def create_app(store: Store, tsa: TimeStampAuthority,
         yield
         await commit.close()
 
-    app = FastAPI(title="TCMS Time Stamping Server", version="1", lifespan=lifespan,
-                  description="RFC 3161 time-stamp authority for TCMS (m1/m2).")
+    app = TssApp(title="TCMS Time Stamping Server", version="1", lifespan=lifespan,
+                 description="RFC 3161 time-stamp authority for TCMS (m1/m2).")
     install_error_handlers(app)
-    stamper = Stamper(tsa, commit)
-    app.add_middleware(QueryFastPath, stamper=stamper)
+    app.stamper = stamper = Stamper(tsa, commit)
     ca_pem, cert_pem = tsa.creds.pem_chain()
 
     @app.exception_handler(LogUnavailable)

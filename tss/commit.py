@@ -1,10 +1,12 @@
-"""Group commit: the requests that arrive while a group is being written wait for the next
-group, and one transaction logs them all (tss/store.py).
+"""Group commit: a request's token is signed at once, with a serial from the block this
+process reserved (tss/store.py), and waits for the next group; one transaction logs a
+whole group, and only when it has committed do its tokens go out.
 
-A request's token is handed back only after the transaction that logged it has committed,
-so a crash at any moment loses no token that a client received: a request whose group had
+So a crash at any moment loses no token that a client received: a request whose group had
 not committed gets no answer (its connection breaks) and its client asks again.  Under load
 the groups grow by themselves (many tokens per commit); alone, a request is one group.
+On PostgreSQL several groups commit at once (its WAL flush serves them together); SQLite
+has one writer at a time, so one group commits at a time.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 from tcms.store import Store
 from tss.authority import TimeStampAuthority
 from tss.request import TsRequest
-from tss.store import LogEntry, log_tokens
+from tss.store import LogEntry, log_writer, reserve_serials
 
 log = logging.getLogger("tcms.tss")
 MAX_GROUP = 512
+SERIAL_BLOCK = 256
 
 
 class LogUnavailable(Exception):
@@ -29,59 +33,83 @@ class LogUnavailable(Exception):
 
 
 class GroupCommit:
-    """One writer task per process, started with the first request."""
+    """Writer tasks, started with the first request: one on SQLite, ``pg_writers`` on
+    PostgreSQL, each on a connection of its own."""
 
     def __init__(self, store: Store, tsa: TimeStampAuthority,
-                 clock: Callable[[], float] = time.time, max_group: int = MAX_GROUP) -> None:
-        self.store, self.tsa, self.clock, self.max_group = store, tsa, clock, max_group
-        self._waiting: list[tuple[LogEntry, asyncio.Future[bytes]]] = []
+                 clock: Callable[[], float] = time.time, *, max_group: int = MAX_GROUP,
+                 serial_block: int = SERIAL_BLOCK, pg_writers: int = 4) -> None:
+        self.store, self.tsa, self.clock = store, tsa, clock
+        self.max_group, self.serial_block = max_group, serial_block
+        self.writers = pg_writers if store.is_postgres else 1
+        self._waiting: deque[tuple[LogEntry, asyncio.Future[None]]] = deque()
+        self._serials: deque[int] = deque()
+        self._reserving: asyncio.Lock | None = None
         self._wake: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def issue(self, request: TsRequest, requester: str | None = None,
                     requester_fp: str | None = None) -> bytes:
         """The token for ``request``, once it is durably in the log."""
-        if self._writer is None or self._writer.done():
-            self._wake = asyncio.Event()
-            self._writer = asyncio.create_task(self._write(), name="tss-group-commit")
-        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting.append((LogEntry(request, requester, requester_fp), done))
+        if not self._tasks:
+            self._start()
+        serial = await self._serial()
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        token = self.tsa.issue(request, now=now, serial=serial)
+        entry = LogEntry(serial, int(now.timestamp()), request, token, requester, requester_fp)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((entry, done))
         assert self._wake is not None
         self._wake.set()
-        return await done
+        await done
+        return token
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def _start(self) -> None:
+        self._reserving, self._wake = asyncio.Lock(), asyncio.Event()
+        self._tasks = [asyncio.create_task(self._write(), name=f"tss-group-commit-{i}")
+                       for i in range(self.writers)]
+
+    async def _serial(self) -> int:
+        assert self._reserving is not None
+        while not self._serials:
+            async with self._reserving:
+                if self._serials:
+                    break
+                try:
+                    async with self.store.engine.connect() as conn:
+                        self._serials.extend(await reserve_serials(conn, self.serial_block))
+                except Exception as exc:
+                    log.error("TSS log: no serial numbers could be reserved: %s", exc)
+                    raise LogUnavailable(str(exc)) from None
+        return self._serials.popleft()
 
     async def _write(self) -> None:
         assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._waiting:
-                group = self._waiting[:self.max_group]
-                del self._waiting[:self.max_group]
-                await self._commit(group)
-
-    async def _commit(self, group: list[tuple[LogEntry, asyncio.Future[bytes]]]) -> None:
-        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        writer = log_writer(self.store)
         try:
-            tokens = await log_tokens(
-                self.store, [e for e, _ in group], now=int(now.timestamp()),
-                sign=lambda req, serial: self.tsa.issue(req, now=now, serial=serial))
-        except asyncio.CancelledError:
-            for _, done in group:
-                done.cancel()
-            raise
-        except Exception as exc:  # the database refused or is gone: no token is issued
-            log.error("TSS log: a group of %d time stamps was not logged: %s", len(group), exc)
-            for _, done in group:
-                if not done.done():
-                    done.set_exception(LogUnavailable(str(exc)))
-            return
-        for (_, done), token in zip(group, tokens, strict=True):
-            if not done.done():
-                done.set_result(token)
+            while True:
+                while not self._waiting:
+                    self._wake.clear()
+                    await self._wake.wait()
+                group = [self._waiting.popleft()
+                         for _ in range(min(self.max_group, len(self._waiting)))]
+                try:
+                    await writer.write([e for e, _ in group])
+                except Exception as exc:  # the database refused or is gone: nothing issued
+                    log.error("TSS log: a group of %d time stamps was not logged: %s",
+                              len(group), exc)
+                    for _, done in group:
+                        if not done.done():
+                            done.set_exception(LogUnavailable(str(exc)))
+                    continue
+                for _, done in group:
+                    if not done.done():
+                        done.set_result(None)
+        finally:
+            await writer.close()
