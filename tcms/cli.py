@@ -483,7 +483,7 @@ def serve(ctx: click.Context, service: str) -> None:
 
 async def _start_gateway(settings: config_mod.Settings) -> None:
     """The gateway: its SMTP, IMAP and intake listeners and its protocol worker."""
-    from gateway import context, imapproxy, intake, submission
+    from gateway import context, imapproxy, intake, submission, workers
     from gateway.worker import Worker, answer
 
     g = settings.gateway
@@ -507,6 +507,7 @@ async def _start_gateway(settings: config_mod.Settings) -> None:
     tls = submission.tls_context(str(g.tls_cert), str(g.tls_key))
     await submission.start(handler, tls=tls, submission=g.split(g.submission),
                            smtps=g.split(g.smtps), max_size=g.max_message_size)
+    await workers.start(settings, worker.kick_submissions)  # [gateway] workers > 1
     log.info("gateway SMTP listening: submission %s (STARTTLS), smtps %s (TLS)",
              g.submission, g.smtps)
     addresses = list(g.protocol_addresses().values())
