@@ -124,6 +124,8 @@ async def serve(settings: Settings, kick_fd: int) -> None:
     tls = submission.tls_context(str(g.tls_cert), str(g.tls_key))
     servers = await submission.start(handler, tls=tls, submission=g.split(g.submission),
                                      smtps=g.split(g.smtps), max_size=g.max_message_size)
+    log.info("submission worker %d listening: submission %s, smtps %s", os.getpid(),
+             g.submission, g.smtps)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
