@@ -144,6 +144,8 @@ def relay_bench(orgs: Orgs, n: int, rounds: int, workers: int) -> None:
         paths = {"direct": lambda: smtplib.SMTP("127.0.0.1", sink_port, timeout=60),
                  "postfix": postfix, "gateway": lambda: relay.smtp("alice@a.test")}
         try:
+            for name in paths:  # warm-up, not counted: sessions, pools, caches
+                client_run(paths[name], 40)
             for r in range(rounds):
                 order = ["postfix", "gateway", "direct"] if r % 2 == 0 \
                     else ["gateway", "postfix", "direct"]
