@@ -9,6 +9,7 @@ changes H(core).
 from __future__ import annotations
 
 import os
+from importlib.metadata import entry_points
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -54,10 +55,15 @@ def register(cipher: MessageCipher, *, default: bool = False) -> None:
         DEFAULT_ALG = cipher.alg_id
 
 
-def _load_builtins() -> None:
-    import tsrg
+def registered(alg_id: str) -> bool:
+    return alg_id in _REGISTRY
 
-    tsrg.register()
+
+def _load_builtins() -> None:
+    """Let the installed packages register their ciphers (the ``tcms.ciphers`` entry
+    points: the TSRG package adds ``tsrg-modern``)."""
+    for ep in entry_points(group="tcms.ciphers"):
+        ep.load()()
 
 
 def get(alg_id: str) -> MessageCipher:
