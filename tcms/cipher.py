@@ -72,7 +72,10 @@ def get(alg_id: str) -> MessageCipher:
     try:
         return _REGISTRY[alg_id]
     except KeyError:
-        raise DecryptionError(f"unknown message cipher {alg_id!r}") from None
+        hint = ("" if any(entry_points(group="tcms.ciphers")) else
+                " (no package registers a cipher: the 'tcms.ciphers' entry points are not "
+                "installed; run `make setup` or `pip install -e .`)")
+        raise DecryptionError(f"unknown message cipher {alg_id!r}{hint}") from None
 
 
 def default() -> MessageCipher:

@@ -52,7 +52,12 @@ class Registry:
 def load() -> Registry:
     """Every installed package's contribution, in the entry points' name order."""
     reg = Registry()
-    for ep in sorted(entry_points(group=ENTRY_POINTS), key=lambda e: e.name):
+    found = sorted(entry_points(group=ENTRY_POINTS), key=lambda e: e.name)
+    if not found:
+        click.echo(f"tcms: no package adds its commands: the {ENTRY_POINTS!r} entry points "
+                   "are not installed (run `make setup`, or `pip install -e .` again after "
+                   "pyproject.toml changed)", err=True)
+    for ep in found:
         try:
             plugin = ep.load()
         except ImportError as exc:
