@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.events import Tick
 from tcms.store import ConcurrentUpdate, OutMessage, RunRecord, Store
+from ttp import store as ttp_store
 
 
 def record(cid: bytes = b"c" * 32, **kw: object) -> RunRecord:
@@ -162,27 +163,27 @@ def _decision(state: str, cid: bytes = b"x" * 32, by: str = "S") -> ttp_role.Dec
 
 
 async def test_the_first_ttp_decision_stands(store: Store) -> None:
-    first = await store.record_decision(_decision("aborted"), "ttp")
-    second = await store.record_decision(_decision("resolved", by="R"), "ttp")
+    first = await ttp_store.record_decision(store, _decision("aborted"), "ttp")
+    second = await ttp_store.record_decision(store, _decision("resolved", by="R"), "ttp")
     assert first.state == second.state == "aborted"
-    assert (await store.count_decisions()) == {"aborted": 1}
+    assert (await ttp_store.count_decisions(store)) == {"aborted": 1}
 
 
 async def test_concurrent_decisions_have_exactly_one_winner(store: Store) -> None:
     racers = [_decision("aborted" if i % 2 else "resolved", by="SR"[i % 2]) for i in range(20)]
-    results = await asyncio.gather(*(store.record_decision(d, "ttp") for d in racers))
+    results = await asyncio.gather(*(ttp_store.record_decision(store, d, "ttp") for d in racers))
     assert len({r.state for r in results}) == 1
-    assert sum((await store.count_decisions()).values()) == 1
+    assert sum((await ttp_store.count_decisions(store)).values()) == 1
 
 
 async def test_decisions_and_audit_log_are_append_only(store: Store) -> None:
-    await store.record_decision(_decision("aborted"), "ttp")
+    await ttp_store.record_decision(store, _decision("aborted"), "ttp")
     for stmt in ("UPDATE ttp_decisions SET state = 'resolved'", "DELETE FROM ttp_decisions",
                  "UPDATE audit_log SET detail = 'forged'", "DELETE FROM audit_log"):
         with pytest.raises((IntegrityError, OperationalError, DBAPIError)):
             async with store.transaction() as conn:
                 await conn.execute(text(stmt))
-    assert (await store.count_decisions()) == {"aborted": 1}
+    assert (await ttp_store.count_decisions(store)) == {"aborted": 1}
     assert len(await store.audit_entries()) == 1
 
 
@@ -251,13 +252,14 @@ async def test_two_stores_on_one_postgres_race_for_decisions() -> None:
         try:
             decisions = [_decision("aborted", cid=bytes([i]) * 32) for i in range(30)]
             rivals = [_decision("resolved", cid=bytes([i]) * 32, by="R") for i in range(30)]
-            res = await asyncio.gather(*(a.record_decision(d, TTP.name) for d in decisions),
-                                       *(b.record_decision(d, TTP.name) for d in rivals))
+            res = await asyncio.gather(
+                *(ttp_store.record_decision(a, d, TTP.name) for d in decisions),
+                *(ttp_store.record_decision(b, d, TTP.name) for d in rivals))
             by_cid: dict[bytes, set[str]] = {}
             for r in res:
                 by_cid.setdefault(r.cid, set()).add(r.state)
             assert all(len(states) == 1 for states in by_cid.values())
-            assert sum((await a.count_decisions()).values()) == 30
+            assert sum((await ttp_store.count_decisions(a)).values()) == 30
             assert (await a.verify_audit_chain()) == (30, None)
         finally:
             await a.close()

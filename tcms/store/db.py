@@ -5,7 +5,6 @@ Concurrency rules, so that several gateway or TTP processes can share one Postgr
   ``ConcurrentUpdate`` and the caller reloads and retries;
 - a run's state, the messages it sends (the outbox) and its audit entries are written in
   one transaction, so a crash never leaves a message sent without the state that sent it;
-- a TTP decision is an INSERT on its primary key: the first one wins, the others read it;
 - the audit chain is appended under a transaction-scoped lock (PostgreSQL advisory lock).
 """
 
@@ -26,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from tcms.crypto import h
 from tcms.datakeys import DataKeys
-from tcms.protocol.ttp import Decision
 from tcms.store import encrypted
 from tcms.store import models as m
 
@@ -346,33 +344,6 @@ class Store:
             row = (await conn.execute(select(m.evidence).where(
                 m.evidence.c.cid == cid, m.evidence.c.role == role))).mappings().first()
             return dict(row) if row else None
-
-    # --- TTP decisions ---------------------------------------------------------------
-
-    async def get_decision(self, cid: bytes) -> Decision | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(m.ttp_decisions).where(
-                m.ttp_decisions.c.cid == cid))).mappings().first()
-        return Decision(**row) if row else None
-
-    async def record_decision(self, d: Decision, actor: str) -> Decision:
-        """Insert the decision unless one exists; return the one that stands."""
-        try:
-            async with self.transaction() as conn:
-                await conn.execute(insert(m.ttp_decisions).values(**d.__dict__))
-                await self.append_audit(conn, d.at, actor, f"ttp.{d.state}", d.cid.hex(),
-                                         f"requested by {d.by}; S={d.sender} R={d.recipient}")
-            return d
-        except IntegrityError:
-            existing = await self.get_decision(d.cid)
-            assert existing is not None
-            return existing
-
-    async def count_decisions(self) -> dict[str, int]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(m.ttp_decisions.c.state, func.count()).group_by(
-                m.ttp_decisions.c.state))).all()
-        return {str(s): int(n) for s, n in rows}
 
     # --- TSS log ---------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ from tcms.store import Store
 from tcms.timestamp import TimestampError, token_from_reply, verify_token
 from tsrg.cipher import TsrgCipher, TsrgError, TsrgSession
 from ttp import filing
-from ttp.service import BUNDLE_MAX_DEPTH, BUNDLE_MAX_ITEMS
+from ttp.api import BUNDLE_MAX_DEPTH, BUNDLE_MAX_ITEMS
 
 from . import corpus
 from .mutate import Context, Structure, cbor_tree, der_tree, havoc, json_tree, lines
@@ -227,7 +227,7 @@ def ttp_handle(data: bytes) -> None:
 
 
 def ttp_dispute(data: bytes) -> None:
-    """POST /dispute as ttp/service.py handles it, filed by the exchange's sender with a
+    """POST /dispute as ttp/api.py handles it, filed by the exchange's sender with a
     genuine signature over this very body (so a bundle whose core still parses reaches
     ``evidence.verify``)."""
     try:  # the filer's side: what cid to sign (not part of the target)
