@@ -209,7 +209,7 @@ def _receiver_run(orgs: Orgs, marker_subject: str) -> tuple[str, str, bool]:
             for r in await store.list_runs():
                 if r.role == "receiver" and r.subject == marker_subject:
                     sent = [m for m in await store.messages_of(r.cid)
-                            if m["kind"] == "m4" and m["sent_at"] is not None]
+                            if m.kind == "m4" and m.sent_at is not None]
                     return r.tx, r.phase, bool(sent)
             return "", "", False
         finally:

@@ -101,21 +101,21 @@ async def test_outbox_failures_back_off_then_quarantine(store: Store) -> None:
     now = T0
     for attempt in (1, 2):
         (got,) = await store.claim_outbox(now, q.lease)
-        assert got["attempts"] == attempt and got["kind"] == "m3"
-        assert await q.fail("outbox", got["id"], got["attempts"], now, "451 try later") == "retry"
+        assert got.attempts == attempt and got.kind == "m3"
+        assert await q.fail("outbox", got.id, got.attempts, now, "451 try later") == "retry"
         assert await store.claim_outbox(now + backoff(attempt) - 1, q.lease) == []
         now += backoff(attempt)
     (got,) = await store.claim_outbox(now, q.lease)
-    key = str(got["id"])
-    assert await q.fail("outbox", got["id"], got["attempts"], now, "550 no") == "quarantined"
+    key = str(got.id)
+    assert await q.fail("outbox", got.id, got.attempts, now, "550 no") == "quarantined"
     assert await store.claim_outbox(now + 10_000, q.lease) == []  # never again on its own
     entry = await q.entry("outbox", key)
     assert entry is not None and (entry.status, entry.attempts) == ("quarantined", 3)
     assert entry.last_error == "550 no"
     assert await q.retry("outbox", key, now)  # the administrator's `tcms queue retry`
     (got,) = await store.claim_outbox(now, q.lease)
-    assert got["attempts"] == 1
-    await store.outbox_done(got["id"], now)
+    assert got.attempts == 1
+    await store.outbox_done(got.id, now)
     assert await store.claim_outbox(now + 10_000, q.lease) == []
     assert not await q.retry("outbox", key, now)  # sent: nothing left to retry
     entry = await q.entry("outbox", key)

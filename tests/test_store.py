@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import DATA_KEYS, DEADLINES, T0, TTP, pg_database, start_run
+from conftest import DATA_KEYS, DEADLINES, T0, TTP, pg_database, start_run, stored_values
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.events import Tick
-from tcms.store import ConcurrentUpdate, OutMessage, RunRecord, Store
+from tcms.store import ConcurrentUpdate, OutMessage, RunRecord, Store, models
 from ttp import store as ttp_store
 
 
@@ -37,7 +37,7 @@ async def test_run_roundtrip_with_messages_and_audit(store: Store) -> None:
     got = await store.get_run(b"c" * 32, "sender")
     assert got is not None and got.state == b"state-1" and got.created_at == T0
     msgs = await store.messages_of(b"c" * 32)
-    assert [(m["direction"], m["kind"], m["data"]) for m in msgs] == [
+    assert [(m.direction, m.kind, m.data) for m in msgs] == [
         ("in", "m2", b"token"), ("out", "m3", b"m3-bytes")]
     entries = await store.audit_entries()
     assert [(e.event, e.detail) for e in entries] == [("run.created", "to bob")]
@@ -86,8 +86,8 @@ async def queue_outbox(store: Store, runs: int = 3, per_run: int = 4) -> list[in
                                      for i in range(per_run)])
     ids = []
     for r in range(runs):
-        ids += [int(m["id"]) for m in await store.messages_of(bytes([r + 1]) * 32)
-                if m["direction"] == "out"]
+        ids += [m.id for m in await store.messages_of(bytes([r + 1]) * 32)
+                if m.direction == "out"]
     return sorted(ids)
 
 
@@ -97,36 +97,36 @@ async def test_the_outbox_is_claimed_oldest_first_each_message_once(store: Store
     rows first, then updates exactly those.)"""
     ids = await queue_outbox(store)
     first = await store.claim_outbox(T0, lease=60, limit=2)
-    assert [r["id"] for r in first] == ids[:2]  # oldest first
-    assert [(r["kind"], r["data"]) for r in first] == [("m0", b"0/0"), ("m1", b"0/1")]
+    assert [r.id for r in first] == ids[:2]  # oldest first
+    assert [(r.kind, r.data) for r in first] == [("m0", b"0/0"), ("m1", b"0/1")]
     # eight workers race for the rest: nobody gets a message another one holds
     claims = await asyncio.gather(*(store.claim_outbox(T0, lease=60, limit=3)
                                     for _ in range(8)))
-    claimed = [int(r["id"]) for batch in claims for r in batch]
-    assert all(batch == sorted(batch, key=lambda r: int(r["id"])) for batch in claims)
+    claimed = [r.id for batch in claims for r in batch]
+    assert all(batch == sorted(batch, key=lambda r: r.id) for batch in claims)
     assert len(claimed) == len(set(claimed))
-    claimed += [int(r["id"]) for r in await store.claim_outbox(T0, lease=60, limit=100)]
+    claimed += [r.id for r in await store.claim_outbox(T0, lease=60, limit=100)]
     assert sorted(claimed) == ids[2:]  # every outgoing message once, no incoming one
     rows = [m for r in range(3) for m in await store.messages_of(bytes([r + 1]) * 32)
-            if m["direction"] == "out"]
-    assert {(m["claimed_until"], m["attempts"], m["sent_at"]) for m in rows} == {
+            if m.direction == "out"]
+    assert {(m.claimed_until, m.attempts, m.sent_at) for m in rows} == {
         (T0 + 60, 1, None)}
 
 
 async def test_an_outbox_lease_holds_until_it_runs_out_and_sent_is_final(
         store: Store) -> None:
     ids = await queue_outbox(store, runs=1, per_run=3)
-    assert [r["id"] for r in await store.claim_outbox(T0, lease=60)] == ids
+    assert [r.id for r in await store.claim_outbox(T0, lease=60)] == ids
     assert await store.claim_outbox(T0 + 59, lease=60) == []  # held by the lease
     await store.outbox_done(ids[1], T0 + 10)  # its worker sent it
     # the lease ran out on the others (their worker died): claimed again, one more attempt
     again = await store.claim_outbox(T0 + 60, lease=60)
-    assert [(r["id"], r["attempts"]) for r in again] == [(ids[0], 2), (ids[2], 2)]
+    assert [(r.id, r.attempts) for r in again] == [(ids[0], 2), (ids[2], 2)]
     for i in (0, 2):
         await store.outbox_done(ids[i], T0 + 61)
     assert await store.claim_outbox(T0 + 100_000, lease=60) == []  # sent is never resent
-    sent = {m["id"]: (m["sent_at"], m["claimed_until"])
-            for m in await store.messages_of(b"\x01" * 32) if m["direction"] == "out"}
+    sent = {m.id: (m.sent_at, m.claimed_until)
+            for m in await store.messages_of(b"\x01" * 32) if m.direction == "out"}
     assert sent == {ids[0]: (T0 + 61, None), ids[1]: (T0 + 10, None),
                     ids[2]: (T0 + 61, None)}
 
@@ -150,9 +150,9 @@ async def test_a_real_machine_state_survives_the_store(store: Store) -> None:
 async def test_evidence_is_stored_per_role(store: Store) -> None:
     await store.save_evidence(b"c" * 32, "sender", "received", '{"a": 1}', T0)
     await store.save_evidence(b"c" * 32, "sender", "received", '{"a": 2}', T0 + 1)
-    ev = await store.get_evidence(b"c" * 32, "sender")
-    assert ev is not None and ev["bundle"] == '{"a": 2}'
-    assert await store.get_evidence(b"c" * 32, "receiver") is None
+    ev = models.evidence.c
+    assert await stored_values(store, ev.bundle, ev.cid == b"c" * 32) == ['{"a": 2}']
+    assert await stored_values(store, ev.bundle, ev.role == "receiver") == []
 
 
 # --- the TTP's decisions ----------------------------------------------------------------
@@ -236,8 +236,8 @@ async def test_two_gateway_replicas_on_one_postgres_claim_each_message_once() ->
             ids = await queue_outbox(a, runs=4, per_run=5)
             claims = await asyncio.gather(*(s.claim_outbox(T0, lease=60, limit=3)
                                             for _ in range(6) for s in (a, b)))
-            claimed = [int(r["id"]) for batch in claims for r in batch]
-            claimed += [int(r["id"]) for r in await b.claim_outbox(T0, lease=60, limit=100)]
+            claimed = [r.id for batch in claims for r in batch]
+            claimed += [r.id for r in await b.claim_outbox(T0, lease=60, limit=100)]
             assert sorted(claimed) == ids  # each outgoing message by one replica, once
         finally:
             await a.close()
