@@ -12,7 +12,8 @@ import time
 
 import click
 
-from gateway.queue import KINDS, Entry, Queues
+from gateway.queue import Queues
+from gateway.queueview import KINDS, Entry
 from tcms.cliutil import with_store
 from tcms.store import Store
 
