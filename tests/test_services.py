@@ -36,9 +36,10 @@ from tcms.crypto import sign, verify
 from tcms.identity import Identity
 from tcms.keystore import Keystore
 from tcms.protocol.events import Accept, Tick, TimestampReply
-from tcms.protocol.messages import M1, Description, decode_ttp_answer
+from tcms.protocol.messages import M1, Description
 from tcms.protocol.receiver import Receiver
 from tcms.protocol.sender import Sender
+from tcms.protocol.ttpmessages import decode_ttp_answer
 from tcms.store import Store
 from tcms.timestamp import TimestampError, token_from_reply, verify_token
 from ttp import filing

@@ -32,20 +32,16 @@ from tcms.protocol.messages import (
     M4,
     M5,
     M6,
-    Aborted,
-    BadEscrow,
     Core,
     Deadlines,
     Description,
     Header,
     MessageError,
     Refusal,
-    Resolved,
-    ResolveRequest,
-    TTPAnswer,
     parse_plaintext,
     plaintext,
 )
+from tcms.protocol.ttpmessages import Aborted, BadEscrow, Resolved, ResolveRequest, TTPAnswer
 from tcms.timestamp import TimestampError, TokenInfo, verify_token
 
 # Step tags of key wraps.

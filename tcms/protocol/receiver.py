@@ -33,17 +33,14 @@ from tcms.protocol.events import (
     Tick,
 )
 from tcms.protocol.machine import RoleMachine
-from tcms.protocol.messages import (
-    M3,
-    M5,
+from tcms.protocol.messages import M3, M5, Core, message_type
+from tcms.protocol.ttpmessages import (
     Aborted,
     BadEscrow,
-    Core,
     Rejection,
     Resolved,
     ResolveRequest,
     decode_ttp_answer,
-    message_type,
 )
 
 RETRY_SECONDS = 60

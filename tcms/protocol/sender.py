@@ -39,18 +39,20 @@ from tcms.protocol.messages import (
     M3,
     M4,
     M6,
-    Aborted,
-    AbortRequest,
-    BadEscrow,
     Core,
     Deadlines,
     Description,
     Refusal,
+    message_type,
+)
+from tcms.protocol.ttpmessages import (
+    Aborted,
+    AbortRequest,
+    BadEscrow,
     Rejection,
     Resolved,
     ResolveRequest,
     decode_ttp_answer,
-    message_type,
 )
 from tcms.timestamp import TimestampError, make_request, token_from_reply, verify_token
 

@@ -63,20 +63,18 @@ from tcms.protocol.messages import (
     M4,
     M5,
     M6,
-    AbortRequest,
     Core,
     Description,
     Header,
     MessageError,
     Refusal,
-    ResolveRequest,
-    decode_ttp_answer,
     message_type,
     one_line,
     parse_plaintext,
 )
 from tcms.protocol.receiver import Receiver
 from tcms.protocol.sender import Sender
+from tcms.protocol.ttpmessages import AbortRequest, ResolveRequest, decode_ttp_answer
 from tcms.store import Store
 from tcms.timestamp import TimestampError, token_from_reply, verify_token
 from tsrg.cipher import TsrgCipher, TsrgError, TsrgSession
