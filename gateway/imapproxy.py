@@ -32,18 +32,9 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from gateway.imappolicy import (
-    Answer,
-    HiddenFolder,
-    after_login,
-    before_login,
-    keep_capabilities,
-    vet,
-)
-from gateway.imapwire import (
+from gateway.imapcommand import (
     Atom,
     Command,
-    CommandReader,
     Continue,
     Event,
     LimitExceeded,
@@ -52,8 +43,17 @@ from gateway.imapwire import (
     ParenList,
     Rejected,
     String,
-    parse_args,
 )
+from gateway.imappolicy import (
+    Answer,
+    HiddenFolder,
+    after_login,
+    before_login,
+    keep_capabilities,
+    parse_args,
+    vet,
+)
+from gateway.imapwire import CommandReader
 
 log = logging.getLogger("tcms.gateway.imap-proxy")
 LITERAL = re.compile(rb"\{(\d+)(\+?)\}\r\n$")

@@ -37,16 +37,10 @@ from dc.client import DirectoryClient
 from dc.records import DirectoryError
 from gateway import imappolicy, inbound, mailformat, mutf7, subject, submission
 from gateway.context import GatewayContext
+from gateway.imapcommand import Command, Event, LimitExceeded, Limits, Policy
+from gateway.imappolicy import parse_args
 from gateway.imapproxy import AFTER_LOGIN, BEFORE_LOGIN
-from gateway.imapwire import (
-    Command,
-    CommandReader,
-    Event,
-    LimitExceeded,
-    Limits,
-    Policy,
-    parse_args,
-)
+from gateway.imapwire import CommandReader
 from gateway.queue import Queues
 from gateway.runs import record
 from tcms import boundedjson, codec, evidence
