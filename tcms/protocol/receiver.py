@@ -32,7 +32,7 @@ from tcms.protocol.events import (
     Send,
     Tick,
 )
-from tcms.protocol.machine import RoleMachine
+from tcms.protocol.machine import ExchangeState, RoleMachine
 from tcms.protocol.messages import M3, M5, Core, message_type
 from tcms.protocol.ttpmessages import (
     Aborted,
@@ -48,19 +48,11 @@ TERMINAL = ("done", "refused", "expired", "aborted", "rejected", "cheated", "fai
 
 
 @dataclass(frozen=True)
-class ReceiverState:
-    phase: str
+class ReceiverState(ExchangeState):
     m3: bytes
     sent_at: int = 0
     k_r: bytes | None = None
     k_t: bytes | None = None
-    m4: bytes | None = None
-    m5: bytes | None = None
-    m6: bytes | None = None
-    refusal: bytes | None = None
-    ttp_answer: bytes | None = None
-    retry_at: int | None = None
-    reason: str = ""
 
 
 class Receiver(RoleMachine[ReceiverState]):

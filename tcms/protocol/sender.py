@@ -33,7 +33,7 @@ from tcms.protocol.events import (
     TimestampFailed,
     TimestampReply,
 )
-from tcms.protocol.machine import RoleMachine
+from tcms.protocol.machine import ExchangeState, RoleMachine
 from tcms.protocol.messages import (
     M1,
     M3,
@@ -61,8 +61,7 @@ TERMINAL = ("done", "aborted", "failed")
 
 
 @dataclass(frozen=True)
-class SenderState:
-    phase: str
+class SenderState(ExchangeState):
     core: bytes
     c: bytes
     e_r: bytes
@@ -73,15 +72,8 @@ class SenderState:
     nonce: int
     token: bytes | None = None
     eoo: bytes | None = None
-    m4: bytes | None = None
-    m5: bytes | None = None
-    m6: bytes | None = None
-    refusal: bytes | None = None
-    ttp_answer: bytes | None = None
     receipt_tsq: bytes | None = None
     receipt_token: bytes | None = None
-    retry_at: int | None = None
-    reason: str = ""
 
 
 class Sender(RoleMachine[SenderState]):
