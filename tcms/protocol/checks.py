@@ -238,11 +238,17 @@ def check_m5_signature(core: Core, m5: M5) -> None:
 
 def open_m5(me: Identity, core: Core, m5: M5) -> bytes:
     check_m5_signature(core, m5)
+    return _unwrap_k_t(me, core, m5.w5, WRAP_M5, "m5.key")
+
+
+def _unwrap_k_t(me: Identity, core: Core, wrapped: bytes, label: str, check: str) -> bytes:
+    """k_T as R unwraps it (from m5, or from the TTP's release), checked against its
+    commitment hK_T; a failure is the named ``check``."""
     try:
-        k_t = unwrap(me.enc_key, m5.w5, WRAP_M5, core.header.digest)
+        k_t = unwrap(me.enc_key, wrapped, label, core.header.digest)
         check_commitment("kT", core.header.tx, k_t, core.hk_t)
     except CryptoError as exc:
-        raise ProtocolError("m5.key", str(exc)) from None
+        raise ProtocolError(check, str(exc)) from None
     return k_t
 
 
@@ -303,12 +309,7 @@ def check_ttp_answer(core: Core, answer: TTPAnswer, trust: Trust) -> None:
 
 
 def open_release(me: Identity, core: Core, resolved: Resolved) -> bytes:
-    try:
-        k_t = unwrap(me.enc_key, resolved.w_t, WRAP_RELEASE, core.header.digest)
-        check_commitment("kT", core.header.tx, k_t, core.hk_t)
-    except CryptoError as exc:
-        raise ProtocolError("ttp.release", str(exc)) from None
-    return k_t
+    return _unwrap_k_t(me, core, resolved.w_t, WRAP_RELEASE, "ttp.release")
 
 
 MAX_HORIZON = 366 * 86400  # no exchange may stay open longer than this

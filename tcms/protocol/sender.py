@@ -49,7 +49,6 @@ from tcms.protocol.ttpmessages import (
     Aborted,
     AbortRequest,
     BadEscrow,
-    Rejection,
     Resolved,
     ResolveRequest,
     decode_ttp_answer,
@@ -210,27 +209,8 @@ class Sender(RoleMachine[SenderState]):
     def _on_received(self, data: bytes, now: int) -> list[Action]:
         kind = message_type(data)
         st = self.state
-        if kind == "M4":
-            m4 = M4.decode(data)
-            if st.phase != "await-m4":
-                return [Ignored(f"sender: m4 in phase {st.phase}", repeat=True)]
-            assert st.eoo is not None
-            checks.check_m4(self.core, st.eoo, m4)
-            if now > self.core.header.deadlines.accept_by:
-                # too late: the abort has priority; treat like the deadline
-                return self._abort(now, "m4 arrived after the accept deadline")
-            m5 = checks.make_m5(self.me, self.core, st.k_t).encode()
-            self._set(m4=data, m5=m5, phase="await-m6")
-            return [Send("peer", "m5", m5)]
-        if kind == "REFUSE":
-            refusal = Refusal.decode(data)
-            if st.phase != "await-m4":
-                return [Ignored(f"sender: refusal in phase {st.phase}", repeat=True)]
-            assert st.eoo is not None
-            checks.check_refusal(self.core, st.eoo, refusal)
-            self._set(refusal=data)
-            return [*self._abort(now, "refused by the recipient"),
-                    Notify("refused", f"{self.core.header.recipient.name} refused the mail")]
+        if kind in ("M4", "REFUSE"):
+            return self._on_answer(kind, data, now)
         if kind == "M6":
             m6 = M6.decode(data)
             if st.phase not in ("await-m6", "resolving") or st.m6 is not None:
@@ -244,6 +224,27 @@ class Sender(RoleMachine[SenderState]):
         if kind in ("ABORTED", "RESOLVED", "BAD-ESCROW", "REJECTED"):
             return self._on_ttp(data)
         return [Ignored(f"sender: unexpected message {kind}")]
+
+    def _on_answer(self, kind: str, data: bytes, now: int) -> list[Action]:
+        """R's answer to m3: m4 (accepted) or a refusal, each only while S waits for it."""
+        answer = M4.decode(data) if kind == "M4" else Refusal.decode(data)
+        st = self.state
+        if st.phase != "await-m4":
+            what = "m4" if kind == "M4" else "refusal"
+            return [Ignored(f"sender: {what} in phase {st.phase}", repeat=True)]
+        assert st.eoo is not None
+        if isinstance(answer, Refusal):
+            checks.check_refusal(self.core, st.eoo, answer)
+            self._set(refusal=data)
+            return [*self._abort(now, "refused by the recipient"),
+                    Notify("refused", f"{self.core.header.recipient.name} refused the mail")]
+        checks.check_m4(self.core, st.eoo, answer)
+        if now > self.core.header.deadlines.accept_by:
+            # too late: the abort has priority; treat like the deadline
+            return self._abort(now, "m4 arrived after the accept deadline")
+        m5 = checks.make_m5(self.me, self.core, st.k_t).encode()
+        self._set(m4=data, m5=m5, phase="await-m6")
+        return [Send("peer", "m5", m5)]
 
     def _on_ttp(self, data: bytes) -> list[Action]:
         st = self.state
@@ -269,6 +270,5 @@ class Sender(RoleMachine[SenderState]):
         if isinstance(answer, BadEscrow):
             self._set(phase="failed", ttp_answer=data, reason=f"bad escrow: {answer.reason}")
             return [Notify("failed", f"the TTP found the escrow invalid: {answer.reason}")]
-        assert isinstance(answer, Rejection)
         self._set(phase="failed", ttp_answer=data, reason=f"TTP rejected: {answer.reason}")
         return [Notify("failed", f"the TTP rejected the request: {answer.reason}")]
