@@ -13,6 +13,8 @@ from tcms.protocol.messages import MessageError
 from tcms.protocol.state import dump_state, load_state
 from tcms.timestamp import TimestampError
 
+RETRY_SECONDS = 60  # a machine waiting for the TTP asks again this often
+
 
 @dataclass(frozen=True)
 class ExchangeState:

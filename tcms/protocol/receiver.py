@@ -32,7 +32,7 @@ from tcms.protocol.events import (
     Send,
     Tick,
 )
-from tcms.protocol.machine import ExchangeState, RoleMachine
+from tcms.protocol.machine import RETRY_SECONDS, ExchangeState, RoleMachine
 from tcms.protocol.messages import M3, M5, Core, message_type
 from tcms.protocol.ttpmessages import (
     Aborted,
@@ -42,9 +42,6 @@ from tcms.protocol.ttpmessages import (
     ResolveRequest,
     decode_ttp_answer,
 )
-
-RETRY_SECONDS = 60
-TERMINAL = ("done", "refused", "expired", "aborted", "rejected", "cheated", "failed")
 
 
 @dataclass(frozen=True)
@@ -57,7 +54,7 @@ class ReceiverState(ExchangeState):
 
 class Receiver(RoleMachine[ReceiverState]):
     STATE = ReceiverState
-    TERMINAL = TERMINAL
+    TERMINAL = ("done", "refused", "expired", "aborted", "rejected", "cheated", "failed")
 
     def __init__(self, me: Identity, trust: Trust, state: ReceiverState) -> None:
         super().__init__(me, trust, state)

@@ -33,7 +33,7 @@ from tcms.protocol.events import (
     TimestampFailed,
     TimestampReply,
 )
-from tcms.protocol.machine import ExchangeState, RoleMachine
+from tcms.protocol.machine import RETRY_SECONDS, ExchangeState, RoleMachine
 from tcms.protocol.messages import (
     M1,
     M3,
@@ -55,9 +55,6 @@ from tcms.protocol.ttpmessages import (
 )
 from tcms.timestamp import TimestampError, make_request, token_from_reply, verify_token
 
-RETRY_SECONDS = 60
-TERMINAL = ("done", "aborted", "failed")
-
 
 @dataclass(frozen=True)
 class SenderState(ExchangeState):
@@ -77,7 +74,7 @@ class SenderState(ExchangeState):
 
 class Sender(RoleMachine[SenderState]):
     STATE = SenderState
-    TERMINAL = TERMINAL
+    TERMINAL = ("done", "aborted", "failed")
 
     def __init__(self, me: Identity, trust: Trust, state: SenderState) -> None:
         super().__init__(me, trust, state)
