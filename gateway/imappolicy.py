@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway import mutf7
 from gateway.imapcommand import (
@@ -112,6 +112,19 @@ class HiddenFolder:
     name: str
     delimiter: str = "."
     substitute: str = field(default_factory=lambda: "Gone-" + secrets.token_hex(16))
+
+    def with_delimiter_from(self, answer: bytes) -> HiddenFolder:
+        """The folder under the server's hierarchy delimiter, as ``* LIST (...) "." ""``
+        answers it (``NIL``: a flat name space); itself if the answer does not parse."""
+        try:
+            args = parse_args(answer[2:])
+        except ValueError:
+            return self
+        if len(args) > 2 and isinstance(args[2], String):
+            return replace(self, delimiter=args[2].value.decode("latin-1"))
+        if len(args) > 2 and isinstance(args[2], Atom):
+            return replace(self, delimiter="")
+        return self
 
     def _under(self, name: str, hidden: str) -> bool:
         seps = {self.delimiter, "/"} - {""}
