@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tcms.crypto import h
 from tcms.datakeys import DataKeys
-from tcms.store import audit, encrypted
+from tcms.store import audit as audit_chain
+from tcms.store import encrypted
 from tcms.store import models as m
 from tcms.store.engine import create_engine, normalise_url
 from tcms.store.records import (
@@ -278,8 +279,8 @@ class Store:
     async def append_audit(self, conn: AsyncConnection, at: int, actor: str, ev: str,
                             cid: str | None, detail: str) -> None:
         """Append to the audit chain in the caller's transaction (tcms/store/audit.py)."""
-        await audit.append(conn, postgres=self.is_postgres, at=at, actor=actor, ev=ev,
-                           cid=cid, detail=detail)
+        await audit_chain.append(conn, postgres=self.is_postgres, at=at, actor=actor, ev=ev,
+                                 cid=cid, detail=detail)
 
     async def audit(self, actor: str, ev: str, detail: str, *, now: int,
                     cid: bytes | None = None) -> None:
@@ -294,4 +295,4 @@ class Store:
 
     async def verify_audit_chain(self) -> tuple[int, str | None]:
         """Return (entries checked, None) or (index, reason) of the first broken link."""
-        return audit.verify(await self.audit_entries())
+        return audit_chain.verify(await self.audit_entries())
