@@ -18,7 +18,7 @@ from email.message import EmailMessage
 
 from tcms.crypto import CryptoError, sign, verify
 from tcms.identity import Identity, Party
-from tcms.protocol.messages import one_line
+from tcms.protocol.fields import one_line
 
 DELIVERY_ID = "TCMS-Delivery-Id"
 NOTICE = "TCMS-Notice"

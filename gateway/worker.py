@@ -44,7 +44,8 @@ from gateway.runs import apply, outbox, record
 from gateway.subject import strip_tag, subject_of, without_tag
 from tcms.identity import check_party_name, normalise_name
 from tcms.protocol.events import Accept, Event, Ignored, Refuse, Tick
-from tcms.protocol.messages import Description, one_line
+from tcms.protocol.fields import one_line
+from tcms.protocol.messages import Description
 from tcms.protocol.sender import Sender
 from tcms.store import ConcurrentUpdate, OutMessage, RunRecord, StoredMessage
 

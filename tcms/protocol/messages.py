@@ -16,7 +16,6 @@ from typing import Self
 from tcms import codec
 from tcms.crypto import HASH_ALG, PROTOCOL, SIG_ALG, WRAP_ALG, h, tagged
 from tcms.identity import Party
-from tcms.protocol.fields import MAX_TIME as MAX_TIME
 from tcms.protocol.fields import MessageError as MessageError
 from tcms.protocol.fields import (
     as_bytes,
@@ -29,7 +28,6 @@ from tcms.protocol.fields import (
     decode_array,
     tag,
 )
-from tcms.protocol.fields import one_line as one_line
 
 VERSION = 1
 

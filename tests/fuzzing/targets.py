@@ -51,6 +51,7 @@ from tcms.keystore import Keystore
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.checks import ProtocolError
 from tcms.protocol.events import Received, TimestampReply
+from tcms.protocol.fields import one_line
 from tcms.protocol.messages import (
     M1,
     M3,
@@ -63,7 +64,6 @@ from tcms.protocol.messages import (
     MessageError,
     Refusal,
     message_type,
-    one_line,
     parse_plaintext,
 )
 from tcms.protocol.receiver import Receiver
