@@ -1023,8 +1023,10 @@ def demo(scenario: str, out: str) -> None:
 def _add_package_commands() -> None:
     """Commands that live with the package that owns them."""
     from gateway.cli import queue_group
+    from gateway.mailcli import mail_group
 
     main.add_command(queue_group)
+    main.add_command(mail_group)
 
 
 _add_package_commands()
