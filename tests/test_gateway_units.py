@@ -11,8 +11,8 @@ from conftest import ALICE, BOB
 from signing import text_of, writer
 
 from gateway import notices
-from tcms.evidence import Verdict
 from gateway.subject import is_tagged, strip_tag, subject_error, subject_of, without_tag
+from tcms.evidence import Verdict
 
 TAG = "[certified]"
 
