@@ -93,8 +93,12 @@ def test_the_notice_keeps_its_headers_and_escapes_html() -> None:
 
 def test_the_receipt_carries_evidence_and_summary() -> None:
     msg = parsed(every_kind()["receipt"])
-    parts = {p.get_filename(): bytes(p.get_payload(decode=True))  # type: ignore[arg-type]
-             for p in msg.walk() if p.get_filename()}
+    parts: dict[str | None, bytes] = {}
+    for p in msg.walk():
+        if p.get_filename():
+            payload = p.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            parts[p.get_filename()] = payload
     assert parts[f"evidence-{'ab' * 6}.json"] == b'{"x": 1}'
     summary = json.loads(parts["certdata.json"])
     assert summary["type"] == "receipt" and summary["verdict"] == "received"
