@@ -63,6 +63,8 @@ def mail_ca(ctx: click.Context, directory: Path, org: str) -> None:
     """Make a small CA in DIRECTORY (ca.pem; ca-key.pem encrypted with the keys
     passphrase): for a demo or a test, when the organisation has no CA of its own."""
     passphrase = _passphrase(settings_of(ctx))
+    if not org.strip():
+        raise click.BadParameter("must name the organisation", param_hint="--org")
     if (directory / CA_FILES[0]).exists():
         raise click.ClickException(f"{directory / CA_FILES[0]} exists already")
     cert, key = signingcert.create_ca(org, now=dt.datetime.now(dt.UTC))
