@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway import signingcert
 from gateway.signingcert import SigningCertError
-from tcms.cliutil import settings_of
+from tcms.cli.util import settings_of
 from tcms.config import ConfigError, Settings
 
 CA_FILES = ("ca.pem", "ca-key.pem")
