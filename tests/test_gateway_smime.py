@@ -58,6 +58,10 @@ def test_every_mail_to_a_user_is_signed(orgs: Orgs) -> None:
     assert html is not None and 'lang="en"' in html.get_content()
     # a signature by the other organisation's CA does not pass
     assert openssl_verify(raw, a_ca, orgs.workdir, "wrong-ca.eml").returncode != 0
+    # through the gateway's IMAP proxy, the same bytes
+    _, proxied = wait_mail(orgs.proxy, "bob@b.test", subject_starts("Certified mail from",
+                                                                    "Signed terms"))
+    assert proxied == raw
     move(imap, "bob@b.test", uid, "Certified.Accept")  # any client: straight on Dovecot
 
     # the original, as sent: no template, no wrapper
