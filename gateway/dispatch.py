@@ -1,7 +1,8 @@
 """Carrying out the outbox: protocol messages to the peer as e-mail through the upstream
 MTA, m1 and receipt stamps to the TSS, recovery requests to the TTP (their answers fed
 back to the machine in the same transaction that marks the request done), and mails the
-local user must see APPENDed to their mailbox exactly once."""
+local user must see APPENDed to their mailbox exactly once (worded and signed by the
+context's notices.Writer)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from gateway import mailformat, notices
 from gateway.context import GatewayContext
 from gateway.imap import Mailbox
 from gateway.runs import apply
+from gateway.wording import STATUS_KINDS
 from tcms import evidence
 from tcms.protocol import checks
 from tcms.protocol.events import Ignored, Received, TimestampFailed, TimestampReply
@@ -128,7 +130,7 @@ async def to_mailbox(ctx: GatewayContext, row: StoredMessage, now: int) -> None:
     rec = await _run_of(ctx, row)
     delivery_id = f"{row.cid.hex()[:32]}.{row.id}"
     async with ctx.imap.session(owner) as box:
-        mail = await render(ctx, box, row, rec, owner, peer, delivery_id)
+        mail = await render(ctx, box, row, rec, owner, peer, delivery_id, now)
         if mail is not None:
             # attempts counts claims: 1 means no earlier claim can have appended it
             added = await box.append_once("INBOX", mail, notices.DELIVERY_ID, delivery_id,
@@ -143,17 +145,18 @@ async def to_mailbox(ctx: GatewayContext, row: StoredMessage, now: int) -> None:
 
 
 async def render(ctx: GatewayContext, box: Mailbox, row: StoredMessage,
-                 rec: RunRecord | None, owner: str, peer: str,
-                 delivery_id: str) -> bytes | None:
-    """The mail ``row`` shows ``owner`` (the local user; ``peer`` the other party)."""
-    kind, text = row.kind, row.data.decode()
+                 rec: RunRecord | None, owner: str, peer: str, delivery_id: str,
+                 now: int) -> bytes | None:
+    """The mail ``row`` shows ``owner`` (the local user; ``peer`` the other party): worded
+    and signed by ``ctx.writer``, but the original."""
+    kind, text, write = row.kind, row.data.decode(), ctx.writer
     if rec is None:
         if kind != "uncertifiable":
             log.error("outbox #%d: %s mail without an exchange; dropped", row.id, kind)
             return None
         info = json.loads(text)
-        return notices.status(kind, owner=owner, peer=peer, subject=info["subject"],
-                              text=info["text"], tx="", delivery_id=delivery_id)
+        return write.status(kind, owner=owner, peer=peer, subject=info["subject"],
+                            text=info["text"], tx="", delivery_id=delivery_id, issued=now)
     if rec.role == "receiver":
         st = load_state(ReceiverState, rec.state)
         m3 = M3.decode(st.m3)
@@ -168,7 +171,7 @@ async def render(ctx: GatewayContext, box: Mailbox, row: StoredMessage,
                 refuse_folder=await box.folder("Certified", "Refuse"),
                 accept_address=f"tcms+accept-{rec.tx}@{domain}",
                 refuse_address=f"tcms+refuse-{rec.tx}@{domain}")
-            return notices.notice(info, ctx.me, delivery_id)
+            return write.notice(info, ctx.me, delivery_id)
         if kind == "deliver":
             if st.k_r is None or st.k_t is None:
                 log.error("exchange %s: nothing to deliver yet", rec.tx)
@@ -184,14 +187,21 @@ async def render(ctx: GatewayContext, box: Mailbox, row: StoredMessage,
         except evidence.EvidenceInvalid as exc:  # never expected: say so loudly
             log.error("exchange %s: own evidence does not verify: %s", rec.tx, exc)
             raise
-        return notices.receipt(owner=owner, peer=peer, subject=rec.subject, tx=rec.tx,
-                               verdict=verdict.kind, statements=verdict.statements,
-                               bundle=evidence.dumps(bundle), delivery_id=delivery_id)
+        return write.receipt(owner=owner, peer=peer, subject=rec.subject, tx=rec.tx,
+                             verdict=verdict, bundle=evidence.dumps(bundle),
+                             delivery_id=delivery_id, issued=now)
     if rec.role == "receiver" and kind == "aborted":
         kind = "withdrawn"  # the same event, told from the recipient's side
-    if kind not in notices.STATUS_SUBJECTS:
+    if kind not in STATUS_KINDS:
         log.error("outbox #%d: unknown mail kind %r; dropped", row.id, kind)
         return None
-    attach = evidence.dumps(bundle) if kind in ("aborted", "refused") else None
-    return notices.status(kind, owner=owner, peer=peer, subject=rec.subject, text=text,
-                          tx=rec.tx, delivery_id=delivery_id, bundle=attach)
+    attach, proven = None, None
+    if kind in ("aborted", "refused"):
+        attach = evidence.dumps(bundle)
+        try:
+            proven = evidence.verify(bundle, ctx.trust)
+        except evidence.EvidenceInvalid as exc:  # the bundle goes, without a summary
+            log.error("exchange %s: own %s evidence does not verify: %s", rec.tx, kind, exc)
+    return write.status(kind, owner=owner, peer=peer, subject=rec.subject, text=text,
+                        tx=rec.tx, delivery_id=delivery_id, issued=now, bundle=attach,
+                        verdict=proven)

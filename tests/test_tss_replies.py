@@ -12,6 +12,7 @@ import httpx
 import pytest
 from conftest import ALICE, BOB, DATA_KEYS, DEADLINES, T0, TRUST
 from fakehttp import serve
+from signing import writer
 
 from gateway import dispatch
 from gateway.context import GatewayContext
@@ -72,7 +73,7 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
         async with httpx.AsyncClient() as http:
             ctx = GatewayContext(Settings(tss=TssConfig(url=url)), store, keystore, ALICE, TRUST,
                                  dc=None, upstream=None, imap=None,  # type: ignore[arg-type]
-                                 http=http, queues=Queues(store))
+                                 http=http, queues=Queues(store), writer=writer())
             (row,) = await store.claim_outbox(T0 + 1, dispatch.LEASE)
             await dispatch.dispatch(ctx, row, T0 + 1)
     assert tss.requests == [("POST", "/m1")]  # asked once, not again

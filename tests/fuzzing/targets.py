@@ -394,7 +394,8 @@ class InboundHarness:
             gateway=config_mod.GatewayConfig(domains=["a.test", "b.test"]))
         self.ctx = GatewayContext(settings, self.store, self.keystore, corpus.GW_A, TRUST,
                                   dc=StubDC(), upstream=None, imap=None,  # type: ignore[arg-type]
-                                  http=None, queues=Queues(self.store))  # type: ignore[arg-type]
+                                  http=None, queues=Queues(self.store),  # type: ignore[arg-type]
+                                  writer=None)  # type: ignore[arg-type]
 
     def __call__(self, data: bytes) -> object:
         self.count += 1
