@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from tcms import boundedjson
 from tcms.identity import party_name_error
+from tcms.mailconfig import MailConfig
 
 DEFAULT_FILE = Path("config/tcms.toml")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -301,6 +302,7 @@ class Settings(BaseSettings):
     ttp: TtpConfig = TtpConfig()
     dc: DcConfig = DcConfig()
     gateway: GatewayConfig = GatewayConfig()
+    mail: MailConfig = MailConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
