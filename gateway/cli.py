@@ -104,22 +104,17 @@ def _act(ctx: click.Context, kind: str, key: str, verb: str) -> None:
     click.echo(f"{kind} {key}: {'will be tried again now' if verb == 'retry' else 'dropped'}")
 
 
-@queue_group.command("retry")
-@click.argument("kind", type=KIND)
-@click.argument("key")
-@click.pass_context
-def queue_retry(ctx: click.Context, kind: str, key: str) -> None:
-    """Try a failed or quarantined item again now (its tries start from zero)."""
-    _act(ctx, kind, key, "retry")
+def _verb(verb: str, doc: str) -> None:
+    @queue_group.command(verb, help=doc)
+    @click.argument("kind", type=KIND)
+    @click.argument("key")
+    @click.pass_context
+    def act(ctx: click.Context, kind: str, key: str) -> None:
+        _act(ctx, kind, key, verb)
 
 
-@queue_group.command("drop")
-@click.argument("kind", type=KIND)
-@click.argument("key")
-@click.pass_context
-def queue_drop(ctx: click.Context, kind: str, key: str) -> None:
-    """Give up on an item for good (recorded in the audit log)."""
-    _act(ctx, kind, key, "drop")
+_verb("retry", "Try a failed or quarantined item again now (its tries start from zero).")
+_verb("drop", "Give up on an item for good (recorded in the audit log).")
 
 
 @click.group("gateway")
