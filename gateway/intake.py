@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope, Session
 
+from gateway import metrics
 from gateway.queue import Queues
 
 log = logging.getLogger("tcms.gateway.intake")
@@ -96,6 +97,7 @@ class IntakeHandler:
             log.exception("intake: could not store a protocol mail of %d bytes", len(raw))
             return "\r\n".join("451 4.3.0 Not stored; try again later" for _ in rcpts)
         log.info("intake: protocol mail #%d stored (%d bytes from %s)", item, len(raw), peer)
+        metrics.MAILS_IN.labels("protocol").inc()
         if self.on_stored is not None:
             self.on_stored()
         # LMTP: one answer per recipient, each saying it is stored

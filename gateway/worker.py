@@ -36,7 +36,7 @@ import aiosmtplib
 import httpx
 
 from dc.records import DirectoryError
-from gateway import dispatch, inbound, mailformat, notices
+from gateway import dispatch, inbound, mailformat, metrics, notices
 from gateway.context import GatewayContext
 from gateway.imap import ImapError, Mailbox
 from gateway.queue import AnswerCheck, InboundItem, SubmissionItem, backoff
@@ -270,8 +270,10 @@ class Worker:
             return [r for r in runs if ctx.identity(r.owner) is not None]
 
         async def deadline(rec: RunRecord) -> None:
-            await self.isolated("deadline", deadline_key(rec), rec.attempts + 1,
-                                lambda: apply(ctx, rec, Tick(), self.clock()))
+            async def work() -> None:
+                await apply(ctx, rec, Tick(), self.clock())
+                metrics.DEADLINES.labels(rec.role).inc()
+            await self.isolated("deadline", deadline_key(rec), rec.attempts + 1, work)
 
         async def outbox(limit: int) -> list[dict[str, Any]]:
             await ctx.imap.sweep()

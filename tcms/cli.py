@@ -470,6 +470,9 @@ def serve(ctx: click.Context, service: str) -> None:
     settings = _settings(ctx)
     listeners = _listeners(settings, service) if service != "gateway" else []
     with_gateway = service == "gateway" or (service == "all" and bool(settings.gateway.domains))
+    endpoint = _metrics_listener(settings, service, with_gateway)
+    if endpoint is not None:
+        listeners.append(endpoint)
 
     async def run() -> None:
         work = [_start_gateway(settings)] if with_gateway else []
@@ -479,6 +482,37 @@ def serve(ctx: click.Context, service: str) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
+
+
+def _metrics_listener(settings: config_mod.Settings, service: str,
+                      with_gateway: bool) -> Any:
+    """The Prometheus endpoint of this process ([metrics] listen), with the SQL gauges of
+    what it runs; None when it is off."""
+    from tcms import metrics
+    from tcms.store import Store
+
+    if not settings.metrics.listen:
+        return None
+    store = Store(settings.database.url)  # counts rows only: no data key needed
+    readers: list[Any] = []
+    if service in ("tss", "all"):
+        from tss import metrics as tss_metrics
+
+        readers.append(tss_metrics.sql_gauges(store))
+    if service in ("ttp", "all"):
+        from ttp import metrics as ttp_metrics
+
+        readers.append(ttp_metrics.sql_gauges(store))
+    if service in ("dc", "all"):
+        from dc import metrics as dc_metrics
+
+        readers.append(dc_metrics.sql_gauges(store))
+    if with_gateway:
+        from gateway import metrics as gateway_metrics
+
+        readers.append(gateway_metrics.sql_gauges(store))
+    log.info("metrics: http://%s/metrics", settings.metrics.listen)
+    return metrics.listener(settings.metrics, [r.refresh for r in readers])
 
 
 async def _start_gateway(settings: config_mod.Settings) -> None:

@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from tcms import boundedjson
+from tcms.config_ops import MetricsConfig, RetentionConfig
 from tcms.identity import party_name_error
 
 DEFAULT_FILE = Path("config/tcms.toml")
@@ -299,6 +300,8 @@ class Settings(BaseSettings):
     dc: DcConfig = DcConfig()
     gateway: GatewayConfig = GatewayConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -20,10 +20,12 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request, Response
 
 from tcms.crypto import CryptoError, verify
+from tcms.metrics import instrument
 from tcms.protocol.checks import ProtocolError
 from tcms.protocol.messages import M1
 from tcms.store import Store
 from tcms.web import CBOR, ERROR_RESPONSES, binary_body, install_error_handlers, read_body
+from tss import metrics
 from tss.authority import RequestRejected, TimeStampAuthority, granted
 
 QUERY = "application/timestamp-query"
@@ -40,9 +42,11 @@ def create_app(store: Store, tsa: TimeStampAuthority,
 
     async def stamp(query: bytes, requester: str | None = None,
                     requester_fp: str | None = None) -> Response:
+        via = "m1" if requester else "tsa"
         try:
             req = tsa.parse_request(query)
         except RequestRejected as exc:
+            metrics.REJECTED.labels(via).inc()
             return Response(tsa.rejection(exc.fail_info, str(exc)), media_type=REPLY)
         now = dt.datetime.fromtimestamp(clock(), dt.UTC)
         imprint = req["message_imprint"]
@@ -51,6 +55,7 @@ def create_app(store: Store, tsa: TimeStampAuthority,
             imprint=imprint["hashed_message"].native, nonce=req["nonce"].native,
             requester=requester, requester_fp=requester_fp,
             sign=lambda serial: tsa.issue(req, now=now, serial=serial))
+        metrics.TOKENS.labels(via).inc()
         return Response(granted(token), media_type=REPLY)
 
     @app.post("/tsa", response_class=Response, responses={
@@ -75,6 +80,7 @@ def create_app(store: Store, tsa: TimeStampAuthority,
         try:
             req = tsa.parse_request(msg.tsq)
         except RequestRejected as exc:
+            metrics.REJECTED.labels("m1").inc()
             return Response(tsa.rejection(exc.fail_info, str(exc)), media_type=REPLY)
         if req["message_imprint"]["hashed_message"].native != msg.cid:
             raise ProtocolError("m1.imprint", "the request does not time-stamp the signed cid")
@@ -91,4 +97,4 @@ def create_app(store: Store, tsa: TimeStampAuthority,
         return {"status": "ok", "tsa": tsa.creds.tsa_cert.subject.rfc4514_string(),
                 "policy": tsa.policy}
 
-    return app
+    return instrument(app, "tss")
