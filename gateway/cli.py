@@ -110,3 +110,48 @@ def queue_retry(ctx: click.Context, kind: str, key: str) -> None:
 def queue_drop(ctx: click.Context, kind: str, key: str) -> None:
     """Give up on an item for good (recorded in the audit log)."""
     _act(ctx, kind, key, "drop")
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+def _moment(value: str | None) -> int:
+    """Now, or the time given as seconds since the epoch or an ISO 8601 date and time."""
+    if value is None:
+        return int(time.time())
+    if value.isdigit():
+        return int(value)
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("must be seconds since the epoch or an ISO 8601 time "
+                                 "such as 2029-06-01T00:00:00Z", param_hint="--now") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+@click.command("purge")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--now", "at", metavar="TIME", default=None,
+              help="Purge as if it were TIME (epoch seconds or ISO 8601): what a later "
+                   "purge will remove.  Default: now.")
+@click.pass_context
+def tx_purge(ctx: click.Context, dry_run: bool, at: str | None) -> None:
+    """Remove what is past its retention period ([retention]; docs/operations.md): clear
+    text, ciphertext and evidence of final exchanges, old audit entries.  Exchanges that
+    are not final are never touched.  A running gateway does this every
+    retention.interval on its own."""
+    from gateway import retention
+    from tcms.cliutil import settings_of
+
+    now = _moment(at)
+    policy = settings_of(ctx).retention
+
+    async def go(store: Store) -> retention.Report:
+        return await retention.purge(store, policy, now, dry_run=dry_run)
+
+    report = with_store(ctx, go)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"retention as of {_when(now)} UTC: {verb} " + ", ".join(
+        f"{n} {what}" for what, n in report.counts.items()))

@@ -36,7 +36,7 @@ import aiosmtplib
 import httpx
 
 from dc.records import DirectoryError
-from gateway import dispatch, inbound, mailformat, metrics, notices
+from gateway import dispatch, inbound, mailformat, metrics, notices, retention
 from gateway.context import GatewayContext
 from gateway.imap import ImapError, Mailbox
 from gateway.queue import AnswerCheck, InboundItem, SubmissionItem, backoff
@@ -364,7 +364,9 @@ class Worker:
                  "every %.1fs", ", ".join(ctx.domains),
                  ", ".join(ctx.protocol_address(d) for d in ctx.domains),
                  ctx.settings.gateway.poll_interval)
-        await asyncio.gather(*(self.run_lane(lane) for lane in lanes))
+        await asyncio.gather(*(self.run_lane(lane) for lane in lanes),
+                             retention.run_periodically(ctx.store, ctx.settings.retention,
+                                                        self.clock))
 
 
 @dataclass

@@ -1056,9 +1056,10 @@ def demo(scenario: str, out: str) -> None:
 
 def _add_package_commands() -> None:
     """Commands that live with the package that owns them."""
-    from gateway.cli import queue_group
+    from gateway.cli import queue_group, tx_purge
 
     main.add_command(queue_group)
+    tx.add_command(tx_purge)
 
 
 _add_package_commands()

@@ -27,12 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from tcms.crypto import h
 from tcms.datakeys import DataKeys
 from tcms.protocol.ttp import Decision
-from tcms.store import encrypted
+from tcms.store import auditchain, encrypted
 from tcms.store import models as m
+from tcms.store.auditchain import GENESIS, AuditEntry, entry_hash
 
 log = logging.getLogger("tcms.store")
 AUDIT_LOCK = 0x7C3A_0001
-GENESIS = "0" * 64
 
 
 class ConcurrentUpdate(Exception):
@@ -69,24 +69,6 @@ class OutMessage:
     data: bytes
     owner: str | None = None
     peer: str | None = None
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    seq: int
-    at: int
-    actor: str
-    event: str
-    cid: str | None
-    detail: str
-    prev_hash: str
-    hash: str
-
-
-def _entry_hash(prev: str, seq: int, at: int, actor: str, ev: str, cid: str | None,
-                detail: str) -> str:
-    body = json.dumps([prev, seq, at, actor, ev, cid, detail], separators=(",", ":"))
-    return h(body.encode()).hex()
 
 
 def normalise_url(url: str) -> str:
@@ -404,7 +386,7 @@ class Store:
         seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
         await conn.execute(insert(m.audit_log).values(
             seq=seq, at=at, actor=actor, event=ev, cid=cid, detail=detail, prev_hash=prev,
-            hash=_entry_hash(prev, seq, at, actor, ev, cid, detail)))
+            hash=entry_hash(prev, seq, at, actor, ev, cid, detail)))
 
     async def audit(self, actor: str, ev: str, detail: str, *, now: int,
                     cid: bytes | None = None) -> None:
@@ -419,18 +401,7 @@ class Store:
 
     async def verify_audit_chain(self) -> tuple[int, str | None]:
         """Return (entries checked, None) or (index, reason) of the first broken link."""
-        prev = GENESIS
-        entries = await self.audit_entries()
-        for i, e in enumerate(entries, start=1):
-            if e.seq != i:
-                return i, f"entry {i}: sequence number {e.seq} (an entry is missing)"
-            if e.prev_hash != prev:
-                return i, f"entry {i}: does not link to the previous entry"
-            if e.hash != _entry_hash(e.prev_hash, e.seq, e.at, e.actor, e.event, e.cid,
-                                     e.detail):
-                return i, f"entry {i}: its content does not match its hash"
-            prev = e.hash
-        return len(entries), None
+        return auditchain.verify(await self.audit_entries())
 
 
 def private_sqlite_file(path: Path) -> None:
