@@ -1,4 +1,7 @@
-"""`tcms queue`: the gateway's units of work as an administrator sees them.
+"""The gateway's commands and its service for ``tcms serve``.
+
+`tcms gateway enroll`: create users' keys and publish them at the DC.
+`tcms queue`: the gateway's units of work as an administrator sees them.
 
 Kinds: inbound (protocol mail from the MTA), submission, outbox, answers (a user's
 accept/refuse folders), deadline (a run's timer, keyed CID/role).  Items that keep failing
@@ -7,13 +10,18 @@ are quarantined; `retry` tries one again now, `drop` gives up on it (kept in the
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 
 import click
 
+from dc.records import DirectoryError
+from gateway import context
 from gateway.queue import KINDS, Entry, Queues
-from tcms.cliutil import with_store
+from tcms import config as config_mod
+from tcms.cli.registry import Registry, Service
+from tcms.cli.util import settings_of, with_store
 from tcms.store import Store
 
 KIND = click.Choice(KINDS)
@@ -112,46 +120,49 @@ def queue_drop(ctx: click.Context, kind: str, key: str) -> None:
     _act(ctx, kind, key, "drop")
 
 
-# --- retention ------------------------------------------------------------------------------
+@click.group("gateway")
+def gateway_group() -> None:
+    """The gateway's users: enrol them (key pair, published at the DC)."""
 
 
-def _moment(value: str | None) -> int:
-    """Now, or the time given as seconds since the epoch or an ISO 8601 date and time."""
-    if value is None:
-        return int(time.time())
-    if value.isdigit():
-        return int(value)
-    try:
-        when = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter("must be seconds since the epoch or an ISO 8601 time "
-                                 "such as 2029-06-01T00:00:00Z", param_hint="--now") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp())
-
-
-@click.command("purge")
-@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
-@click.option("--now", "at", metavar="TIME", default=None,
-              help="Purge as if it were TIME (epoch seconds or ISO 8601): what a later "
-                   "purge will remove.  Default: now.")
+@gateway_group.command("enroll")
+@click.argument("addresses", nargs=-1, required=True)
 @click.pass_context
-def tx_purge(ctx: click.Context, dry_run: bool, at: str | None) -> None:
-    """Remove what is past its retention period ([retention]; docs/operations.md): clear
-    text, ciphertext and evidence of final exchanges, old audit entries.  Exchanges that
-    are not final are never touched.  A running gateway does this every
-    retention.interval on its own."""
-    from gateway import retention
-    from tcms.cliutil import settings_of
+def gateway_enroll(ctx: click.Context, addresses: tuple[str, ...]) -> None:
+    """Create the keys of ADDRESSES (users of the gateway's domains) and publish them at the
+    DC, so that others can send them certified mail.  Users who log in to the gateway's
+    SMTP are enrolled on their own."""
+    settings = settings_of(ctx)
 
-    now = _moment(at)
-    policy = settings_of(ctx).retention
+    async def go() -> None:
+        try:
+            gw = context.create(settings)
+        except config_mod.ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        try:
+            for address in addresses:
+                ident = await gw.enroll(address)
+                click.echo(f"{ident.name}: key {ident.party.fingerprint} published at the DC")
+        except DirectoryError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            await gw.aclose()
 
-    async def go(store: Store) -> retention.Report:
-        return await retention.purge(store, policy, now, dry_run=dry_run)
+    asyncio.run(go())
 
-    report = with_store(ctx, go)
-    verb = "would remove" if dry_run else "removed"
-    click.echo(f"retention as of {_when(now)} UTC: {verb} " + ", ".join(
-        f"{n} {what}" for what, n in report.counts.items()))
+
+async def _serve(settings: config_mod.Settings) -> None:
+    from gateway import server
+
+    await server.run(settings)
+
+
+def plugin(reg: Registry) -> None:
+    reg.command(gateway_group)
+    reg.command(queue_group)
+    from gateway import metrics, opscli
+    from tcms.cli.tx import tx
+
+    tx.add_command(opscli.tx_purge)
+    reg.service(Service("gateway", run=_serve, gauges=metrics.sql_gauges,
+                        in_all=lambda settings: bool(settings.gateway.domains)))
