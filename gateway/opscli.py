@@ -55,3 +55,59 @@ def tx_purge(ctx: click.Context, dry_run: bool, at: str | None) -> None:
     verb = "would remove" if dry_run else "removed"
     click.echo(f"retention as of {_when(now)} UTC: {verb} " + ", ".join(
         f"{n} {what}" for what, n in report.counts.items()))
+
+
+@click.command("doctor")
+@click.option("--user", metavar="ADDRESS", default=None,
+              help="A user whose mailbox the master login opens (default: the first user "
+                   "of the gateway's domains in the key directory).")
+@click.option("--probe-wait", type=click.FloatRange(1, 600), default=30.0,
+              show_default=True, help="Seconds to wait for the probe to come round "
+              "through the MTA to the intake.")
+@click.option("--offline", is_flag=True,
+              help="Only what is on this machine: files, keys, trust, the database.")
+@click.pass_context
+def doctor(ctx: click.Context, user: str | None, probe_wait: float, offline: bool) -> None:
+    """Check a gateway's configuration before going live, one line per check, and say
+    how to fix what fails: the configuration and TLS files (expiry, the key matches the
+    certificate), the passphrase opens every key, the trust files, the database is
+    migrated, the upstream SMTP and IMAP servers answer with verified TLS, the master
+    login works, the DC has this gateway's registration and its users' keys, the TTP and
+    the TSS answer and are the ones in the trust file, and the MTA routes protocol mail to
+    the gateway (a probe that goes round through the MTA to the running gateway's intake,
+    which recognises it and keeps nothing).
+
+    \b
+    Exit status: 0 when every check passes (warnings allowed), 1 otherwise."""
+    import asyncio
+    import os
+    import sys
+
+    from gateway import doctor as doc
+    from gateway import doctor_net
+
+    settings = settings_of(ctx)  # an invalid configuration: every wrong value, exit 1
+    report = doc.Report(say=click.echo)
+    obj = ctx.ensure_object(dict)
+    source = obj.get("config") or os.environ.get("TCMS_CONFIG") or "defaults and environment"
+    report.ok("config", f"{source}: valid")
+    if not settings.gateway.domains:
+        report.fail("config", "gateway.domains is empty",
+                    "set the mail domains the gateway certifies for (TCMS_GATEWAY__DOMAINS)")
+    found = doc.Found()
+    doc.check_files(report, settings, dt.datetime.now(dt.UTC))
+    doc.check_keys(report, settings, found)
+    doc.check_trust(report, settings, found)
+
+    async def checks() -> None:
+        await doc.check_database(report, settings)
+        if not offline:
+            await doctor_net.network(report, settings, found, user=user,
+                                     probe_wait=probe_wait)
+
+    asyncio.run(checks())
+    failed = report.failed
+    warned = sum(f.status == "warn" for f in report.findings)
+    click.echo(f"\n{len(report.findings)} checks: {len(failed)} failed, {warned} warning(s)"
+               + ("" if failed else " - ready to go live"))
+    sys.exit(1 if failed else 0)

@@ -118,7 +118,7 @@ async def _ciphertext(conn: AsyncConnection, cutoff: int, report: Report) -> Non
         res = await conn.execute(delete(msgs).where(msgs.c.cid.in_(cids), _settled()))
         report.counts["messages"] += int(res.rowcount or 0)
     res = await conn.execute(delete(i).where(
-        i.c.status.in_(("done", "rejected", "dropped")), i.c.finished_at <= cutoff))
+        i.c.status.in_(("done", "rejected", "dropped", "probe")), i.c.finished_at <= cutoff))
     report.counts["inbound"] += int(res.rowcount or 0)
 
 
