@@ -25,7 +25,7 @@ from pydantic_settings import (
 )
 
 from tcms import boundedjson
-from tcms.config_ops import MetricsConfig, RetentionConfig
+from tcms.config_ops import MetricsConfig, RetentionConfig, check_host_port
 from tcms.identity import party_name_error
 
 DEFAULT_FILE = Path("config/tcms.toml")
@@ -112,10 +112,7 @@ class ServiceConfig(BaseModel):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("must be HOST:PORT")
-        return v
+        return check_host_port(v)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServiceConfig:

@@ -41,12 +41,7 @@ class MetricsConfig(BaseModel):
     @classmethod
     def _host_port(cls, v: str) -> str:
         v = v.strip()
-        if not v:
-            return v
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("must be HOST:PORT (or empty: no metrics endpoint)")
-        return v
+        return check_host_port(v, " (or empty: no metrics endpoint)") if v else v
 
     @model_validator(mode="after")
     def _loopback(self) -> MetricsConfig:
@@ -63,6 +58,14 @@ class MetricsConfig(BaseModel):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+def check_host_port(v: str, hint: str = "") -> str:
+    """``v`` if it is HOST:PORT; ValueError otherwise."""
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"must be HOST:PORT{hint}")
+    return v
 
 
 def is_loopback(host: str) -> bool:
