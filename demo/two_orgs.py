@@ -74,6 +74,14 @@ def main() -> int:
              f"127.0.0.1:{a.imaps} (TLS)\ngateway b.test: SMTP 127.0.0.1:{b.submission} "
              f"(STARTTLS), IMAP 127.0.0.1:{b.imaps} (TLS)")
 
+        step("an administrator's check before going live: tcms doctor, on gateway a.test")
+        print("    $ tcms doctor")
+        res = subprocess.run([sys.executable, "-m", "tcms.cli", "doctor"], env=a.env(),
+                             cwd=a.workdir, capture_output=True, text=True, timeout=300)
+        show(res.stdout + res.stderr)
+        if res.returncode != 0:
+            return 1
+
         step("alice sends a certified mail to bob with smtplib (STARTTLS, AUTH) through "
              "gateway a.test")
         show(MAIL.decode())
