@@ -190,3 +190,28 @@ def test_tx_purge_and_export_through_the_command(tmp_path: Path) -> None:
     assert json.loads(kept.stdout)["holder"] == "sender"
     bad = tcms("tx", "purge", "--now", "yesterday")
     assert bad.returncode == 2 and "ISO 8601" in bad.stderr
+
+
+async def test_the_worker_purges_on_its_own(store: Store) -> None:
+    """The gateway worker's loop (gateway/retention.py run_periodically): at start, then
+    every interval; watched until the clear text of a final exchange is gone."""
+    import asyncio
+
+    from gateway.retention import run_periodically
+
+    clock = {"now": T0}
+    done = await exchange(store, start_run(), final=True, at=T0)
+    task = asyncio.create_task(run_periodically(
+        store, RetentionConfig(cleartext=3600, interval=1), lambda: clock["now"]))
+    try:
+        await asyncio.sleep(1.5)  # a pass or two: nothing is an hour past its end yet
+        assert await raw_of(store, done.submission_id) == b"mail"
+        clock["now"] = T0 + 3601  # the next pass, within a second, finds it
+        for _ in range(200):
+            if await raw_of(store, done.submission_id) == b"":
+                break
+            await asyncio.sleep(0.05)
+        assert await raw_of(store, done.submission_id) == b""
+        assert await store.get_run(done.cid, "sender") is not None
+    finally:
+        task.cancel()
