@@ -201,6 +201,27 @@ def check_keys(r: Report, settings: Settings, found: Found) -> None:
              f"{keys.current:08x}, {len(keys.keys)} version(s))")
 
 
+def check_signing(r: Report, settings: Settings, now: dt.datetime) -> None:
+    """The S/MIME certificate and key every mail to a user is signed with ([mail])."""
+    from gateway.signingcert import SigningCertError, load_signer
+
+    cert, key = settings.mail.signing_files(Path(settings.keys.dir))
+    try:
+        signer = load_signer(cert, key, settings.keys.get_passphrase(), now=now)
+    except (SigningCertError, ConfigError, OSError) as exc:
+        r.fail("mail signing", str(exc), "issue or install the gateway's S/MIME certificate "
+               "(tcms mail csr, then tcms mail install; or tcms mail issue) and set "
+               "mail.signing_cert and mail.signing_key (docs/mail.md)")
+        return
+    end = signer.cert.not_valid_after_utc
+    if (end - now).total_seconds() < EXPIRY_WARNING:
+        r.warn("mail signing", f"the S/MIME certificate {cert} expires on {_utc(end)}",
+               "renew it before then (tcms mail csr / install)")
+    else:
+        r.ok("mail signing", f"{signer.cert.subject.rfc4514_string()}, key opens and "
+             f"matches, valid until {_utc(end)}")
+
+
 def check_trust(r: Report, settings: Settings, found: Found) -> None:
     g = settings.gateway
     if g.trust_file is None or g.dc_key_file is None:

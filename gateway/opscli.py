@@ -97,6 +97,7 @@ def doctor(ctx: click.Context, user: str | None, probe_wait: float, offline: boo
     found = doc.Found()
     doc.check_files(report, settings, dt.datetime.now(dt.UTC))
     doc.check_keys(report, settings, found)
+    doc.check_signing(report, settings, dt.datetime.now(dt.UTC))
     doc.check_trust(report, settings, found)
 
     async def checks() -> None:

@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tcms.config_ops import RetentionConfig
 from tcms.store import Store
 from tcms.store import models as m
-from tcms.store.auditchain import AUDIT_PURGE_EVENT, audit_purge_detail
+from tcms.store.audit import AUDIT_PURGE_EVENT, audit_purge_detail
 
 log = logging.getLogger("tcms.gateway.retention")
 # the append-only triggers of tcms/store/migrations/versions/0001_initial.py

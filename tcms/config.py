@@ -27,6 +27,7 @@ from pydantic_settings import (
 from tcms import boundedjson
 from tcms.config_ops import MetricsConfig, RetentionConfig, check_host_port
 from tcms.identity import party_name_error
+from tcms.mailconfig import MailConfig
 
 DEFAULT_FILE = Path("config/tcms.toml")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -296,6 +297,7 @@ class Settings(BaseSettings):
     ttp: TtpConfig = TtpConfig()
     dc: DcConfig = DcConfig()
     gateway: GatewayConfig = GatewayConfig()
+    mail: MailConfig = MailConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     retention: RetentionConfig = RetentionConfig()

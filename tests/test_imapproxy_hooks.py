@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway import imapproxy
-from gateway.imapwire import Atom, Command, CommandReader, Continue, Limits, Reading, String
+from gateway.imapcommand import Atom, Command, Continue, Limits, Reading, String
+from gateway.imapwire import CommandReader
 
 ANY = Limits(1 << 20, 1 << 20, 1 << 20, 1 << 20)
 

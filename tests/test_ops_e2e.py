@@ -120,6 +120,7 @@ def test_doctor_passes_on_a_working_configuration(orgs: Orgs) -> None:
         out = res.stdout
         # (the tests' certificates are valid for two days: a warning, not a failure)
         assert "warn  tls gateway: the certificate" in out and "expires on" in out
+        assert "  mail signing: " in out and "FAIL  mail signing" not in out
         for line in ("ok  keys: the passphrase opens all",
                      "ok  database:", f"ok  upstream SMTP 127.0.0.1:{orgs.stack.smtp_port}",
                      "ok  master login", f"ok  dc registration {gw.domain}",

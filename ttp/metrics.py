@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from tcms.metrics import Families, SqlGauges, gauge
 from tcms.store import Store
+from ttp import store as ttp_store
 
 
 async def read(store: Store) -> Families:
-    counts = await store.count_decisions()
+    counts = await ttp_store.count_decisions(store)
     return [gauge("tcms_ttp_decisions", "Exchanges the TTP decided, by decision (aborted, "
                   "resolved, bad-escrow)", ["state"],
                   [((state,), float(n)) for state, n in sorted(counts.items())])]
