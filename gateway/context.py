@@ -38,18 +38,26 @@ KEY_CACHE = 60  # seconds a DC answer about a key is used again without asking
 
 
 class SmtpPool:
-    """Connections to the MTA, kept open between mails.  An idle connection is checked
-    with NOOP before it is used again and replaced if dead.  A send that fails is never
-    retried here: the caller decides (a 4xx to the client, or the outbox's retry)."""
+    """Connections to the MTA, kept open between mails.  A connection that the MTA closed
+    is dropped; one idle for more than ``check_after`` seconds is checked with NOOP first
+    (a connection in steady use costs no extra round trip per mail).  A send that fails is
+    never retried here: the caller decides (a 4xx to the client, or the outbox's retry)."""
 
-    def __init__(self, connect: Callable[[], aiosmtplib.SMTP], keep: int = 8) -> None:
+    def __init__(self, connect: Callable[[], aiosmtplib.SMTP], keep: int = 8,
+                 check_after: float = 5.0) -> None:
         self._connect = connect
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._keep = keep
+        self._check_after = check_after
 
     async def acquire(self) -> aiosmtplib.SMTP:
         while self._idle:
-            client = self._idle.pop()
+            client, since = self._idle.pop()
+            if not client.is_connected:
+                client.close()
+                continue
+            if time.monotonic() - since < self._check_after:
+                return client
             try:
                 await client.noop(timeout=10)
                 return client
@@ -70,7 +78,7 @@ class SmtpPool:
 
     def release(self, client: aiosmtplib.SMTP) -> None:
         if client.is_connected and len(self._idle) < self._keep:
-            self._idle.append(client)
+            self._idle.append((client, time.monotonic()))
         else:
             client.close()
 

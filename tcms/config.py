@@ -171,6 +171,9 @@ class GatewayConfig(BaseModel):
     upstream_imap_tls: Literal["none", "tls"] = "none"  # tls: implicit TLS (port 993)
     upstream_smtp_tls: Literal["none", "starttls"] = "none"  # starttls: required
     upstream_ca_file: Path | None = None  # CA to verify them (default: the system's)
+    # processes serving the submission and smtps ports (SO_REUSEPORT): the first runs
+    # everything else too; the others only take mail (tcms/cli.py serve gateway)
+    workers: int = Field(default=1, ge=1, le=64)
     max_message_size: int = 50 * 1024 * 1024
     max_recipients: int = 1000  # per mail, as Postfix's smtpd_recipient_limit; more: 452
     tag: str = "[certified]"

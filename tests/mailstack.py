@@ -86,6 +86,7 @@ class MailStack:
     imap_port: int = field(default_factory=free_port)
     imaps_port: int = field(default_factory=free_port)
     lmtp_port: int = field(default_factory=free_port)
+    auth_port: int = field(default_factory=free_port)  # Dovecot's SASL, for Postfix
     # single addresses routed by Postfix to another LMTP listener (a gateway's intake)
     routes: dict[str, int] = field(default_factory=dict)
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=PREFIX,
@@ -154,6 +155,12 @@ service imap-login {{
 service anvil {{
   chroot =
 }}
+service auth {{
+  inet_listener auth {{
+    address = 127.0.0.1
+    port = {self.auth_port}
+  }}
+}}
 service lmtp {{
   inet_listener lmtp {{
     address = 127.0.0.1
@@ -182,6 +189,7 @@ protocol lmtp {{
         _wait_port(self.imap_port)
         _wait_port(self.imaps_port)
         _wait_port(self.lmtp_port)
+        _wait_port(self.auth_port)
 
     # --- Postfix ---------------------------------------------------------------------
 
@@ -239,6 +247,27 @@ maillog_file_prefixes = {ROOT}
         if res.returncode != 0:
             raise RuntimeError(f"postfix did not start: {(p / 'start.log').read_text()}")
         _wait_port(self.smtp_port)
+
+    def add_submission(self, port: int, relay_to: int) -> None:
+        """Postfix's own submission service on ``port``, as an organisation runs it:
+        STARTTLS required, SASL (PLAIN, LOGIN) through Dovecot, the stack's users only;
+        everything it takes goes to the SMTP server on 127.0.0.1:``relay_to`` (a
+        benchmark's smtp-sink).  Postfix is reloaded."""
+        line = (f"{port} inet n - n - - smtpd -o smtpd_tls_security_level=encrypt "
+                "-o smtpd_tls_auth_only=yes -o smtpd_sasl_auth_enable=yes "
+                "-o smtpd_sasl_type=dovecot "
+                f"-o smtpd_sasl_path=inet:127.0.0.1:{self.auth_port} "
+                "-o smtpd_relay_restrictions=permit_sasl_authenticated,reject "
+                "-o smtpd_recipient_restrictions=permit_sasl_authenticated,reject "
+                f"-o content_filter=smtp:[127.0.0.1]:{relay_to}")
+        with _ROUTING:
+            master = self.postfix_dir / "master.cf"
+            master.write_text(master.read_text() + line + "\n")
+            res = subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} reload",
+                                  "/dev/null"], capture_output=True, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"postfix reload failed: {res.stdout!r}")
+        _wait_port(port)
 
     def _write_transport(self) -> None:
         lines = [f"{addr} lmtp:inet:127.0.0.1:{port}" for addr, port in self.routes.items()]

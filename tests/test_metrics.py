@@ -18,7 +18,7 @@ from tcms import metrics
 from tcms.config_ops import MetricsConfig
 from tcms.store import OutMessage, RunRecord, Store
 from tss import metrics as tss_metrics
-from tss.service import create_app as tss_app
+from tss.api import create_app as tss_app
 
 T0 = 1_800_000_000
 
@@ -101,7 +101,7 @@ async def test_the_tss_counts_tokens_and_requests_by_route(tmp_path: object) -> 
     store = Store(f"sqlite:///{Path(str(tmp_path)) / 'tss.db'}")
     await store.upgrade()
     app = tss_app(store, TSA, clock=lambda: dt.datetime(2026, 6, 1, tzinfo=dt.UTC).timestamp())
-    labels = {"service": "tss", "route": "/tsa", "status": "200"}
+    labels = {"service": "tss", "route": "/health", "status": "200"}
     before_tokens = REGISTRY.get_sample_value("tcms_tss_tokens_issued_total",
                                               {"via": "tsa"}) or 0
     before = REGISTRY.get_sample_value("tcms_http_requests_total", labels) or 0
@@ -111,6 +111,7 @@ async def test_the_tss_counts_tokens_and_requests_by_route(tmp_path: object) -> 
         r = await client.post("/tsa", content=tsq,
                               headers={"Content-Type": "application/timestamp-query"})
         assert r.status_code == 200
+        assert (await client.get("/health")).status_code == 200
         missing = await client.get("/no/such/route")
         assert missing.status_code == 404
     assert REGISTRY.get_sample_value("tcms_tss_tokens_issued_total", {"via": "tsa"}) == \

@@ -1,5 +1,7 @@
 """The TSS's Prometheus metrics (docs/operations.md): tokens issued and refused requests;
-its HTTP requests are counted by tcms.metrics.instrument."""
+its HTTP requests are counted by tcms.metrics.instrument, but for a well-formed
+``POST /tsa``, which takes a fast path past FastAPI (tss/api.py) and is counted here
+only.  The labelled children are bound once: an increment is all a token costs."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ TOKENS = Counter("tcms_tss_tokens_issued", "Time-stamp tokens this process signe
                  "endpoint (tsa: any RFC 3161 client; m1: a TCMS sender)", ["via"])
 REJECTED = Counter("tcms_tss_rejections", "RFC 3161 requests answered with a rejection",
                    ["via"])
+TOKENS_TSA, TOKENS_M1 = TOKENS.labels("tsa"), TOKENS.labels("m1")
+REJECTED_TSA, REJECTED_M1 = REJECTED.labels("tsa"), REJECTED.labels("m1")
 
 
 async def read(store: Store) -> Families:

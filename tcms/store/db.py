@@ -11,7 +11,7 @@ Concurrency rules, so that several gateway or TTP processes can share one Postgr
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from sqlalchemy import insert, select, update
@@ -254,25 +254,6 @@ class Store:
                 m.evidence.c.cid == cid, m.evidence.c.role == role))
             await conn.execute(insert(m.evidence).values(
                 cid=cid, role=role, verdict=verdict, bundle=bundle, created_at=now))
-
-    # --- TSS log ---------------------------------------------------------------------
-
-    async def issue_timestamp(self, *, now: int, hash_alg: str, imprint: bytes,
-                              nonce: int | None, requester: str | None,
-                              requester_fp: str | None,
-                              sign: Callable[[int], bytes]) -> tuple[int, bytes]:
-        """Allocate the next serial, sign with it, and log the token, in one transaction:
-        a serial is never reused, even across restarts or several TSS processes."""
-        async with self.transaction() as conn:
-            res = await conn.execute(insert(m.tss_log).values(
-                at=now, hash_alg=hash_alg, imprint=imprint,
-                nonce=None if nonce is None else str(nonce), requester=requester,
-                requester_fp=requester_fp).returning(m.tss_log.c.serial))
-            serial = int(res.scalar_one())
-            token = sign(serial)
-            await conn.execute(update(m.tss_log).where(m.tss_log.c.serial == serial)
-                               .values(token=token))
-        return serial, token
 
     # --- audit log -------------------------------------------------------------------
 
