@@ -30,6 +30,7 @@ from dc import records
 from dc import store as dc_store
 from dc.records import DirectoryError, KeyRecord, Publish, Revoke
 from tcms.identity import Identity
+from tcms.metrics import instrument
 from tcms.store import Store
 from tcms.web import (
     CBOR,
@@ -171,5 +172,5 @@ def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.tim
     async def health() -> dict[str, str]:
         return {"status": "ok", "dc": me.name, "fingerprint": me.party.fingerprint}
 
-    return app
+    return instrument(app, "dc")
 

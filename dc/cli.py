@@ -255,4 +255,6 @@ def listeners(settings: Settings, store: Store) -> list[Listener]:
 
 def plugin(reg: Registry) -> None:
     reg.command(dc)
-    reg.service(Service("dc", listeners=listeners))
+    from dc import metrics
+
+    reg.service(Service("dc", listeners=listeners, gauges=metrics.sql_gauges))

@@ -80,6 +80,14 @@ def main() -> int:
              f"(STARTTLS), IMAP 127.0.0.1:{b.imaps} (TLS)\neach gateway signs its users' "
              "mail (S/MIME) with a certificate from its organisation's CA")
 
+        step("an administrator's check before going live: tcms doctor, on gateway a.test")
+        print("    $ tcms doctor")
+        res = subprocess.run([sys.executable, "-m", "tcms.cli", "doctor"], env=a.env(),
+                             cwd=a.workdir, capture_output=True, text=True, timeout=300)
+        show(res.stdout + res.stderr)
+        if res.returncode != 0:
+            return 1
+
         step("alice sends a certified mail to bob with smtplib (STARTTLS, AUTH) through "
              "gateway a.test")
         show(MAIL.decode())

@@ -158,5 +158,10 @@ def plugin(reg: Registry) -> None:
     reg.command(gateway_group)
     reg.command(mail_group)
     reg.command(queue_group)
-    reg.service(Service("gateway", run=_serve,
+    from gateway import metrics, opscli
+    from tcms.cli.tx import tx
+
+    reg.command(opscli.doctor)
+    tx.add_command(opscli.tx_purge)
+    reg.service(Service("gateway", run=_serve, gauges=metrics.sql_gauges,
                         in_all=lambda settings: bool(settings.gateway.domains)))

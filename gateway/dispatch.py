@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import aiosmtplib
 import httpx
 
-from gateway import mailformat, notices
+from gateway import mailformat, metrics, notices
 from gateway.context import GatewayContext
 from gateway.imap import Mailbox
 from gateway.runs import apply
@@ -52,6 +53,7 @@ async def dispatch(ctx: GatewayContext, row: StoredMessage, now: int) -> None:
     if dest == "peer":
         await to_peer(ctx, rec, row)
         await ctx.store.outbox_done(row.id, now)
+        metrics.MAILS_OUT.labels("peer", row.kind).inc()
         log.info("exchange %s: %s sent to %s", rec.tx, row.kind, rec.peer)
     elif dest == "tss":
         await to_tss(ctx, rec, row, now)
@@ -86,10 +88,11 @@ async def _post(ctx: GatewayContext, url: str, data: bytes, media: str) -> httpx
 async def to_tss(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: int) -> None:
     base = ctx.settings.tss.url.rstrip("/")
     data = row.data
-    if row.kind == "m1":
-        r = await _post(ctx, base + "/m1", data, CBOR)
-    else:  # receipt-stamp: a plain RFC 3161 query over H(m6)
-        r = await _post(ctx, base + "/tsa", data, "application/timestamp-query")
+    with metrics.Timer(metrics.ROUND_TRIP.labels("tss", row.kind)):
+        if row.kind == "m1":
+            r = await _post(ctx, base + "/m1", data, CBOR)
+        else:  # receipt-stamp: a plain RFC 3161 query over H(m6)
+            r = await _post(ctx, base + "/tsa", data, "application/timestamp-query")
     if r.status_code != 200:
         if row.kind == "m1" and (r.status_code < 500 or row.attempts >= MAX_TSS_ATTEMPTS):
             await apply(ctx, rec, TimestampFailed(f"TSS answered {r.status_code}"), now,
@@ -105,7 +108,14 @@ async def to_tss(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: i
 async def to_ttp(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: int) -> None:
     url = ctx.settings.ttp.url.rstrip("/") + ("/abort" if row.kind == "abort"
                                               else "/resolve")
-    r = await _post(ctx, url, row.data, CBOR)
+    try:
+        with metrics.Timer(metrics.ROUND_TRIP.labels("ttp", row.kind)):
+            r = await _post(ctx, url, row.data, CBOR)
+    except Retry:
+        metrics.RECOVERY.labels(row.kind, "unreachable").inc()
+        raise
+    metrics.RECOVERY.labels(row.kind, "answered" if r.status_code == 200 else
+                            "error" if r.status_code >= 500 else "refused").inc()
     if r.status_code >= 500:
         raise Retry(f"TTP answered {r.status_code}")
     if r.status_code != 200:
@@ -138,10 +148,27 @@ async def to_mailbox(ctx: GatewayContext, row: StoredMessage, now: int) -> None:
                                           retry=row.attempts > 1)
             if added:
                 log.info("%s: %s mail for %s", rec.tx if rec else "-", row.kind, owner)
+                await _count_mailbox(ctx, row.kind, rec)
     if row.kind == "notice":  # look at the user's answer folders until they answer
         poll = ctx.settings.gateway.answer_poll_interval
         await ctx.queues.want_answer_check(owner, int(now + poll), now)
     await ctx.store.outbox_done(row.id, now)
+
+
+async def _count_mailbox(ctx: GatewayContext, kind: str, rec: RunRecord | None) -> None:
+    """A mail for a user was written: count it, and time the steps it ends."""
+    metrics.MAILS_OUT.labels("mailbox", kind).inc()
+    if rec is None:
+        return
+    now = time.time()
+    if kind == "notice" and rec.role == "receiver":
+        stamped = load_state(ReceiverState, rec.state).sent_at
+        if stamped:
+            metrics.SUBMISSION_TO_NOTICE.observe(max(0.0, now - stamped))
+    elif kind == "receipt" and rec.role == "sender":
+        accepted = await metrics.m4_received_at(ctx.store, rec.cid)
+        if accepted is not None:
+            metrics.ACCEPT_TO_RECEIPT.observe(max(0.0, now - accepted))
 
 
 async def render(ctx: GatewayContext, box: Mailbox, row: StoredMessage,

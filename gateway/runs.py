@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from gateway import metrics
 from gateway.context import GatewayContext
 from tcms.protocol.events import Action, Deliver, Event, Ignored, Notify, Send
 from tcms.protocol.receiver import Receiver
@@ -90,6 +91,8 @@ async def apply(ctx: GatewayContext, rec: RunRecord, event: Event, now: int, *,
             rec = fresh
             continue
         if machine.phase != before:
+            if machine.terminal:
+                metrics.EXCHANGES_ENDED.labels(rec.role, machine.phase).inc()
             log.info("exchange %s: %s %s -> %s", rec.tx, rec.role, before, machine.phase)
         return actions
     raise ConcurrentUpdate(f"exchange {rec.tx}: too many concurrent updates")

@@ -43,6 +43,7 @@ import aioimaplib
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
+from gateway import metrics
 from gateway.context import Upstream
 from gateway.subject import has_tag, subject_error
 from tcms.identity import party_name_error
@@ -245,6 +246,7 @@ class SubmissionHandler:
                 return f"550 5.7.1 Cannot {verb} {tx}: {reply_text(outcome)}"
             results.append(f"{verb}ed {tx}")
             log.info("%s %sed certified mail %s by mail", user, verb, tx)
+            metrics.MAILS_IN.labels("answer").inc()
         if self.on_submit is not None:
             self.on_submit()
         return "250 2.0.0 " + ", ".join(results)
@@ -269,6 +271,7 @@ class SubmissionHandler:
                 recipients=recipients, subject=subject, raw=content, now=int(time.time()))
             log.info("certified submission #%d from %s to %d recipient(s) stored", sid, sender,
                      len(recipients))
+            metrics.MAILS_IN.labels("submission").inc()
             if self.on_submit is not None:
                 self.on_submit()
             return f"250 2.0.0 Queued for certification as #{sid}"

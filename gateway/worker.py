@@ -36,7 +36,7 @@ import aiosmtplib
 import httpx
 
 from dc.records import DirectoryError
-from gateway import dispatch, inbound, mailformat, notices
+from gateway import dispatch, inbound, mailformat, metrics, notices, retention
 from gateway.context import GatewayContext
 from gateway.imap import ImapError, Mailbox
 from gateway.queue import AnswerCheck, InboundItem, SubmissionItem, backoff
@@ -271,8 +271,10 @@ class Worker:
             return [r for r in runs if ctx.identity(r.owner) is not None]
 
         async def deadline(rec: RunRecord) -> None:
-            await self.isolated("deadline", deadline_key(rec), rec.attempts + 1,
-                                lambda: apply(ctx, rec, Tick(), self.clock()))
+            async def work() -> None:
+                await apply(ctx, rec, Tick(), self.clock())
+                metrics.DEADLINES.labels(rec.role).inc()
+            await self.isolated("deadline", deadline_key(rec), rec.attempts + 1, work)
 
         async def outbox(limit: int) -> list[StoredMessage]:
             await ctx.imap.sweep()
@@ -363,7 +365,9 @@ class Worker:
                  "every %.1fs", ", ".join(ctx.domains),
                  ", ".join(ctx.protocol_address(d) for d in ctx.domains),
                  ctx.settings.gateway.poll_interval)
-        await asyncio.gather(*(self.run_lane(lane) for lane in lanes))
+        await asyncio.gather(*(self.run_lane(lane) for lane in lanes),
+                             retention.run_periodically(ctx.store, ctx.settings.retention,
+                                                        self.clock))
 
 
 @dataclass

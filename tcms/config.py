@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from tcms import boundedjson
+from tcms.config_ops import MetricsConfig, RetentionConfig, check_host_port
 from tcms.identity import party_name_error
 from tcms.mailconfig import MailConfig
 
@@ -112,10 +113,7 @@ class ServiceConfig(BaseModel):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("must be HOST:PORT")
-        return v
+        return check_host_port(v)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServiceConfig:
@@ -304,6 +302,8 @@ class Settings(BaseSettings):
     gateway: GatewayConfig = GatewayConfig()
     mail: MailConfig = MailConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

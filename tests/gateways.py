@@ -63,6 +63,7 @@ class GatewayProc:
     imap: int = field(default_factory=free_port)
     imaps: int = field(default_factory=free_port)
     intake: int = field(default_factory=free_port)
+    metrics: int = field(default_factory=free_port)  # its Prometheus endpoint (loopback)
     proc: subprocess.Popen[bytes] | None = None
     log: BinaryIO | None = None
     home: Path | None = None  # keys and trust files (default: workdir); a replica shares them
@@ -96,6 +97,7 @@ class GatewayProc:
             "TCMS_GATEWAY__IMAP_PROXY": f"127.0.0.1:{self.imap}",
             "TCMS_GATEWAY__IMAPS_PROXY": f"127.0.0.1:{self.imaps}",
             "TCMS_GATEWAY__INTAKE": f"127.0.0.1:{self.intake}",
+            "TCMS_METRICS__LISTEN": f"127.0.0.1:{self.metrics}",
             "TCMS_GATEWAY__ANSWER_POLL_INTERVAL": "1",
             "TCMS_GATEWAY__TLS_CERT": str(w / "gw.crt"),
             "TCMS_GATEWAY__TLS_KEY": str(w / "gw.key"),
@@ -157,7 +159,7 @@ class GatewayProc:
         machine), start again on fresh ports (the MTA's route to the intake follows)."""
         for attempt in range(3):
             if attempt:
-                for name in ("submission", "smtps", "imap", "imaps", "intake"):
+                for name in ("submission", "smtps", "imap", "imaps", "intake", "metrics"):
                     setattr(self, name, free_port())
                 if self.home is None:
                     self.stack.route(self.protocol_address, self.intake)

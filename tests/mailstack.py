@@ -285,6 +285,17 @@ maillog_file_prefixes = {ROOT}
         if res.returncode != 0:
             raise RuntimeError(f"postfix reload failed: {res.stdout!r}")
 
+    def unroute(self, address: str) -> int:
+        """Take one address's route away again (Postfix is reloaded); returns its port."""
+        with _ROUTING:
+            port = self.routes.pop(address)
+            self._write_transport()
+            res = subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} reload",
+                                  "/dev/null"], capture_output=True, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"postfix reload failed: {res.stdout!r}")
+        return port
+
     def _make_cert(self) -> None:
         tls = self.base / "tls"
         tls.mkdir()

@@ -85,12 +85,13 @@ class Services:
     tss_port: int = 0
     ttp_port: int = 0
     dc_port: int = 0
+    metrics_port: int = 0  # the process's Prometheus endpoint
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. TCMS_TTP__DISPUTE_BURST
     proc: subprocess.Popen[bytes] | None = None
     _log_path: Path = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.tss_port, self.ttp_port, self.dc_port = distinct_ports(3)
+        self.tss_port, self.ttp_port, self.dc_port, self.metrics_port = distinct_ports(4)
         self._log_path = self.workdir / "serve.log"
 
     @property
@@ -123,6 +124,7 @@ class Services:
             "TCMS_DC__IDENTITY": DC.name,
             "TCMS_DC__URL": self.dc,
             "TCMS_DC__UPDATES_DIR": str(self.workdir / "updates"),
+            "TCMS_METRICS__LISTEN": f"127.0.0.1:{self.metrics_port}",
         })
         env.update(self.extra_env)
         if self.tls:
@@ -140,7 +142,7 @@ class Services:
                 return self
             if "address already in use" not in self.log_text().lower() or attempt == 2:
                 break
-            self.tss_port, self.ttp_port, self.dc_port = distinct_ports(3)
+            self.tss_port, self.ttp_port, self.dc_port, self.metrics_port = distinct_ports(4)
         raise RuntimeError(f"tcms serve exited: {self.log_text()}")
 
     def _start_once(self) -> bool:

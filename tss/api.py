@@ -29,10 +29,12 @@ from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from tcms.crypto import CryptoError, verify
+from tcms.metrics import instrument
 from tcms.protocol.checks import ProtocolError
 from tcms.protocol.messages import M1
 from tcms.store import Store
 from tcms.web import CBOR, ERROR_RESPONSES, binary_body, error, install_error_handlers, read_body
+from tss import metrics
 from tss.authority import RequestRejected, TimeStampAuthority, granted
 from tss.commit import GroupCommit, LogUnavailable
 
@@ -50,13 +52,17 @@ class Stamper:
 
     async def reply(self, query: bytes, requester: str | None = None,
                     requester_fp: str | None = None, cid: bytes | None = None) -> bytes:
+        m1 = requester is not None
         try:
             req = self.tsa.parse_request(query)
         except RequestRejected as exc:
+            (metrics.REJECTED_M1 if m1 else metrics.REJECTED_TSA).inc()
             return self.tsa.rejection(exc.fail_info, str(exc))
         if cid is not None and req.imprint != cid:
             raise ProtocolError("m1.imprint", "the request does not time-stamp the signed cid")
-        return granted(await self.commit.issue(req, requester, requester_fp))
+        token = await self.commit.issue(req, requester, requester_fp)
+        (metrics.TOKENS_M1 if m1 else metrics.TOKENS_TSA).inc()
+        return granted(token)
 
 
 class TssApp(FastAPI):
@@ -155,4 +161,4 @@ def create_app(store: Store, tsa: TimeStampAuthority,
         return {"status": "ok", "tsa": tsa.creds.tsa_cert.subject.rfc4514_string(),
                 "policy": tsa.policy}
 
-    return app
+    return instrument(app, "tss")

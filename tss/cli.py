@@ -49,4 +49,6 @@ def listeners(settings: Settings, store: Store) -> list[Listener]:
 
 def plugin(reg: Registry) -> None:
     reg.command(tss)
-    reg.service(Service("tss", listeners=listeners))
+    from tss import metrics
+
+    reg.service(Service("tss", listeners=listeners, gauges=metrics.sql_gauges))

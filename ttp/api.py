@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from tcms import boundedjson, evidence
 from tcms.crypto import sign
 from tcms.identity import Identity
+from tcms.metrics import instrument
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.checks import Trust
 from tcms.ratelimit import RateLimiter
@@ -196,4 +197,4 @@ def create_app(store: Store, me: Identity, trust: Trust,
         return {"status": "ok", "ttp": me.name, "fingerprint": me.party.fingerprint,
                 "decisions": await ttp_store.count_decisions(store)}
 
-    return app
+    return instrument(app, "ttp")

@@ -133,4 +133,6 @@ def demo(scenario: str, out: str) -> None:
 def plugin(reg: Registry) -> None:
     reg.command(ttp)
     reg.command(demo)
-    reg.service(Service("ttp", listeners=listeners))
+    from ttp import metrics
+
+    reg.service(Service("ttp", listeners=listeners, gauges=metrics.sql_gauges))

@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 import click
 
 from tcms.config import Settings
+from tcms.metrics import SqlGauges
 from tcms.store import Store
 from tcms.web import Listener
 
@@ -25,12 +26,14 @@ def _always(settings: Settings) -> bool:
 class Service:
     """One thing ``tcms serve NAME`` runs: HTTP ``listeners`` served with the shared store,
     or a long-running coroutine (``run``).  ``in_all`` says whether ``tcms serve all``
-    includes it under the given configuration."""
+    includes it under the given configuration; ``gauges``, its metrics read from SQL."""
 
     name: str
     listeners: Callable[[Settings, Store], list[Listener]] | None = None
     run: Callable[[Settings], Awaitable[None]] | None = None
     in_all: Callable[[Settings], bool] = _always
+    # its gauges read from SQL at each scrape of the metrics endpoint ([metrics] listen)
+    gauges: Callable[[Store], SqlGauges] | None = None
 
 
 @dataclass

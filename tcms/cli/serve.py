@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable
 
 import click
@@ -31,6 +32,19 @@ def chosen(services: dict[str, Service], name: str, settings: Settings) -> list[
     return [s for s in services.values() if s.in_all(settings)]
 
 
+def metrics_listener(settings: Settings, run: list[Service]) -> Listener | None:
+    """The process's Prometheus endpoint ([metrics] listen) with the SQL gauges of the
+    services it runs; None when it is off (docs/operations.md)."""
+    from tcms import metrics
+
+    if not settings.metrics.listen:
+        return None
+    store = Store(settings.database.url)  # counts rows only: no data key needed
+    readers = [s.gauges(store) for s in run if s.gauges]
+    logging.getLogger("tcms").info("metrics: http://%s/metrics", settings.metrics.listen)
+    return metrics.listener(settings.metrics, [r.refresh for r in readers])
+
+
 def serve_command(services: dict[str, Service]) -> click.Command:
     """The ``serve`` command over the registered services."""
     names = ", ".join(services) or "none installed"
@@ -54,6 +68,10 @@ def serve_command(services: dict[str, Service]) -> click.Command:
             for s in run:
                 if s.listeners:
                     listeners.extend(s.listeners(settings, store))
+
+        endpoint = metrics_listener(settings, run)
+        if endpoint is not None:
+            listeners.append(endpoint)
 
         async def go() -> None:
             work: list[Awaitable[None]] = [s.run(settings) for s in run if s.run]

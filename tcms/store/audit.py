@@ -1,7 +1,11 @@
 """The audit log: append-only and hash-chained.  Each entry's hash covers the previous
 entry's hash and its own fields, so a removed, reordered or altered entry breaks the chain
 (``verify``); entries are appended under a transaction-scoped lock (a PostgreSQL advisory
-lock; SQLite transactions hold the write lock from BEGIN)."""
+lock; SQLite transactions hold the write lock from BEGIN).
+
+Retention may remove entries from the head of the chain (gateway/retention.py): the entry
+it appends in the same transaction names the last entry removed and its hash, which the
+first entry kept links to, so what remains still verifies."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from tcms.store.records import AuditEntry
 
 AUDIT_LOCK = 0x7C3A_0001
 GENESIS = "0" * 64
+AUDIT_PURGE_EVENT = "retention.audit"
 
 
 def entry_hash(prev: str, seq: int, at: int, actor: str, ev: str, cid: str | None,
@@ -38,11 +43,24 @@ async def append(conn: AsyncConnection, *, postgres: bool, at: int, actor: str, 
         hash=entry_hash(prev, seq, at, actor, ev, cid, detail)))
 
 
+def audit_purge_detail(first: int, through: int, through_hash: str) -> str:
+    """What the audit entry of a purge says: which entries went, and the hash of the last
+    one, which the first entry kept links to."""
+    return f"entries {first}..{through} removed (entry {through} had hash {through_hash})"
+
+
 def verify(entries: Sequence[AuditEntry]) -> tuple[int, str | None]:
     """Return (entries checked, None) or (index, reason) of the first broken link."""
-    prev = GENESIS
+    prev, first = GENESIS, 1
+    if entries and entries[0].seq > 1:  # the head was purged: a later entry says so
+        first, prev = entries[0].seq, entries[0].prev_hash
+        said = audit_purge_detail(0, first - 1, prev).split("..", 1)[1]
+        if not any(e.event == AUDIT_PURGE_EVENT and e.detail.endswith(said)
+                   for e in entries):
+            return 1, (f"entry {first}: the {first - 1} entries before it are missing "
+                       "and no retention purge says so")
     for i, e in enumerate(entries, start=1):
-        if e.seq != i:
+        if e.seq != first + i - 1:
             return i, f"entry {i}: sequence number {e.seq} (an entry is missing)"
         if e.prev_hash != prev:
             return i, f"entry {i}: does not link to the previous entry"
