@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import httpx
-from mailstack import MASTER, MailStack, free_port
+from mailstack import MASTER, PATIENCE, MailStack, free_port
 from services import DC, PASSPHRASE, Services, prepare_keys, spawn, stop_process
 
 from tcms import datakeys
@@ -35,7 +35,7 @@ USERS = {"alice@a.test": "alice-password", "bob@b.test": "bob-password",
          "carol@b.test": "carol-password", "dave@b.test": "dave-password"}
 # windows short enough for tests to watch every recovery procedure happen, long enough
 # for a 20 MB mail to be sealed and carried on a busy 2-core machine
-WINDOWS = {"ACCEPT_WINDOW": "30", "M5_WINDOW": "10", "M6_WINDOW": "10",
+WINDOWS = {"ACCEPT_WINDOW": "60", "M5_WINDOW": "10", "M6_WINDOW": "10",
            "RESOLVE_WINDOW": "600"}
 
 
@@ -154,7 +154,7 @@ class GatewayProc:
         """Wait until the launched gateway answers; False if it could not listen on its
         ports (taken meanwhile by another test run on this machine)."""
         assert self.proc is not None and self.log is not None
-        deadline = time.time() + 30
+        deadline = time.time() + PATIENCE  # it waits while the process lives
         while True:
             try:
                 with smtplib.SMTP("127.0.0.1", self.submission, timeout=2):
@@ -177,7 +177,7 @@ class GatewayProc:
     def log_text(self) -> str:
         return (self.workdir / "gateway.log").read_text(errors="replace")
 
-    def wait_log(self, *needles: str, since: int = 0, timeout: float = 60) -> str:
+    def wait_log(self, *needles: str, since: int = 0, timeout: float = PATIENCE) -> str:
         """The first line of the log (from offset ``since``) holding every one of
         ``needles``, once the gateway has written it."""
         deadline = time.time() + timeout
@@ -258,7 +258,7 @@ def messages(via: Via, user: str, folder: str = "INBOX") -> list[tuple[bytes, by
 
 
 def wait_mail(via: Via, user: str, match: Callable[[Message], bool],
-              timeout: float = 60, folder: str = "INBOX") -> tuple[bytes, bytes]:
+              timeout: float = PATIENCE, folder: str = "INBOX") -> tuple[bytes, bytes]:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -277,7 +277,7 @@ def subject_starts(prefix: str, about: str = "") -> Callable[[Message], bool]:
 
 
 def move(via: Via, user: str, uid: bytes, folder: str) -> None:
-    deadline = time.time() + 30
+    deadline = time.time() + PATIENCE
     while True:
         try:
             with via.open(user) as imap:
@@ -389,7 +389,7 @@ def query(db_url: str, sql: str, *args: object) -> list[tuple[object, ...]]:
     return asyncio.run(pg())
 
 
-def inbound_outcome(db_url: str, tx: str, timeout: float = 60,
+def inbound_outcome(db_url: str, tx: str, timeout: float = PATIENCE,
                     kind: str | None = None) -> tuple[str, str]:
     """(status, detail) of the newest inbound item of exchange ``tx`` (of that ``kind``:
     m3 ... refusal), once handled."""
@@ -424,7 +424,7 @@ def unfinished(db_url: str, tx: str) -> list[str]:
     return left
 
 
-def settled(tx: str, *gateways: GatewayProc, timeout: float = 90) -> None:
+def settled(tx: str, *gateways: GatewayProc, timeout: float = PATIENCE) -> None:
     """Wait until each gateway has done all it will do for exchange ``tx`` (its runs
     ended, its outbox sent, protocol mail handled): what its users hold then is final."""
     deadline = time.time() + timeout

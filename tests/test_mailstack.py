@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
-from mailstack import MASTER, MailStack
+from mailstack import MASTER, PATIENCE, MailStack
 
 USERS = {"alice@a.test": "alice-password", "bob@b.test": "bob-password"}
 
@@ -26,7 +26,7 @@ def stack() -> Iterator[MailStack]:
 
 
 def wait_for(imap_port: int, user: str, password: str, needle: bytes,
-             timeout: float = 20, folder: str = "INBOX") -> bytes:
+             timeout: float = PATIENCE, folder: str = "INBOX") -> bytes:
     deadline = time.time() + timeout
     while time.time() < deadline:
         with imaplib.IMAP4("127.0.0.1", imap_port) as imap:
@@ -73,7 +73,7 @@ def test_smtplib_and_the_master_user(stack: MailStack) -> None:
 def test_mail_to_an_unknown_user_bounces(stack: MailStack) -> None:
     with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as smtp:
         smtp.sendmail("alice@a.test", ["nobody@b.test"], b"Subject: lost?\r\n\r\nx\r\n")
-    deadline = time.time() + 20
+    deadline = time.time() + PATIENCE
     while time.time() < deadline:
         log = stack.maillog()
         if "to=<nobody@b.test>" in log and "status=bounced" in log:
