@@ -49,6 +49,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     tests (end-to-end, batteries) come first, so that a parallel run does not end waiting
     for one long test that started last."""
     grouped = set()
+    index: dict[str, int] = {}
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         if info is None:
@@ -56,7 +57,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         shared = [name for name, defs in info.name2fixturedefs.items()
                   if defs and defs[-1].scope in SHARED_SCOPES and defs[-1].baseid]
         if shared and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+            # a long module says how many groups (each with its own fixture) it splits into
+            module = item.nodeid.split("::", 1)[0]
+            n = index[module] = index.get(module, -1) + 1
+            groups = getattr(getattr(item, "module", None), "XDIST_GROUPS", 1)
+            item.add_marker(pytest.mark.xdist_group(f"{module}#{n % groups}"))
         if item.get_closest_marker("xdist_group") is not None:
             grouped.add(item.nodeid)
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None,

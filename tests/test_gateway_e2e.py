@@ -38,6 +38,8 @@ from tcms.protocol.sender import SenderState
 from tcms.protocol.state import load_state
 
 pytestmark = pytest.mark.slow
+# `make test` runs these in three groups, each on its own two gateways (tests/conftest.py)
+XDIST_GROUPS = 3
 
 
 def certified(subject: str, marker: str, to: str = "Bob <bob@b.test>",

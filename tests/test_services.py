@@ -365,6 +365,7 @@ def test_disputes_are_rate_limited_per_address(workdir: Path) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 async def test_abort_resolve_races_across_two_ttp_processes(workdir: Path) -> None:
     """Each exchange's abort and resolve are posted at once, one to each TTP process: each
     exchange ends with exactly one decision, which both racers get.  Not a speed test:
