@@ -1,4 +1,7 @@
-"""`tcms queue`: the gateway's units of work as an administrator sees them.
+"""The gateway's commands and its service for ``tcms serve``.
+
+`tcms gateway enroll`: create users' keys and publish them at the DC.
+`tcms queue`: the gateway's units of work as an administrator sees them.
 
 Kinds: inbound (protocol mail from the MTA), submission, outbox, answers (a user's
 accept/refuse folders), deadline (a run's timer, keyed CID/role).  Items that keep failing
@@ -7,13 +10,18 @@ are quarantined; `retry` tries one again now, `drop` gives up on it (kept in the
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 
 import click
 
+from dc.records import DirectoryError
+from gateway import context
 from gateway.queue import KINDS, Entry, Queues
-from tcms.cliutil import with_store
+from tcms import config as config_mod
+from tcms.cli.registry import Registry, Service
+from tcms.cli.util import settings_of, with_store
 from tcms.store import Store
 
 KIND = click.Choice(KINDS)
@@ -110,3 +118,47 @@ def queue_retry(ctx: click.Context, kind: str, key: str) -> None:
 def queue_drop(ctx: click.Context, kind: str, key: str) -> None:
     """Give up on an item for good (recorded in the audit log)."""
     _act(ctx, kind, key, "drop")
+
+
+@click.group("gateway")
+def gateway_group() -> None:
+    """The gateway's users: enrol them (key pair, published at the DC)."""
+
+
+@gateway_group.command("enroll")
+@click.argument("addresses", nargs=-1, required=True)
+@click.pass_context
+def gateway_enroll(ctx: click.Context, addresses: tuple[str, ...]) -> None:
+    """Create the keys of ADDRESSES (users of the gateway's domains) and publish them at the
+    DC, so that others can send them certified mail.  Users who log in to the gateway's
+    SMTP are enrolled on their own."""
+    settings = settings_of(ctx)
+
+    async def go() -> None:
+        try:
+            gw = context.create(settings)
+        except config_mod.ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        try:
+            for address in addresses:
+                ident = await gw.enroll(address)
+                click.echo(f"{ident.name}: key {ident.party.fingerprint} published at the DC")
+        except DirectoryError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            await gw.aclose()
+
+    asyncio.run(go())
+
+
+async def _serve(settings: config_mod.Settings) -> None:
+    from gateway import server
+
+    await server.run(settings)
+
+
+def plugin(reg: Registry) -> None:
+    reg.command(gateway_group)
+    reg.command(queue_group)
+    reg.service(Service("gateway", run=_serve,
+                        in_all=lambda settings: bool(settings.gateway.domains)))

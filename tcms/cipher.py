@@ -9,6 +9,7 @@ changes H(core).
 from __future__ import annotations
 
 import os
+from importlib.metadata import entry_points
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -54,10 +55,15 @@ def register(cipher: MessageCipher, *, default: bool = False) -> None:
         DEFAULT_ALG = cipher.alg_id
 
 
-def _load_builtins() -> None:
-    import tsrg
+def registered(alg_id: str) -> bool:
+    return alg_id in _REGISTRY
 
-    tsrg.register()
+
+def _load_builtins() -> None:
+    """Let the installed packages register their ciphers (the ``tcms.ciphers`` entry
+    points: the TSRG package adds ``tsrg-modern``)."""
+    for ep in entry_points(group="tcms.ciphers"):
+        ep.load()()
 
 
 def get(alg_id: str) -> MessageCipher:
@@ -66,7 +72,10 @@ def get(alg_id: str) -> MessageCipher:
     try:
         return _REGISTRY[alg_id]
     except KeyError:
-        raise DecryptionError(f"unknown message cipher {alg_id!r}") from None
+        hint = ("" if any(entry_points(group="tcms.ciphers")) else
+                " (no package registers a cipher: the 'tcms.ciphers' entry points are not "
+                "installed; run `make setup` or `pip install -e .`)")
+        raise DecryptionError(f"unknown message cipher {alg_id!r}{hint}") from None
 
 
 def default() -> MessageCipher:

@@ -13,7 +13,7 @@ def register() -> None:
     """Make ``tsrg-modern`` available to (and the default of) the protocol core."""
     from tcms import cipher
 
-    if TsrgCipher.alg_id not in cipher._REGISTRY:
+    if not cipher.registered(TsrgCipher.alg_id):
         cipher.register(TsrgCipher())
 
 

@@ -30,6 +30,14 @@ def settings_of(ctx: click.Context) -> config_mod.Settings:
     return settings
 
 
+def passphrase_of(settings: config_mod.Settings) -> bytes:
+    """The keystore passphrase, or the command ends naming what is missing."""
+    try:
+        return settings.keys.get_passphrase()
+    except config_mod.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def data_keys_of(settings: config_mod.Settings) -> datakeys.DataKeys | None:
     """The keystore's data keys; None if it has none or no passphrase is configured (a
     sealed value read then fails with DataKeyMissing)."""
