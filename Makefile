@@ -51,9 +51,10 @@ postgres-ready: $(STAMP)  ## the PostgreSQL server of the tests answers (TCMS_TE
 	       "database test). Debian: apt-get install postgresql, then start it" \
 	       "(pg_ctlcluster ... main start) or set TCMS_TEST_PG_URL."; exit 1; }
 
-# `make test` runs the tests in TEST_WORKERS processes (pytest-xdist); the tests of a module
+# `make test` runs the tests in TEST_WORKERS processes (pytest-xdist: the end-to-end tests mostly
+# wait for protocol deadlines, so three share two cores well); the tests of a module
 # that share a mail stack or running services stay on one (tests/conftest.py groups them)
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test: $(STAMP) test-packages postgres-ready  ## lint, type-check, every test (< 10 min)
@@ -61,7 +62,7 @@ test: $(STAMP) test-packages postgres-ready  ## lint, type-check, every test (< 
 	$(BIN)/mypy
 	TCMS_PROPERTY_EXAMPLES=200 TCMS_RACES=100 $(BIN)/pytest -q $(PARALLEL) --durations=15
 
-test-fast: $(STAMP) postgres-ready  ## the tests without the real mail stack (not marked slow)
+test-fast: $(STAMP) postgres-ready  ## the tests not marked slow (no two-gateway exchanges, no batteries)
 	TCMS_PROPERTY_EXAMPLES=200 TCMS_RACES=100 $(BIN)/pytest -q $(PARALLEL) -m "not slow"
 
 soak: $(STAMP) test-packages postgres-ready  ## the deep runs, with figures (about an hour)
