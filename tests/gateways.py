@@ -41,7 +41,7 @@ WINDOWS = {"ACCEPT_WINDOW": "60", "M5_WINDOW": "10", "M6_WINDOW": "10",
 
 def tcms(args: list[str], env: dict[str, str], cwd: Path) -> str:
     res = subprocess.run([sys.executable, "-m", "tcms.cli", *args], env=env, cwd=cwd,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=PATIENCE)
     assert res.returncode == 0, f"tcms {' '.join(args)}: {res.stdout}{res.stderr}"
     return res.stdout
 
@@ -330,7 +330,7 @@ class Orgs:
         path.write_bytes(bundle)
         return subprocess.run([sys.executable, "-m", "tcms.cli", "verify", str(path),
                                "--trust", str(self.a.workdir / "trust.json")],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=PATIENCE)
 
 
 def start_orgs(workdir: Path, services_db: str, a_db: str, b_db: str) -> Orgs:

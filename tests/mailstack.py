@@ -255,7 +255,7 @@ maillog_file_prefixes = {ROOT}
 """)
         with _postfix_registered(p), open(p / "start.log", "wb") as log:
             res = subprocess.run(["script", "-qc", f"postfix -c {p} start", "/dev/null"],
-                                 stdout=log, stderr=subprocess.STDOUT, timeout=60)
+                                 stdout=log, stderr=subprocess.STDOUT, timeout=PATIENCE)
         if res.returncode != 0:
             raise RuntimeError(f"postfix did not start: {(p / 'start.log').read_text()}")
         _wait_port(self.smtp_port)
@@ -272,7 +272,7 @@ maillog_file_prefixes = {ROOT}
             self.routes[address] = port
             self._write_transport()
             res = subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} reload",
-                                  "/dev/null"], capture_output=True, timeout=60)
+                                  "/dev/null"], capture_output=True, timeout=PATIENCE)
         if res.returncode != 0:
             raise RuntimeError(f"postfix reload failed: {res.stdout!r}")
 
@@ -333,7 +333,7 @@ maillog_file_prefixes = {ROOT}
         if self._watcher is not None:
             assert self._watcher.stdin is not None
             self._watcher.stdin.close()  # nothing left for it to do: it ends
-            self._watcher.wait(timeout=60)
+            self._watcher.wait(timeout=PATIENCE)
             self._watcher = None
 
     def stop(self) -> None:
@@ -353,7 +353,7 @@ def stop_servers(base: Path) -> None:
     postfix_dir = base / "postfix"
     if (postfix_dir / "main.cf").exists():
         subprocess.run(["script", "-qc", f"postfix -c {postfix_dir} stop", "/dev/null"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=PATIENCE)
     pid_file = base / "dovecot" / "run" / "master.pid"
     try:
         pid = int(pid_file.read_text().strip())

@@ -212,7 +212,7 @@ def test_a_replayed_m3_cannot_take_the_recipients_exchange(orgs: Orgs) -> None:
     first = inbound_outcome(orgs.b.db_url, tx)
     assert first == ("done", f"exchange {tx}: notice for bob@b.test"), first
     subprocess.run(["postqueue", "-c", str(orgs.stack.postfix_dir), "-f"], check=True,
-                   timeout=60)  # now the genuine copy arrives
+                   timeout=PATIENCE)  # now the genuine copy arrives
     wait_until("the genuine m3 handled",
                lambda: _inbound_count(orgs.b.db_url, tx) >= 2 and
                (inbound(orgs.b.db_url, tx) or ("new",))[0] != "new")

@@ -49,7 +49,7 @@ def test_swaks_through_postfix_into_dovecot(stack: MailStack) -> None:
     res = subprocess.run(["swaks", "--server", f"127.0.0.1:{stack.smtp_port}", "--from",
                           "alice@a.test", "--to", "bob@b.test", "--header",
                           "Subject: swaks-probe-1", "--body", "hello from swaks"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=PATIENCE)
     assert res.returncode == 0, res.stdout + res.stderr
     raw = wait_for(stack.imap_port, "bob@b.test", "bob-password", b"swaks-probe-1")
     assert b"hello from swaks" in raw

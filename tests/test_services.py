@@ -29,6 +29,7 @@ from conftest import (
     receive,
     start_run,
 )
+from mailstack import PATIENCE
 from services import PASSPHRASE, Services, prepare_keys
 
 from tcms import evidence
@@ -67,7 +68,8 @@ def services(workdir: Path) -> Iterator[Services]:
 
 
 def sh(cmd: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True,
+                          timeout=PATIENCE)
 
 
 # --- TSS ----------------------------------------------------------------------------------------
@@ -192,7 +194,7 @@ def test_r1r_and_r1s_through_the_ttp_service(services: Services) -> None:
     assert sender.phase == "done" and sender.has_receipt
     res = subprocess.run([sys.executable, "-m", "tcms.cli", "ttp", "audit"],
                          env=services.env(), capture_output=True, text=True,
-                         cwd=services.workdir, timeout=60)
+                         cwd=services.workdir, timeout=PATIENCE)
     assert res.returncode == 0 and "audit log intact" in res.stdout, res.stdout + res.stderr
 
 
@@ -229,7 +231,7 @@ def file(url: str, body: bytes, filer: Identity, *, cid: bytes | None = None,
         core = filing.core_of(json.loads(body))
         headers = filing.filing_headers(filer, cid or core.cid, body,
                                         int(time.time()) if at is None else at)
-    return httpx.post(url + "/dispute", content=body, timeout=60,
+    return httpx.post(url + "/dispute", content=body, timeout=PATIENCE,
                       headers={"Content-Type": "application/json", **headers})
 
 
@@ -239,7 +241,7 @@ def test_dispute_gives_a_signed_verdict(services: Services, workdir: Path) -> No
     path.write_text(json.dumps(bundle))
     Keystore(workdir / "keys", PASSPHRASE.encode()).save(ALICE)  # the sender files it
     res = subprocess.run([sys.executable, "-m", "tcms.cli", "ttp", "dispute", str(path)],
-                         env=services.env(), capture_output=True, text=True, timeout=60)
+                         env=services.env(), capture_output=True, text=True, timeout=PATIENCE)
     assert res.returncode == 0, res.stderr
     verdict = json.loads(res.stdout)
     assert verdict["valid"] and verdict["verdict"] == "received"
@@ -249,7 +251,7 @@ def test_dispute_gives_a_signed_verdict(services: Services, workdir: Path) -> No
     # the recipient's key is not in this keystore: it cannot file
     res = subprocess.run([sys.executable, "-m", "tcms.cli", "ttp", "dispute", str(path),
                           "--as", BOB.name], env=services.env(), capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=PATIENCE)
     assert res.returncode == 1 and f"cannot file as {BOB.name}" in res.stderr, res.stderr
     bundle["m6"] = base64.b64encode(bytes(64)).decode()
     r = file(services.ttp, json.dumps(bundle).encode(), BOB)
@@ -321,7 +323,7 @@ def test_dispute_bodies_are_bounded_before_parsing(services: Services) -> None:
         for _ in range(1000):
             yield b"{}," * 10_000
 
-    r = httpx.post(services.ttp + "/dispute", content=chunks(), timeout=60,
+    r = httpx.post(services.ttp + "/dispute", content=chunks(), timeout=PATIENCE,
                    headers={"Content-Type": "application/json", **filed})
     assert r.status_code == 413 and r.json()["error"] == "body.size", r.text
     # within the size limit, but a million items: refused before json.loads builds them
