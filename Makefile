@@ -70,8 +70,7 @@ soak: $(STAMP) test-packages postgres-ready  ## the deep runs, with figures (abo
 	  --hypothesis-show-statistics --durations=0 tests/test_property.py \
 	  tests/test_services.py::test_abort_resolve_races_across_two_ttp_processes
 	$(BIN)/python bench/tsrg_quality.py
-	@if [ -f bench/fuzz.py ]; then echo "$(BIN)/python bench/fuzz.py"; \
-	  $(BIN)/python bench/fuzz.py; fi
+	$(BIN)/python bench/fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import httpx
-from mailstack import MASTER, PATIENCE, MailStack, free_port
+from mailstack import MASTER, PATIENCE, MailStack, free_port, listens
 from services import DC, PASSPHRASE, Services, prepare_keys, spawn, stop_process
 
 from tcms import datakeys
@@ -155,8 +155,12 @@ class GatewayProc:
         ports (taken meanwhile by another test run on this machine)."""
         assert self.proc is not None and self.log is not None
         deadline = time.time() + PATIENCE  # it waits while the process lives
+        ports = (self.submission, self.smtps, self.imap, self.imaps, self.intake)
         while True:
             try:
+                # its own listeners, not another test run's that took a port first
+                if not all(listens(self.proc.pid, port) for port in ports):
+                    raise ConnectionRefusedError
                 with smtplib.SMTP("127.0.0.1", self.submission, timeout=2):
                     return True
             except OSError:

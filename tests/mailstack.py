@@ -58,14 +58,49 @@ def distinct_ports(n: int) -> list[int]:
     return sorted(ports)
 
 
-def _wait_port(port: int, seconds: float = PATIENCE) -> None:
+def _listening_inodes(port: int) -> set[str]:
+    """The inodes of the sockets that listen on TCP ``port`` (the kernel's tables)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself listens on ``port``: a server that answers on a port
+    chosen by free_port() may be another test run's, which took it first."""
+    inodes = _listening_inodes(port)
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return True
+    return False
+
+
+def _wait_port(port: int, pid_file: Path, seconds: float = PATIENCE) -> None:
+    """Wait until the daemon whose pid ``pid_file`` holds listens on ``port``."""
     deadline = time.time() + seconds
     while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):  # not written yet
+            pid = 0
+        if pid and listens(pid, port):
+            return
+        if pid and not Path(f"/proc/{pid}").exists():
+            break  # it ended: it could not listen
         time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
+    raise RuntimeError(f"the server of {pid_file} does not listen on port {port} "
+                       "(address already in use?)")
 
 
 @contextlib.contextmanager
@@ -200,9 +235,8 @@ protocol lmtp {{
                                  stderr=subprocess.STDOUT, timeout=30)
         if res.returncode != 0:
             raise RuntimeError(f"dovecot did not start: {(d / 'start.log').read_text()}")
-        _wait_port(self.imap_port)
-        _wait_port(self.imaps_port)
-        _wait_port(self.lmtp_port)
+        for port in (self.imap_port, self.imaps_port, self.lmtp_port):
+            _wait_port(port, d / "run" / "master.pid")
 
     # --- Postfix ---------------------------------------------------------------------
 
@@ -258,7 +292,7 @@ maillog_file_prefixes = {ROOT}
                                  stdout=log, stderr=subprocess.STDOUT, timeout=PATIENCE)
         if res.returncode != 0:
             raise RuntimeError(f"postfix did not start: {(p / 'start.log').read_text()}")
-        _wait_port(self.smtp_port)
+        _wait_port(self.smtp_port, p / "queue" / "pid" / "master.pid")
 
     def _write_transport(self) -> None:
         lines = [f"{addr} lmtp:inet:127.0.0.1:{port}" for addr, port in self.routes.items()]

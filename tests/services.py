@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 from conftest import TSA, TTP
-from mailstack import PATIENCE, distinct_ports
+from mailstack import PATIENCE, distinct_ports, listens
 
 from tcms.identity import Identity
 from tcms.keystore import Keystore
@@ -145,8 +145,10 @@ class Services:
             while True:
                 if self.proc.poll() is not None:
                     return False
-                try:
-                    if httpx.get(url + "/health", verify=verify, timeout=2).status_code == 200:
+                port = int(url.rsplit(":", 1)[1])
+                try:  # its own listener, not another test run's that took the port first
+                    if listens(self.proc.pid, port) and httpx.get(
+                            url + "/health", verify=verify, timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
