@@ -1,3 +1,5 @@
 """The Distribution Center: users' and gateways' public keys, and signed security-module updates.
 
-The HTTP service is tracked in the services issue."""
+Its shape, as every service's: ``api.py`` the FastAPI app, ``store.py`` its tables' SQL,
+``records.py`` the sans-IO signed requests and answers; ``client.py`` is how a gateway asks
+it, ``updates.py`` / ``updater.py`` the TUF repository and its client."""

@@ -242,7 +242,7 @@ def dc_updates_apply(ctx: click.Context, name: str, root_file: Any, cache: str,
 
 def listeners(settings: Settings, store: Store) -> list[Listener]:
     """The DC's API over HTTP(S), as configured in [dc]."""
-    from dc.service import create_app
+    from dc.api import create_app
 
     try:
         me = Keystore(settings.keys.dir, passphrase_of(settings)).load(settings.dc.identity)

@@ -9,6 +9,10 @@ IMAP proxies (TLS):
   moving it to Certified.Accept -> bob reads the original -> alice gets the receipt ->
   anyone verifies the evidence offline with `tcms verify`.
 
+Every mail a gateway writes to a user is S/MIME signed with a certificate its
+organisation's CA issued: the receipt, as Dovecot delivers it, is written to
+demo-out/receipt.eml and checked with `openssl smime -verify -CAfile <a.test's CA>`.
+
 Protocol mail between the gateways goes to each one's protocol address
 (tcms-gateway@a.test, tcms-gateway@b.test), which Postfix routes to the gateway's LMTP
 intake (one transport_maps line each); users' mailboxes never see it.
@@ -32,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent)]
 
 from gateways import attachment, move, parse, start_orgs, subject_starts, wait_mail  # noqa: E402
+from signing import text_of  # noqa: E402
 
 MAIL = (b"From: Alice <alice@a.test>\r\nTo: Bob <bob@b.test>\r\n"
         b"Subject: [certified] Signed contract, please confirm\r\n"
@@ -72,7 +77,8 @@ def main() -> int:
         a, b, imap = orgs.a, orgs.b, orgs.proxy
         show(f"gateway a.test: SMTP 127.0.0.1:{a.submission} (STARTTLS), IMAP "
              f"127.0.0.1:{a.imaps} (TLS)\ngateway b.test: SMTP 127.0.0.1:{b.submission} "
-             f"(STARTTLS), IMAP 127.0.0.1:{b.imaps} (TLS)")
+             f"(STARTTLS), IMAP 127.0.0.1:{b.imaps} (TLS)\neach gateway signs its users' "
+             "mail (S/MIME) with a certificate from its organisation's CA")
 
         step("alice sends a certified mail to bob with smtplib (STARTTLS, AUTH) through "
              "gateway a.test")
@@ -84,12 +90,12 @@ def main() -> int:
         step("alice's mailbox (imaplib through her gateway): the submission receipt")
         _, raw = wait_mail(imap, "alice@a.test", subject_starts("Sent for certification"))
         msg = parse(raw)
-        show(f"Subject: {msg['Subject']}\n\n{msg.get_content()}")  # type: ignore[attr-defined]
+        show(f"Subject: {msg['Subject']}\n\n{text_of(msg)}")
 
         step("bob's mailbox (imaplib through his gateway): a notice, the mail still sealed")
         uid, raw = wait_mail(imap, "bob@b.test", subject_starts("Certified mail from"))
         msg = parse(raw)
-        show(f"Subject: {msg['Subject']}\n\n{msg.get_content()}")  # type: ignore[attr-defined]
+        show(f"Subject: {msg['Subject']}\n\n{text_of(msg)}")
 
         step("bob accepts: his client moves the notice into Certified.Accept")
         move(imap, "bob@b.test", uid, "Certified.Accept")
@@ -101,15 +107,31 @@ def main() -> int:
                            "Signed contract" in str(m["Subject"]))
         show(raw.decode(errors="replace").replace("\r\n", "\n"))
 
-        step("alice's INBOX: the receipt, with the evidence attached")
-        _, raw = wait_mail(imap, "alice@a.test", subject_starts("Receipt:"))
+        step("alice's INBOX (imaplib on Dovecot): the receipt, signed, the evidence attached")
+        _, raw = wait_mail(orgs.direct, "alice@a.test", subject_starts("Receipt:"))
         msg = parse(raw)
-        body = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
-        show(f"Subject: {msg['Subject']}\n\n{body.get_content()}")  # type: ignore[attr-defined]
+        show(f"Subject: {msg['Subject']}\n\n{text_of(msg)}")
         print(f"    (the whole exchange after bob's click took {time.time() - t0:.1f} s)")
+        show(f"Content-Type: {msg.get_content_type()}; parts: "
+             + ", ".join(p.get_content_type() for p in msg.walk()
+                         if not p.is_multipart()))
+        show("certdata.json, the summary for programs:\n"
+             + attachment(raw, "vnd.tcms.certdata+json").decode())
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        step("the receipt's S/MIME signature: openssl smime -verify with a.test's CA")
+        receipt, ca = args.out / "receipt.eml", args.out / "mail-ca-a.test.pem"
+        receipt.write_bytes(raw)
+        shutil.copy(a.mail_ca, ca)
+        cmd = ["openssl", "smime", "-verify", "-in", str(receipt), "-CAfile", str(ca),
+               "-out", "/dev/null"]
+        print("    $ " + " ".join(cmd))
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        show(res.stdout + res.stderr)
+        if res.returncode != 0:
+            return 1
 
         step("anyone can check the evidence offline: tcms verify")
-        args.out.mkdir(parents=True, exist_ok=True)
         evidence = args.out / "evidence-receipt.json"
         evidence.write_bytes(attachment(raw, "vnd.tcms.evidence+json"))
         trust = args.out / "trust.json"
@@ -121,7 +143,8 @@ def main() -> int:
         show(res.stdout + res.stderr)
         if res.returncode != 0:
             return 1
-        print(f"\nDone. The evidence and the trust file are in {args.out}/.")
+        print(f"\nDone. The receipt as delivered, its CA, the evidence and the trust file "
+              f"are in {args.out}/.")
         return 0
     finally:
         orgs.stop()

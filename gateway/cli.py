@@ -18,7 +18,9 @@ import click
 
 from dc.records import DirectoryError
 from gateway import context
-from gateway.queue import KINDS, Entry, Queues
+from gateway.mailcli import mail_group
+from gateway.queue import Queues
+from gateway.queueview import KINDS, Entry
 from tcms import config as config_mod
 from tcms.cli.registry import Registry, Service
 from tcms.cli.util import settings_of, with_store
@@ -159,6 +161,7 @@ async def _serve(settings: config_mod.Settings) -> None:
 
 def plugin(reg: Registry) -> None:
     reg.command(gateway_group)
+    reg.command(mail_group)
     reg.command(queue_group)
     reg.service(Service("gateway", run=_serve,
                         in_all=lambda settings: bool(settings.gateway.domains)))

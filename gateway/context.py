@@ -20,8 +20,11 @@ import httpx
 
 from dc.client import DirectoryClient
 from dc.records import DirectoryError
+from gateway import signingcert
 from gateway.imap import MasterLogin
+from gateway.notices import Writer
 from gateway.queue import Queues
+from gateway.wording import Wording, WordingError
 from tcms import datakeys, evidence
 from tcms.config import ConfigError, GatewayConfig, Settings
 from tcms.identity import Identity, Party, normalise_name
@@ -35,18 +38,26 @@ KEY_CACHE = 60  # seconds a DC answer about a key is used again without asking
 
 
 class SmtpPool:
-    """Connections to the MTA, kept open between mails.  An idle connection is checked
-    with NOOP before it is used again and replaced if dead.  A send that fails is never
-    retried here: the caller decides (a 4xx to the client, or the outbox's retry)."""
+    """Connections to the MTA, kept open between mails.  A connection that the MTA closed
+    is dropped; one idle for more than ``check_after`` seconds is checked with NOOP first
+    (a connection in steady use costs no extra round trip per mail).  A send that fails is
+    never retried here: the caller decides (a 4xx to the client, or the outbox's retry)."""
 
-    def __init__(self, connect: Callable[[], aiosmtplib.SMTP], keep: int = 8) -> None:
+    def __init__(self, connect: Callable[[], aiosmtplib.SMTP], keep: int = 8,
+                 check_after: float = 5.0) -> None:
         self._connect = connect
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._keep = keep
+        self._check_after = check_after
 
     async def acquire(self) -> aiosmtplib.SMTP:
         while self._idle:
-            client = self._idle.pop()
+            client, since = self._idle.pop()
+            if not client.is_connected:
+                client.close()
+                continue
+            if time.monotonic() - since < self._check_after:
+                return client
             try:
                 await client.noop(timeout=10)
                 return client
@@ -67,7 +78,7 @@ class SmtpPool:
 
     def release(self, client: aiosmtplib.SMTP) -> None:
         if client.is_connected and len(self._idle) < self._keep:
-            self._idle.append(client)
+            self._idle.append((client, time.monotonic()))
         else:
             client.close()
 
@@ -137,6 +148,7 @@ class GatewayContext:
     imap: MasterLogin
     http: httpx.AsyncClient
     queues: Queues
+    writer: Writer
     _identities: dict[str, Identity] = field(default_factory=dict)
     _gateways: dict[str, tuple[str, float]] = field(default_factory=dict)
     _parties: dict[str, tuple[Party | None, float]] = field(default_factory=dict)
@@ -258,6 +270,31 @@ def data_keys(directory: Path, passphrase: bytes) -> datakeys.DataKeys:
     return keys
 
 
+def writer(settings: Settings, passphrase: bytes) -> Writer:
+    """What words and signs the users' mails: the organisation's templates, checked for
+    every configured language, and the gateway's S/MIME certificate and key."""
+    m = settings.mail
+    cert, key = m.signing_files(Path(settings.keys.dir))
+    try:
+        signer = signingcert.load_signer(cert, key, passphrase)
+    except signingcert.SigningCertError as exc:
+        raise ConfigError(f"mail: {exc} (every mail to a user is signed: `tcms mail csr` "
+                          "makes a key and a request for the organisation's CA; "
+                          "docs/mail.md)") from None
+    missing = [d for d in settings.gateway.domains
+               if f"postmaster@{d}" not in signer.addresses]
+    if missing:
+        log.warning("the mail signing certificate does not name %s: mail clients may warn "
+                    "that the signer is not the sender",
+                    ", ".join(f"postmaster@{d}" for d in missing))
+    try:
+        wording = Wording(m.templates)
+        wording.check(sorted({m.language, *m.languages.values()}))
+    except WordingError as exc:
+        raise ConfigError(f"mail: {exc}") from None
+    return Writer(signer, wording, m.language, m.languages)
+
+
 def create(settings: Settings) -> GatewayContext:
     g = settings.gateway
     if not g.domains:
@@ -271,6 +308,7 @@ def create(settings: Settings) -> GatewayContext:
         raise ConfigError(f"gateway: its identity {g.identity}: {exc} (create it with "
                           f"`tcms keys create {g.identity} --kind gateway`)") from None
     trust, dc_party = load_trust(settings, keystore)
+    write = writer(settings, passphrase)
     upstream = Upstream.from_config(g)
     store = Store(settings.database.url, data_keys=data_keys(keystore.dir, passphrase))
     return GatewayContext(
@@ -281,4 +319,5 @@ def create(settings: Settings) -> GatewayContext:
                          g.master_separator),
         http=httpx.AsyncClient(timeout=60),
         queues=Queues(store, max_attempts=g.max_attempts,
-                      instance=g.instance or f"{socket.gethostname()}:{g.submission}"))
+                      instance=g.instance or f"{socket.gethostname()}:{g.submission}"),
+        writer=write)

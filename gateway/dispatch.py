@@ -1,13 +1,13 @@
 """Carrying out the outbox: protocol messages to the peer as e-mail through the upstream
 MTA, m1 and receipt stamps to the TSS, recovery requests to the TTP (their answers fed
 back to the machine in the same transaction that marks the request done), and mails the
-local user must see APPENDed to their mailbox exactly once."""
+local user must see APPENDed to their mailbox exactly once (worded and signed by the
+context's notices.Writer)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 import aiosmtplib
 import httpx
@@ -16,13 +16,14 @@ from gateway import mailformat, notices
 from gateway.context import GatewayContext
 from gateway.imap import Mailbox
 from gateway.runs import apply
+from gateway.wording import STATUS_KINDS
 from tcms import evidence
 from tcms.protocol import checks
 from tcms.protocol.events import Ignored, Received, TimestampFailed, TimestampReply
 from tcms.protocol.messages import M3
 from tcms.protocol.receiver import ReceiverState
 from tcms.protocol.state import load_state
-from tcms.store import RunRecord
+from tcms.store import RunRecord, StoredMessage
 from tcms.web import CBOR
 
 log = logging.getLogger("tcms.gateway.outbox")
@@ -34,40 +35,40 @@ class Retry(Exception):
     """A temporary failure: try this message again later."""
 
 
-async def _run_of(ctx: GatewayContext, row: dict[str, Any]) -> RunRecord | None:
-    return await ctx.store.get_run(row["cid"], row["role"])
+async def _run_of(ctx: GatewayContext, row: StoredMessage) -> RunRecord | None:
+    return await ctx.store.get_run(row.cid, row.role)
 
 
-async def dispatch(ctx: GatewayContext, row: dict[str, Any], now: int) -> None:
-    dest = row["destination"]
+async def dispatch(ctx: GatewayContext, row: StoredMessage, now: int) -> None:
+    dest = row.destination
     if dest == "mailbox":
         await to_mailbox(ctx, row, now)
         return
     rec = await _run_of(ctx, row)
     if rec is None:
-        log.error("outbox #%d belongs to no exchange; dropped", row["id"])
-        await ctx.store.outbox_done(row["id"], now)
+        log.error("outbox #%d belongs to no exchange; dropped", row.id)
+        await ctx.store.outbox_done(row.id, now)
         return
     if dest == "peer":
         await to_peer(ctx, rec, row)
-        await ctx.store.outbox_done(row["id"], now)
-        log.info("exchange %s: %s sent to %s", rec.tx, row["kind"], rec.peer)
+        await ctx.store.outbox_done(row.id, now)
+        log.info("exchange %s: %s sent to %s", rec.tx, row.kind, rec.peer)
     elif dest == "tss":
         await to_tss(ctx, rec, row, now)
     elif dest == "ttp":
         await to_ttp(ctx, rec, row, now)
     else:
-        log.error("outbox #%d: unknown destination %r; dropped", row["id"], dest)
-        await ctx.store.outbox_done(row["id"], now)
+        log.error("outbox #%d: unknown destination %r; dropped", row.id, dest)
+        await ctx.store.outbox_done(row.id, now)
 
 
-async def to_peer(ctx: GatewayContext, rec: RunRecord, row: dict[str, Any]) -> None:
+async def to_peer(ctx: GatewayContext, rec: RunRecord, row: StoredMessage) -> None:
     """A protocol message to the peer's gateway: from this gateway's protocol address to
     the one the DC publishes for the peer's domain; the users are named inside it."""
     domain = rec.owner.rsplit("@", 1)[-1]
     ours = ctx.protocol_address(domain)
     theirs = await ctx.protocol_address_of(rec.peer)
-    mail = mailformat.build(bytes(row["data"]), sender=ours, recipient=theirs,
+    mail = mailformat.build(row.data, sender=ours, recipient=theirs,
                             tx=rec.tx, domain=domain, description=rec.subject)
     try:
         await ctx.upstream.send_mail(mail, ours, [theirs])
@@ -82,74 +83,80 @@ async def _post(ctx: GatewayContext, url: str, data: bytes, media: str) -> httpx
         raise Retry(f"{url}: {exc!r}") from None
 
 
-async def to_tss(ctx: GatewayContext, rec: RunRecord, row: dict[str, Any], now: int) -> None:
+async def to_tss(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: int) -> None:
     base = ctx.settings.tss.url.rstrip("/")
-    data = bytes(row["data"])
-    if row["kind"] == "m1":
+    data = row.data
+    if row.kind == "m1":
         r = await _post(ctx, base + "/m1", data, CBOR)
     else:  # receipt-stamp: a plain RFC 3161 query over H(m6)
         r = await _post(ctx, base + "/tsa", data, "application/timestamp-query")
     if r.status_code != 200:
-        if row["kind"] == "m1" and (r.status_code < 500 or row["attempts"] >= MAX_TSS_ATTEMPTS):
+        if row.kind == "m1" and (r.status_code < 500 or row.attempts >= MAX_TSS_ATTEMPTS):
             await apply(ctx, rec, TimestampFailed(f"TSS answered {r.status_code}"), now,
-                        done=row["id"])
+                        done=row.id)
             return
         raise Retry(f"TSS answered {r.status_code}")
-    actions = await apply(ctx, rec, TimestampReply(r.content), now, done=row["id"])
-    if row["kind"] == "m1" and all(isinstance(a, Ignored) for a in actions):
+    actions = await apply(ctx, rec, TimestampReply(r.content), now, done=row.id)
+    if row.kind == "m1" and all(isinstance(a, Ignored) for a in actions):
         reason = "; ".join(a.reason for a in actions if isinstance(a, Ignored))
         await apply(ctx, rec, TimestampFailed(reason), now)
 
 
-async def to_ttp(ctx: GatewayContext, rec: RunRecord, row: dict[str, Any], now: int) -> None:
-    url = ctx.settings.ttp.url.rstrip("/") + ("/abort" if row["kind"] == "abort"
+async def to_ttp(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: int) -> None:
+    url = ctx.settings.ttp.url.rstrip("/") + ("/abort" if row.kind == "abort"
                                               else "/resolve")
-    r = await _post(ctx, url, bytes(row["data"]), CBOR)
+    r = await _post(ctx, url, row.data, CBOR)
     if r.status_code >= 500:
         raise Retry(f"TTP answered {r.status_code}")
     if r.status_code != 200:
         # the TTP refused the request (named check); the machine asks again on its timer
-        log.warning("exchange %s: the TTP refused %s: %s", rec.tx, row["kind"], r.text[:300])
-        await ctx.store.outbox_done(row["id"], now)
+        log.warning("exchange %s: the TTP refused %s: %s", rec.tx, row.kind, r.text[:300])
+        await ctx.store.outbox_done(row.id, now)
         return
-    log.info("exchange %s: the TTP answered the %s request", rec.tx, row["kind"])
+    log.info("exchange %s: the TTP answered the %s request", rec.tx, row.kind)
     await apply(ctx, rec, Received(r.content), now, received=("ttp-answer", r.content),
-                done=row["id"])
+                done=row.id)
 
 
 # --- the local user's mailbox ---------------------------------------------------------------
 
 
-async def to_mailbox(ctx: GatewayContext, row: dict[str, Any], now: int) -> None:
-    owner = row["owner"]
+async def to_mailbox(ctx: GatewayContext, row: StoredMessage, now: int) -> None:
+    owner, peer = row.owner, row.peer
+    if owner is None or peer is None:  # the gateway names both in every message it queues
+        log.error("outbox #%d: %s mail for nobody; dropped", row.id, row.kind)
+        await ctx.store.outbox_done(row.id, now)
+        return
     rec = await _run_of(ctx, row)
-    delivery_id = f"{bytes(row['cid']).hex()[:32]}.{row['id']}"
+    delivery_id = f"{row.cid.hex()[:32]}.{row.id}"
     async with ctx.imap.session(owner) as box:
-        mail = await render(ctx, box, row, rec, delivery_id)
+        mail = await render(ctx, box, row, rec, owner, peer, delivery_id, now)
         if mail is not None:
             # attempts counts claims: 1 means no earlier claim can have appended it
             added = await box.append_once("INBOX", mail, notices.DELIVERY_ID, delivery_id,
-                                          flags="" if row["kind"] != "submitted" else "\\Seen",
-                                          retry=int(row["attempts"]) > 1)
+                                          flags="" if row.kind != "submitted" else "\\Seen",
+                                          retry=row.attempts > 1)
             if added:
-                log.info("%s: %s mail for %s", rec.tx if rec else "-", row["kind"], owner)
-    if row["kind"] == "notice":  # look at the user's answer folders until they answer
+                log.info("%s: %s mail for %s", rec.tx if rec else "-", row.kind, owner)
+    if row.kind == "notice":  # look at the user's answer folders until they answer
         poll = ctx.settings.gateway.answer_poll_interval
         await ctx.queues.want_answer_check(owner, int(now + poll), now)
-    await ctx.store.outbox_done(row["id"], now)
+    await ctx.store.outbox_done(row.id, now)
 
 
-async def render(ctx: GatewayContext, box: Mailbox, row: dict[str, Any],
-                 rec: RunRecord | None, delivery_id: str) -> bytes | None:
-    kind, text = row["kind"], bytes(row["data"]).decode()
-    owner, peer = row["owner"], row["peer"]
+async def render(ctx: GatewayContext, box: Mailbox, row: StoredMessage,
+                 rec: RunRecord | None, owner: str, peer: str, delivery_id: str,
+                 now: int) -> bytes | None:
+    """The mail ``row`` shows ``owner`` (the local user; ``peer`` the other party): worded
+    and signed by ``ctx.writer``, but the original."""
+    kind, text, write = row.kind, row.data.decode(), ctx.writer
     if rec is None:
         if kind != "uncertifiable":
-            log.error("outbox #%d: %s mail without an exchange; dropped", row["id"], kind)
+            log.error("outbox #%d: %s mail without an exchange; dropped", row.id, kind)
             return None
         info = json.loads(text)
-        return notices.status(kind, owner=owner, peer=peer, subject=info["subject"],
-                              text=info["text"], tx="", delivery_id=delivery_id)
+        return write.status(kind, owner=owner, peer=peer, subject=info["subject"],
+                            text=info["text"], tx="", delivery_id=delivery_id, issued=now)
     if rec.role == "receiver":
         st = load_state(ReceiverState, rec.state)
         m3 = M3.decode(st.m3)
@@ -164,7 +171,7 @@ async def render(ctx: GatewayContext, box: Mailbox, row: dict[str, Any],
                 refuse_folder=await box.folder("Certified", "Refuse"),
                 accept_address=f"tcms+accept-{rec.tx}@{domain}",
                 refuse_address=f"tcms+refuse-{rec.tx}@{domain}")
-            return notices.notice(info, ctx.me, delivery_id)
+            return write.notice(info, ctx.me, delivery_id)
         if kind == "deliver":
             if st.k_r is None or st.k_t is None:
                 log.error("exchange %s: nothing to deliver yet", rec.tx)
@@ -180,14 +187,21 @@ async def render(ctx: GatewayContext, box: Mailbox, row: dict[str, Any],
         except evidence.EvidenceInvalid as exc:  # never expected: say so loudly
             log.error("exchange %s: own evidence does not verify: %s", rec.tx, exc)
             raise
-        return notices.receipt(owner=owner, peer=peer, subject=rec.subject, tx=rec.tx,
-                               verdict=verdict.kind, statements=verdict.statements,
-                               bundle=evidence.dumps(bundle), delivery_id=delivery_id)
+        return write.receipt(owner=owner, peer=peer, subject=rec.subject, tx=rec.tx,
+                             verdict=verdict, bundle=evidence.dumps(bundle),
+                             delivery_id=delivery_id, issued=now)
     if rec.role == "receiver" and kind == "aborted":
         kind = "withdrawn"  # the same event, told from the recipient's side
-    if kind not in notices.STATUS_SUBJECTS:
-        log.error("outbox #%d: unknown mail kind %r; dropped", row["id"], kind)
+    if kind not in STATUS_KINDS:
+        log.error("outbox #%d: unknown mail kind %r; dropped", row.id, kind)
         return None
-    attach = evidence.dumps(bundle) if kind in ("aborted", "refused") else None
-    return notices.status(kind, owner=owner, peer=peer, subject=rec.subject, text=text,
-                          tx=rec.tx, delivery_id=delivery_id, bundle=attach)
+    attach, proven = None, None
+    if kind in ("aborted", "refused"):
+        attach = evidence.dumps(bundle)
+        try:
+            proven = evidence.verify(bundle, ctx.trust)
+        except evidence.EvidenceInvalid as exc:  # the bundle goes, without a summary
+            log.error("exchange %s: own %s evidence does not verify: %s", rec.tx, kind, exc)
+    return write.status(kind, owner=owner, peer=peer, subject=rec.subject, text=text,
+                        tx=rec.tx, delivery_id=delivery_id, issued=now, bundle=attach,
+                        verdict=proven)

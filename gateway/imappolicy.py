@@ -21,10 +21,21 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway import mutf7
-from gateway.imapwire import Arg, Atom, Command, ParenList, Reading, String, parse_args
+from gateway.imapcommand import (
+    Arg,
+    Atom,
+    Command,
+    Continue,
+    LimitExceeded,
+    Limits,
+    ParenList,
+    Reading,
+    String,
+)
+from gateway.imapwire import CommandReader
 
 NO_ARGS = frozenset({b"CAPABILITY", b"NOOP", b"LOGOUT", b"CHECK", b"CLOSE", b"UNSELECT",
                      b"EXPUNGE", b"NAMESPACE", b"IDLE"})
@@ -101,6 +112,19 @@ class HiddenFolder:
     name: str
     delimiter: str = "."
     substitute: str = field(default_factory=lambda: "Gone-" + secrets.token_hex(16))
+
+    def with_delimiter_from(self, answer: bytes) -> HiddenFolder:
+        """The folder under the server's hierarchy delimiter, as ``* LIST (...) "." ""``
+        answers it (``NIL``: a flat name space); itself if the answer does not parse."""
+        try:
+            args = parse_args(answer[2:])
+        except ValueError:
+            return self
+        if len(args) > 2 and isinstance(args[2], String):
+            return replace(self, delimiter=args[2].value.decode("latin-1"))
+        if len(args) > 2 and isinstance(args[2], Atom):
+            return replace(self, delimiter="")
+        return self
 
     def _under(self, name: str, hidden: str) -> bool:
         seps = {self.delimiter, "/"} - {""}
@@ -233,3 +257,20 @@ def vet(cmd: Command, folder: HiddenFolder) -> Forward | Answer:
         except ValueError:
             filed_to = None
     return Forward(wire, filed_to)
+
+
+def parse_args(data: bytes) -> tuple[Arg, ...]:
+    """The arguments of one whole line with its literals (an upstream answer such as
+    ``LIST (\\HasNoChildren) "." {4}\\r\\nTCMS\\r\\n``); ValueError if it does not parse."""
+    size = len(data) + 8
+    reader = CommandReader(lambda _: Reading(literal8=True),
+                           Limits(size, size, size, size, max_depth=64))
+    reader.feed(b"x Y " + data)
+    try:
+        while isinstance(event := reader.next(), Continue):
+            pass
+    except LimitExceeded:
+        raise ValueError("not a well-formed IMAP line") from None
+    if isinstance(event, Command) and reader.pending() == 0:
+        return event.args
+    raise ValueError("not a well-formed IMAP line")

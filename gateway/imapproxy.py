@@ -32,6 +32,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gateway import imapcommand
 from gateway.imappolicy import (
     Answer,
     HiddenFolder,
@@ -40,20 +41,7 @@ from gateway.imappolicy import (
     keep_capabilities,
     vet,
 )
-from gateway.imapwire import (
-    Atom,
-    Command,
-    CommandReader,
-    Continue,
-    Event,
-    LimitExceeded,
-    Limits,
-    Line,
-    ParenList,
-    Rejected,
-    String,
-    parse_args,
-)
+from gateway.imapwire import CommandReader
 
 log = logging.getLogger("tcms.gateway.imap-proxy")
 LITERAL = re.compile(rb"\{(\d+)(\+?)\}\r\n$")
@@ -62,11 +50,11 @@ MAX_LINE = 64 * 1024  # the longest line the proxy reads from the client or the 
 UPSTREAM_LINE = 1024 * 1024  # the longest answer line accepted from the server
 CHUNK = 64 * 1024
 # Before login the proxy answers everything itself: a few KB is plenty for a login.
-BEFORE_LOGIN = Limits(max_line=4096, max_literal=1024, max_text=8192, max_command=8192)
+BEFORE_LOGIN = imapcommand.Limits(max_line=4096, max_literal=1024, max_text=8192, max_command=8192)
 # After login: lines and commands stay below Dovecot's imap_max_line_length (64 KB, literals
 # included for every command but APPEND): past it the server would skip the rest of a line.
-AFTER_LOGIN = Limits(max_line=60 * 1024, max_literal=MAX_LITERAL, max_text=60 * 1024,
-                     max_command=MAX_LITERAL + 1024 * 1024)
+AFTER_LOGIN = imapcommand.Limits(max_line=60 * 1024, max_literal=MAX_LITERAL,
+                                 max_text=60 * 1024, max_command=MAX_LITERAL + 1024 * 1024)
 PRE_AUTH_CAPS = "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE"
 Filed = Callable[[str, str], Awaitable[None]]
 
@@ -148,17 +136,17 @@ class Session:
             return f"{PRE_AUTH_CAPS} AUTH=PLAIN"
         return f"{PRE_AUTH_CAPS} STARTTLS LOGINDISABLED"
 
-    async def event(self) -> Event:
+    async def event(self) -> imapcommand.Event:
         """The client's next command (or rejected command, or expected line); synchronising
         literals are acknowledged here. Past a limit: BYE, and the session ends."""
         while True:
             try:
                 event = self.wire.next()
-            except LimitExceeded as exc:
+            except imapcommand.LimitExceeded as exc:
                 await self.say(f"* BYE [TOOBIG] {str(exc).capitalize()}")
                 await self.linger()
                 raise ProxyError(str(exc)) from None
-            if isinstance(event, Continue):
+            if isinstance(event, imapcommand.Continue):
                 await self.say("+ go ahead")
             elif event is not None:
                 return event
@@ -174,9 +162,11 @@ class Session:
         await self.say(f"* OK [CAPABILITY {self.caps()}] TCMS gateway IMAP ready")
         while True:
             cmd = await self.event()
-            if not isinstance(cmd, Command):
-                await self.say(tagged(cmd.tag, cmd.answer) if isinstance(cmd, Rejected)
-                               else "* BAD Expected a command")
+            if isinstance(cmd, imapcommand.Rejected):
+                await self.say(tagged(cmd.tag, cmd.answer))
+                continue
+            if not isinstance(cmd, imapcommand.Command):
+                await self.say("* BAD Expected a command")
                 continue
             tag, name = cmd.tag.decode("ascii"), cmd.name
             if name == b"CAPABILITY":
@@ -224,8 +214,8 @@ class Session:
         self.wire = CommandReader(before_login, BEFORE_LOGIN)
         self.tls = True
 
-    async def _credentials(self, tag: str, cmd: Command) -> tuple[str, str] | None:
-        args = [a.value for a in cmd.args if not isinstance(a, ParenList)]
+    async def _credentials(self, tag: str, cmd: imapcommand.Command) -> tuple[str, str] | None:
+        args = [a.value for a in cmd.args if not isinstance(a, imapcommand.ParenList)]
         if len(args) != len(cmd.args):
             await self.say(f"{tag} BAD malformed credentials")
             return None
@@ -244,7 +234,7 @@ class Session:
                 await self.say("+ ")
                 self.wire.expect_line()
                 line = await self.event()
-                if not isinstance(line, Line):
+                if not isinstance(line, imapcommand.Line):
                     await self.say(f"{tag} BAD malformed credentials")
                     return None
                 blob = line.data.strip()
@@ -288,24 +278,12 @@ class Session:
             if line.startswith(b"* CAPABILITY"):
                 caps = keep_capabilities(line.strip())[len(b"* CAPABILITY "):]
             elif line.startswith(b"* LIST "):
-                self._learn_delimiter(line)
+                self.folder = self.folder.with_delimiter_from(line)
             elif line.startswith(b"D "):
                 break
         log.info("IMAP session for %s", self.user)
         await self.say(f"{tag} OK [CAPABILITY {caps.decode()}] Logged in")
         return True
-
-    def _learn_delimiter(self, line: bytes) -> None:
-        """The server's hierarchy delimiter, from ``* LIST (...) "." ""``."""
-        try:
-            args = parse_args(line[2:])
-        except ValueError:
-            return
-        if len(args) > 2 and isinstance(args[2], String):
-            self.folder = HiddenFolder(self.folder.name, args[2].value.decode("latin-1"),
-                                       self.folder.substitute)
-        elif len(args) > 2 and isinstance(args[2], Atom):  # NIL: a flat name space
-            self.folder = HiddenFolder(self.folder.name, "", self.folder.substitute)
 
     # -- relaying --------------------------------------------------------------------------
 
@@ -313,14 +291,14 @@ class Session:
         assert self.up_writer is not None
         while True:
             cmd = await self.event()
-            if isinstance(cmd, Rejected):
+            if isinstance(cmd, imapcommand.Rejected):
                 await self.say(tagged(cmd.tag, cmd.answer))
                 continue
-            if isinstance(cmd, Line):  # the end of IDLE: whatever the client said, it ends
+            if isinstance(cmd, imapcommand.Line):  # the end of IDLE, whatever the client said
                 self.up_writer.write(b"DONE\r\n")
                 await self.up_writer.drain()
                 continue
-            assert isinstance(cmd, Command)
+            assert isinstance(cmd, imapcommand.Command)
             verdict = vet(cmd, self.folder)
             if isinstance(verdict, Answer):
                 await self.say(tagged(cmd.tag, verdict.text))

@@ -27,9 +27,23 @@ line, one literal, one command) ``LimitExceeded`` is raised and the connection m
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum, auto
+
+from gateway.imapcommand import (
+    Arg,
+    Atom,
+    Command,
+    Continue,
+    Event,
+    LimitExceeded,
+    Limits,
+    Line,
+    ParenList,
+    Policy,
+    Reading,
+    Rejected,
+    String,
+)
 
 SP, CR, LF = 0x20, 0x0D, 0x0A
 TAG_RUN = re.compile(rb"[A-Za-z0-9!#$&',\-./:;<=>?@^_`|~\[]*")
@@ -38,96 +52,6 @@ ATOM_RUN = re.compile(rb'[^\x00-\x20\x7f-\xff(){"]*')
 QUOTED_RUN = re.compile(rb'[^"\\\r\n\x00]*')
 DIGITS = re.compile(rb"[0-9]*")
 MAX_DIGITS = 19
-
-
-# --- what a command is made of ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Atom:
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class String:
-    value: bytes
-    literal: bool = False
-    literal8: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ParenList:
-    items: tuple[Arg, ...]
-
-
-Arg = Atom | String | ParenList
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """A whole command. ``wire`` is what to send upstream (literals made non-synchronising, the
-    skipped rest of the line left out, CRLF at the end); ``spans[i]`` is the slice of ``wire``
-    that holds top-level argument ``i``, so that one argument can be replaced."""
-
-    tag: bytes
-    name: bytes  # upper case; "UID FETCH" for the UID commands
-    args: tuple[Arg, ...]
-    wire: tuple[bytes, ...]
-    spans: tuple[tuple[int, int], ...]
-
-    def replaced(self, index: int, encoded: bytes) -> list[bytes]:
-        """``wire`` with top-level argument ``index`` replaced by ``encoded``."""
-        start, end = self.spans[index]
-        return [*self.wire[:start], encoded, *self.wire[end:]]
-
-
-@dataclass(frozen=True, slots=True)
-class Continue:
-    """The client announced a synchronising literal and waits for a continuation request."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A command answered without being read further: ``answer`` (``BAD ...`` or ``NO ...``)
-    goes to the client under ``tag`` (``*`` when the tag itself was not readable)."""
-
-    tag: bytes | None
-    answer: str
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One raw line (IDLE's DONE, an AUTHENTICATE response), without its CRLF."""
-
-    data: bytes
-
-
-Event = Command | Continue | Rejected | Line
-
-
-class LimitExceeded(Exception):
-    """A line, a literal or a command is larger than allowed: close the connection."""
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """How the server reads one command's arguments."""
-
-    reads: int | None = None  # top-level arguments read; the rest of the line is skipped
-    literal8: bool = False  # ~{n} allowed
-    literal_is_text: bool = True  # literal data counts towards Limits.max_text
-
-
-Policy = Callable[[bytes], Reading | str]  # command name -> how to read it, or the answer
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_line: int  # one line, without literal data
-    max_literal: int  # one literal
-    max_text: int  # a command, with literal data unless its Reading says otherwise
-    max_command: int  # a command, every literal included
-    max_depth: int = 32  # nested parenthesised lists
 
 
 class _S(Enum):
@@ -422,11 +346,7 @@ class CommandReader:
             self.state = _S.QUOTED
             return None
         if c == 0x7B:  # '{'
-            self.literal8 = False
-            self.literal_mark = self.pos
-            self.pos += 1
-            self.tok = self.pos
-            self.state = _S.LITERAL_SIZE
+            self._literal_size(literal8=False, mark=1)
             return None
         if c == 0x7E:  # '~': literal8 or an atom
             if self.pos + 1 >= n:
@@ -436,11 +356,7 @@ class CommandReader:
                 if not self.reading.literal8:
                     self._syntax("literal8 not allowed here")
                     return None
-                self.literal8 = True
-                self.literal_mark = self.pos
-                self.pos += 2
-                self.tok = self.pos
-                self.state = _S.LITERAL_SIZE
+                self._literal_size(literal8=True, mark=2)
                 return None
         if c == 0x28:  # '('
             if len(self.stack) >= self.limits.max_depth:
@@ -493,6 +409,14 @@ class CommandReader:
             self._syntax("NULs not allowed in strings" if c == 0 else "Missing '\"'")
             return None
 
+    def _literal_size(self, *, literal8: bool, mark: int) -> None:
+        """A literal starts at ``pos`` with a mark of ``mark`` bytes (``{`` or ``~{``)."""
+        self.literal8 = literal8
+        self.literal_mark = self.pos
+        self.pos += mark
+        self.tok = self.pos
+        self.state = _S.LITERAL_SIZE
+
     def _flush(self) -> None:
         if self.flush < self.pos:
             self.wire.append(bytes(self.buf[self.flush:self.pos]))
@@ -524,19 +448,3 @@ class CommandReader:
         self._begin(end)
         return event
 
-
-def parse_args(data: bytes) -> tuple[Arg, ...]:
-    """The arguments of one whole line with its literals (an upstream answer such as
-    ``LIST (\\HasNoChildren) "." {4}\\r\\nTCMS\\r\\n``); ValueError if it does not parse."""
-    size = len(data) + 8
-    reader = CommandReader(lambda _: Reading(literal8=True),
-                           Limits(size, size, size, size, max_depth=64))
-    reader.feed(b"x Y " + data)
-    try:
-        while isinstance(event := reader.next(), Continue):
-            pass
-    except LimitExceeded:
-        raise ValueError("not a well-formed IMAP line") from None
-    if isinstance(event, Command) and reader.pending() == 0:
-        return event.args
-    raise ValueError("not a well-formed IMAP line")

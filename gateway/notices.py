@@ -1,6 +1,12 @@
 """The mails a person sees (pure: no I/O): the notice of a sealed certified mail, the
-original once it may be read, the sender's receipt with its evidence bundle, and the
-status mails (sent for certification, refused, aborted, failed, not certifiable).
+original once it may be read, the sender's receipt with its evidence bundle and its
+summary (gateway/certdata.py), and the status mails (sent for certification, refused,
+aborted, failed, expired, withdrawn, not certifiable).
+
+Every mail the gateway writes is worded by the organisation's templates in the user's
+language (gateway/wording.py), text and HTML, and S/MIME signed with the gateway's
+certificate (gateway/smime.py).  The original is delivered as sent: no template, no
+wrapper, no signature of the gateway's (its own signature, if any, stays intact).
 
 Each carries ``TCMS-Delivery-Id`` (so a retried APPEND never shows twice) and
 ``Auto-Submitted``.  A notice is signed by the gateway (``TCMS-Notice-Signature`` over
@@ -11,14 +17,19 @@ never accept or refuse anything.
 from __future__ import annotations
 
 import base64
-import email.policy
 import email.utils
-from dataclasses import dataclass
-from email.message import EmailMessage
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from email.message import EmailMessage, MIMEPart
+from typing import Any
 
+from gateway import certdata, smime
+from gateway.signingcert import Signer
+from gateway.wording import Wording, language_of
 from tcms.crypto import CryptoError, sign, verify
+from tcms.evidence import Verdict
 from tcms.identity import Identity, Party
-from tcms.protocol.messages import one_line
+from tcms.protocol.fields import one_line
 
 DELIVERY_ID = "TCMS-Delivery-Id"
 NOTICE = "TCMS-Notice"
@@ -26,7 +37,7 @@ NOTICE_SIG = "TCMS-Notice-Signature"
 EVIDENCE_MEDIA = ("application", "vnd.tcms.evidence+json")
 # header lines up to RFC 5322's hard limit: the stdlib's folding at 78 would start a long
 # Subject with a space in many clients
-POLICY = email.policy.SMTP.clone(max_line_length=998)
+POLICY = smime.POLICY
 MAX_SUBJECT = 300
 
 
@@ -74,34 +85,6 @@ def notice_is_genuine(gateway: Party, tx: str, owner: str, signature: str) -> bo
     return True
 
 
-def notice(info: NoticeInfo, gateway: Identity, delivery_id: str) -> bytes:
-    """What R sees when a sealed certified mail (m3) arrives."""
-    msg = _base(delivery_id, _domain(info.owner), info.owner,
-                f"Certified mail from {info.sender}: {info.subject} (accept or refuse)")
-    msg[NOTICE] = info.tx
-    msg[NOTICE_SIG] = sign_notice(gateway, info.tx, info.owner)
-    msg["Reply-To"] = info.accept_address
-    msg.set_content(
-        f"{info.sender} has sent you a certified mail.\n\n"
-        f"  Subject:      {info.subject}\n"
-        f"  From:         {info.sender}\n"
-        f"  Size:         {info.size} bytes\n"
-        f"  Time-stamped: {info.stamped} (trusted RFC 3161 time stamp)\n"
-        f"  Answer by:    {info.accept_by}\n"
-        f"  Exchange:     {info.tx}\n\n"
-        "The mail stays sealed until you accept it. When you accept, the sender receives a\n"
-        "signed receipt saying that you received it; when you refuse, the sender learns it\n"
-        "at once and you never see the content.\n\n"
-        "To ACCEPT, either\n"
-        f"  - move this message into the folder {info.accept_folder}, or\n"
-        f"  - reply to it (the reply goes to {info.accept_address}).\n"
-        "To REFUSE, either\n"
-        f"  - move this message into the folder {info.refuse_folder}, or\n"
-        f"  - send any mail to {info.refuse_address}.\n\n"
-        "If you do nothing before the deadline, the exchange ends and the sender is told.\n")
-    return msg.as_bytes()
-
-
 def delivered(m0: bytes, *, tx: str, stamped: str, delivered_at: str, how: str,
               delivery_id: str) -> bytes:
     """The original mail, every byte as sent, behind headers saying it was certified."""
@@ -111,48 +94,75 @@ def delivered(m0: bytes, *, tx: str, stamped: str, delivered_at: str, how: str,
     return (head + eol + f"{DELIVERY_ID}: {delivery_id}".encode() + eol + m0)
 
 
-def receipt(*, owner: str, peer: str, subject: str, tx: str, verdict: str,
-            statements: list[str], bundle: str, delivery_id: str) -> bytes:
-    """The sender's receipt: readable text plus the evidence bundle (``tcms verify``)."""
-    msg = _base(delivery_id, _domain(owner), owner,
-                f"Receipt: {peer} received \"{subject}\"")
-    lines = "\n".join(f"  - {s}" for s in statements)
-    msg.set_content(
-        f"Your certified mail \"{subject}\" to {peer} was received.\n\n"
-        f"Evidence (verdict: {verdict}):\n{lines}\n\n"
-        f"Exchange: {tx}\n\n"
-        "The attached file is the evidence bundle. Anyone can check it offline with the\n"
-        "TTP's public keys and the time-stamp authority's certificate:\n"
-        "    tcms verify evidence.json --trust trust.json\n")
-    msg.add_attachment(bundle.encode(), maintype=EVIDENCE_MEDIA[0], subtype=EVIDENCE_MEDIA[1],
-                       filename=f"evidence-{tx[:12]}.json")
-    return msg.as_bytes()
+
+# --- the mails the gateway writes: the organisation's words, signed -------------------------
 
 
-STATUS_SUBJECTS = {
-    "submitted": "Sent for certification: \"{subject}\" to {peer}",
-    "refused": "Refused: {peer} refused \"{subject}\"",
-    "aborted": "Not delivered: the certified mail \"{subject}\" to {peer} was withdrawn",
-    "failed": "Certification failed: \"{subject}\" ({peer})",
-    "expired": "Expired: the certified mail \"{subject}\" from {peer} was not answered",
-    "withdrawn": "Withdrawn: {peer} withdrew the certified mail \"{subject}\"",
-    "uncertifiable": "Not sent: \"{subject}\" cannot be certified for {peer}",
-}
+@dataclass(frozen=True)
+class Writer:
+    """Writes each mail in its user's language (gateway/wording.py), as text and HTML
+    alternatives, and signs it with the gateway's certificate (gateway/smime.py)."""
 
+    signer: Signer
+    wording: Wording
+    language: str = "en"
+    languages: Mapping[str, str] = field(default_factory=dict)
 
-def status(kind: str, *, owner: str, peer: str, subject: str, text: str, tx: str,
-           delivery_id: str, bundle: str | None = None) -> bytes:
-    """A short status mail; with ``bundle``, the evidence is attached."""
-    msg = _base(delivery_id, _domain(owner), owner,
-                STATUS_SUBJECTS[kind].format(subject=subject, peer=peer))
-    body = text[:1].upper() + text[1:] + ".\n"
-    if tx:
-        body += f"\nExchange: {tx}\n"
-    if kind == "uncertifiable":
-        body += ("\nThe mail was NOT sent to this recipient: TCMS never sends a mail that asked"
-                 "\nfor certification without it.\n")
-    msg.set_content(body)
-    if bundle is not None:
-        msg.add_attachment(bundle.encode(), maintype=EVIDENCE_MEDIA[0],
-                           subtype=EVIDENCE_MEDIA[1], filename=f"evidence-{tx[:12]}.json")
-    return msg.as_bytes()
+    def language_of(self, owner: str) -> str:
+        return language_of(owner, self.language, dict(self.languages))
+
+    def _mail(self, kind: str, owner: str, delivery_id: str, values: dict[str, Any],
+              attachments: Sequence[tuple[bytes, tuple[str, str], str]] = (),
+              headers: Sequence[tuple[str, str]] = ()) -> bytes:
+        words = self.wording.render(self.language_of(owner), kind, values)
+        outer = _base(delivery_id, _domain(owner), owner, words.subject)
+        for name, value in headers:
+            outer[name] = value
+        inner = MIMEPart(policy=POLICY)
+        inner.set_content(words.text, cte="quoted-printable")
+        inner.add_alternative(words.html, subtype="html", cte="quoted-printable")
+        for data, (main, sub), filename in attachments:
+            inner.add_attachment(data, maintype=main, subtype=sub, filename=filename)
+        return smime.signed(outer, inner, self.signer)
+
+    def notice(self, info: NoticeInfo, gateway: Identity, delivery_id: str) -> bytes:
+        """What R sees when a sealed certified mail (m3) arrives."""
+        return self._mail("notice", info.owner, delivery_id, asdict(info), headers=[
+            (NOTICE, info.tx), (NOTICE_SIG, sign_notice(gateway, info.tx, info.owner)),
+            ("Reply-To", info.accept_address)])
+
+    def _evidence(self, kind: str, owner: str, tx: str, bundle: str, verdict: Verdict | None,
+                  issued: int) -> tuple[list[tuple[bytes, tuple[str, str], str]], str, str | None]:
+        name = f"evidence-{tx[:12]}.json"
+        parts = [(bundle.encode(), EVIDENCE_MEDIA, name)]
+        if verdict is None:
+            return parts, name, None
+        parts.append((certdata.summary(kind=kind, verdict=verdict, issuer=f"postmaster@"
+                                       f"{_domain(owner)}", issued=issued, evidence_file=name,
+                                       evidence=bundle.encode()),
+                       certdata.MEDIA, certdata.FILENAME))
+        return parts, name, certdata.FILENAME
+
+    def receipt(self, *, owner: str, peer: str, subject: str, tx: str, verdict: Verdict,
+                bundle: str, delivery_id: str, issued: int) -> bytes:
+        """The sender's receipt: the evidence bundle (``tcms verify``) and its summary."""
+        parts, name, summary = self._evidence("receipt", owner, tx, bundle, verdict, issued)
+        return self._mail("receipt", owner, delivery_id, {
+            "owner": owner, "peer": peer, "subject": subject, "tx": tx,
+            "verdict": verdict.kind, "statements": verdict.statements,
+            "evidence_file": name, "summary_file": summary}, parts)
+
+    def status(self, kind: str, *, owner: str, peer: str, subject: str, text: str, tx: str,
+               delivery_id: str, issued: int, bundle: str | None = None,
+               verdict: Verdict | None = None) -> bytes:
+        """A short status mail; with ``bundle``, the evidence is attached (and with its
+        ``verdict``, the summary)."""
+        parts, name, summary = ([], None, None) if bundle is None else \
+            self._evidence(kind, owner, tx, bundle, verdict, issued)
+        return self._mail(kind, owner, delivery_id, {
+            "owner": owner, "peer": peer, "subject": subject, "tx": tx, "detail": text,
+            "evidence_file": name, "summary_file": summary}, parts)
+
+    def sample(self, kind: str, owner: str, values: dict[str, Any]) -> bytes:
+        """A mail of ``kind`` made of ``values`` alone (`tcms mail preview`)."""
+        return self._mail(kind, owner, "preview", values)

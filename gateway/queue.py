@@ -19,7 +19,8 @@ the row is claimed again once the lease ends).  The outcome is one of:
   Mailman "shunt" idea) and waits for an administrator (``tcms queue retry|drop``).
 
 Quarantining inbound mail never stops an exchange: its deadlines still drive R1S, R1R and
-R2S.  Rows are read into typed records, never handed around as dictionaries.
+R2S.  Rows are read into typed records, never handed around as dictionaries; what an
+administrator sees of them (`tcms queue list|show`) is gateway/queueview.py.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, delete, insert, select, update
+from sqlalchemy import ColumnElement, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from gateway import queueview
+from gateway.queueview import ROWS, Entry, int_key, run_key
 from tcms.store import Store
 from tcms.store import models as m
 
-KINDS = ("inbound", "submission", "outbox", "answers", "deadline")
 ERROR_LIMIT = 1000  # characters of an error kept in last_error
 
 
@@ -71,20 +73,6 @@ class SubmissionItem:
 class AnswerCheck:
     owner: str
     attempts: int
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One unit of work as an administrator sees it (`tcms queue list|show`)."""
-
-    kind: str
-    key: str
-    status: str
-    attempts: int
-    next_attempt: int | None
-    last_error: str | None
-    summary: str
-    detail: str = ""
 
 
 def _free(t: Table, now: int) -> ColumnElement[bool]:
@@ -233,23 +221,21 @@ class Queues:
         retry_at = None if quarantine else now + backoff(attempts)
         error = error[:ERROR_LIMIT]
         async with self.store.transaction() as conn:
-            if kind in ("inbound", "submission", "answers"):
-                t, col, k = {"inbound": (m.inbound, m.inbound.c.id, int(key)),
-                             "submission": (m.submissions, m.submissions.c.id, int(key)),
-                             "answers": (m.answer_checks, m.answer_checks.c.owner, str(key))
-                             }[kind]
+            if kind in ROWS:
+                w = ROWS[kind]
                 values: dict[str, Any] = {"next_attempt": retry_at, "last_error": error,
                                           "claimed_by": None}
                 if quarantine:
                     values["status"] = "quarantined"
-                await conn.execute(update(t).where(col == k).values(**values))
+                await conn.execute(update(w.table).where(w.key == w.parse(str(key)))
+                                   .values(**values))
             elif kind == "outbox":
                 await conn.execute(update(m.messages).where(m.messages.c.id == int(key))
                                    .values(claimed_until=retry_at, last_error=error,
                                            claimed_by=None,
                                            quarantined_at=now if quarantine else None))
             elif kind == "deadline":
-                cid, role = _run_key(str(key))
+                cid, role = run_key(str(key))
                 await conn.execute(update(m.runs).where(
                     m.runs.c.cid == cid, m.runs.c.role == role).values(
                     attempts=attempts, next_attempt=retry_at, last_error=error,
@@ -263,113 +249,28 @@ class Queues:
     async def entries(self, kind: str | None = None, *, everything: bool = False,
                       limit: int = 100) -> list[Entry]:
         """Work that is waiting, failing or quarantined (``everything``: finished too)."""
-        out: list[Entry] = []
-        for k in KINDS if kind is None else (kind,):
-            out.extend(await self._entries(k, everything, limit, None))
-        return out[:limit] if kind is None else out
+        return await queueview.entries(self.store, kind, everything=everything, limit=limit)
 
     async def entry(self, kind: str, key: str) -> Entry | None:
-        found = await self._entries(kind, True, 1, key)
-        return found[0] if found else None
-
-    async def _entries(self, kind: str, everything: bool, limit: int,
-                       key: str | None) -> list[Entry]:
-        lister = {"inbound": self._inbound_entries, "submission": self._submission_entries,
-                  "outbox": self._outbox_entries, "answers": self._answer_entries,
-                  "deadline": self._deadline_entries}.get(kind)
-        if lister is None:
-            raise ValueError(f"unknown kind of work {kind!r}; one of {', '.join(KINDS)}")
-        return await lister(everything, limit, key)
-
-    async def _rows(self, q: Any) -> list[Any]:
-        async with self.store.engine.connect() as conn:
-            return list((await conn.execute(q)).all())
-
-    async def _inbound_entries(self, everything: bool, limit: int,
-                               key: str | None) -> list[Entry]:
-        t = m.inbound
-        q = select(t.c.id, t.c.status, t.c.attempts, t.c.next_attempt, t.c.last_error,
-                   t.c.mail_from, t.c.kind, t.c.tx, t.c.size, t.c.detail)
-        if key is not None:
-            q = q.where(t.c.id == _int_key(key))
-        elif not everything:
-            q = q.where(t.c.status.in_(("new", "quarantined")))
-        return [Entry("inbound", str(r[0]), r[1], r[2], r[3], r[4],
-                      f"{r[6] or '?'} {r[7] or ''} from {r[5]} ({r[8]} bytes)", r[9] or "")
-                for r in await self._rows(q.order_by(t.c.id).limit(limit))]
-
-    async def _submission_entries(self, everything: bool, limit: int,
-                                  key: str | None) -> list[Entry]:
-        t = m.submissions
-        q = select(t.c.id, t.c.status, t.c.attempts, t.c.next_attempt, t.c.last_error,
-                   t.c.sender, t.c.recipients, t.c.detail)
-        if key is not None:
-            q = q.where(t.c.id == _int_key(key))
-        elif not everything:
-            q = q.where(t.c.status.in_(("new", "quarantined")))
-        return [Entry("submission", str(r[0]), r[1], r[2], r[3], r[4],
-                      f"from {r[5]} to {', '.join(json.loads(r[6]))[:200]}", r[7] or "")
-                for r in await self._rows(q.order_by(t.c.id).limit(limit))]
-
-    async def _outbox_entries(self, everything: bool, limit: int,
-                              key: str | None) -> list[Entry]:
-        t = m.messages
-        q = select(t.c.id, t.c.sent_at, t.c.quarantined_at, t.c.attempts, t.c.claimed_until,
-                   t.c.last_error, t.c.destination, t.c.kind, t.c.owner, t.c.peer
-                   ).where(t.c.direction == "out")
-        if key is not None:
-            q = q.where(t.c.id == _int_key(key))
-        elif not everything:
-            q = q.where(t.c.sent_at.is_(None))
-        return [Entry("outbox", str(r[0]), "sent" if r[1] is not None else
-                      "quarantined" if r[2] is not None else "new", r[3], r[4], r[5],
-                      f"{r[7]} to {r[6]} ({r[8] or '-'} -> {r[9] or '-'})")
-                for r in await self._rows(q.order_by(t.c.id).limit(limit))]
-
-    async def _answer_entries(self, everything: bool, limit: int,
-                              key: str | None) -> list[Entry]:
-        t = m.answer_checks
-        q = select(t.c.owner, t.c.status, t.c.attempts, t.c.next_attempt, t.c.last_error)
-        if key is not None:
-            q = q.where(t.c.owner == key)
-        elif not everything:
-            q = q.where(t.c.status.in_(("due", "quarantined")))
-        return [Entry("answers", r[0], r[1], r[2], r[3], r[4],
-                      f"accept/refuse folders of {r[0]}")
-                for r in await self._rows(q.order_by(t.c.owner).limit(limit))]
-
-    async def _deadline_entries(self, everything: bool, limit: int,
-                                key: str | None) -> list[Entry]:
-        t = m.runs
-        q = select(t.c.cid, t.c.role, t.c.tx, t.c.phase, t.c.deadline, t.c.attempts,
-                   t.c.next_attempt, t.c.last_error, t.c.quarantined, t.c.owner)
-        if key is not None:
-            cid, role = _run_key(key)
-            q = q.where(t.c.cid == cid, t.c.role == role)
-        elif not everything:
-            q = q.where(and_(t.c.terminal.is_(False), t.c.attempts > 0))
-        return [Entry("deadline", f"{bytes(r[0]).hex()}/{r[1]}",
-                      "quarantined" if r[8] else "new", r[5], r[6], r[7],
-                      f"exchange {r[2]} ({r[1]} of {r[9]}, phase {r[3]}, deadline {r[4]})")
-                for r in await self._rows(q.order_by(t.c.deadline).limit(limit))]
+        return await queueview.entry(self.store, kind, key)
 
     async def retry(self, kind: str, key: str, now: int) -> bool:
         """Try a failed or quarantined row again now, with its attempts reset."""
         async with self.store.transaction() as conn:
             if kind == "inbound":
                 res = await conn.execute(update(m.inbound).where(
-                    m.inbound.c.id == _int_key(key),
+                    m.inbound.c.id == int_key(key),
                     m.inbound.c.status.in_(("new", "quarantined", "rejected")),
                     m.inbound.c.raw != b"").values(
                     status="new", attempts=0, next_attempt=now, detail=None))
             elif kind == "submission":
                 res = await conn.execute(update(m.submissions).where(
-                    m.submissions.c.id == _int_key(key),
+                    m.submissions.c.id == int_key(key),
                     m.submissions.c.status.in_(("new", "quarantined"))).values(
                     status="new", attempts=0, next_attempt=now))
             elif kind == "outbox":
                 res = await conn.execute(update(m.messages).where(
-                    m.messages.c.id == _int_key(key), m.messages.c.direction == "out",
+                    m.messages.c.id == int_key(key), m.messages.c.direction == "out",
                     m.messages.c.sent_at.is_(None)).values(
                     quarantined_at=None, attempts=0, claimed_until=now))
             elif kind == "answers":
@@ -377,7 +278,7 @@ class Queues:
                     m.answer_checks.c.owner == key).values(
                     status="due", attempts=0, next_attempt=now))
             elif kind == "deadline":
-                cid, role = _run_key(key)
+                cid, role = run_key(key)
                 res = await conn.execute(update(m.runs).where(
                     m.runs.c.cid == cid, m.runs.c.role == role).values(
                     quarantined=False, attempts=0, next_attempt=now))
@@ -390,17 +291,17 @@ class Queues:
         async with self.store.transaction() as conn:
             if kind == "inbound":
                 res = await conn.execute(update(m.inbound).where(
-                    m.inbound.c.id == _int_key(key),
+                    m.inbound.c.id == int_key(key),
                     m.inbound.c.status.in_(("new", "quarantined", "rejected"))).values(
                     status="dropped", finished_at=now, next_attempt=None))
             elif kind == "submission":
                 res = await conn.execute(update(m.submissions).where(
-                    m.submissions.c.id == _int_key(key),
+                    m.submissions.c.id == int_key(key),
                     m.submissions.c.status.in_(("new", "quarantined"))).values(
                     status="dropped", next_attempt=None))
             elif kind == "outbox":
                 res = await conn.execute(update(m.messages).where(
-                    m.messages.c.id == _int_key(key), m.messages.c.direction == "out",
+                    m.messages.c.id == int_key(key), m.messages.c.direction == "out",
                     m.messages.c.sent_at.is_(None)).values(
                     sent_at=now, claimed_until=None, last_error="dropped by an administrator"))
             elif kind == "answers":
@@ -414,20 +315,3 @@ class Queues:
                                               f"{kind}:{key}")
             return bool(res.rowcount)
 
-
-def _int_key(key: str) -> int:
-    try:
-        return int(key)
-    except ValueError:
-        raise ValueError(f"{key!r} is not a row number") from None
-
-
-def _run_key(key: str) -> tuple[bytes, str]:
-    cid, _, role = key.partition("/")
-    try:
-        raw = bytes.fromhex(cid)
-    except ValueError:
-        raise ValueError(f"{key!r} is not CID/role") from None
-    if len(raw) != 32 or role not in ("sender", "receiver"):
-        raise ValueError(f"{key!r} is not CID/role")
-    return raw, role

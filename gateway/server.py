@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from gateway import context, imapproxy, intake, submission
+from gateway import context, imapproxy, intake, submission, workers
 from gateway.worker import Worker, answer
 from tcms import config as config_mod
 
@@ -38,6 +38,7 @@ async def run(settings: config_mod.Settings) -> None:
     tls = submission.tls_context(str(g.tls_cert), str(g.tls_key))
     await submission.start(handler, tls=tls, submission=g.split(g.submission),
                            smtps=g.split(g.smtps), max_size=g.max_message_size)
+    await workers.start(settings, worker.kick_submissions)  # [gateway] workers > 1
     log.info("gateway SMTP listening: submission %s (STARTTLS), smtps %s (TLS)",
              g.submission, g.smtps)
     addresses = list(g.protocol_addresses().values())

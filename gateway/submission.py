@@ -339,7 +339,9 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 async def start(handler: SubmissionHandler, *, tls: ssl.SSLContext,
                 submission: tuple[str, int], smtps: tuple[str, int] | None,
                 max_size: int) -> list[asyncio.Server]:
-    """Listen for submissions: STARTTLS on ``submission``, implicit TLS on ``smtps``."""
+    """Listen for submissions: STARTTLS on ``submission``, implicit TLS on ``smtps``; with
+    SO_REUSEPORT, so that the gateway's other worker processes (gateway/workers.py) can
+    listen on the same ports."""
     loop = asyncio.get_running_loop()
 
     def factory(implicit: bool) -> SMTP:
@@ -350,7 +352,8 @@ async def start(handler: SubmissionHandler, *, tls: ssl.SSLContext,
                     auth_required=True, auth_require_tls=not implicit,
                     auth_exclude_mechanism=["CRAM-MD5"])
 
-    servers = [await loop.create_server(lambda: factory(False), *submission)]
+    servers = [await loop.create_server(lambda: factory(False), *submission, reuse_port=True)]
     if smtps:
-        servers.append(await loop.create_server(lambda: factory(True), *smtps, ssl=tls))
+        servers.append(await loop.create_server(lambda: factory(True), *smtps, ssl=tls,
+                                                reuse_port=True))
     return servers

@@ -44,9 +44,10 @@ from gateway.runs import apply, outbox, record
 from gateway.subject import strip_tag, subject_of, without_tag
 from tcms.identity import check_party_name, normalise_name
 from tcms.protocol.events import Accept, Event, Ignored, Refuse, Tick
-from tcms.protocol.messages import Description, one_line
+from tcms.protocol.fields import one_line
+from tcms.protocol.messages import Description
 from tcms.protocol.sender import Sender
-from tcms.store import ConcurrentUpdate, OutMessage, RunRecord
+from tcms.store import ConcurrentUpdate, OutMessage, RunRecord, StoredMessage
 
 log = logging.getLogger("tcms.gateway.worker")
 ACCEPT, REFUSE = ("Certified", "Accept"), ("Certified", "Refuse")
@@ -273,15 +274,15 @@ class Worker:
             await self.isolated("deadline", deadline_key(rec), rec.attempts + 1,
                                 lambda: apply(ctx, rec, Tick(), self.clock()))
 
-        async def outbox(limit: int) -> list[dict[str, Any]]:
+        async def outbox(limit: int) -> list[StoredMessage]:
             await ctx.imap.sweep()
             return await ctx.store.claim_outbox(self.clock(), dispatch.LEASE, limit,
                                                 by=ctx.queues.instance)
 
-        async def send(row: dict[str, Any]) -> None:
-            await self.isolated("outbox", int(row["id"]), int(row["attempts"]),
+        async def send(row: StoredMessage) -> None:
+            await self.isolated("outbox", row.id, row.attempts,
                                 lambda: dispatch.dispatch(ctx, row, self.clock()),
-                                f"{row['kind']} to {row['destination']}")
+                                f"{row.kind} to {row.destination}")
 
         return [
             Lane("inbound", lambda n: ctx.queues.claim_inbound(self.clock(), n),
@@ -295,7 +296,7 @@ class Worker:
             Lane("deadlines", due, deadline, deadline_key, queue_same_key=False,
                  min_interval=1.0),
             # one exchange's messages go out in order (a receipt after the stamp it shows)
-            Lane("outbox", outbox, send, lambda r: (bytes(r["cid"]), r["role"])),
+            Lane("outbox", outbox, send, lambda r: (r.cid, r.role)),
         ]
 
     async def run_lane(self, lane: Lane[Any]) -> None:

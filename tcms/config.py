@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from tcms import boundedjson
 from tcms.identity import party_name_error
+from tcms.mailconfig import MailConfig
 
 DEFAULT_FILE = Path("config/tcms.toml")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -172,6 +173,9 @@ class GatewayConfig(BaseModel):
     upstream_imap_tls: Literal["none", "tls"] = "none"  # tls: implicit TLS (port 993)
     upstream_smtp_tls: Literal["none", "starttls"] = "none"  # starttls: required
     upstream_ca_file: Path | None = None  # CA to verify them (default: the system's)
+    # processes serving the submission and smtps ports (SO_REUSEPORT): the first runs
+    # everything else too; the others only take mail (tcms/cli.py serve gateway)
+    workers: int = Field(default=1, ge=1, le=64)
     max_message_size: int = 50 * 1024 * 1024
     max_recipients: int = 1000  # per mail, as Postfix's smtpd_recipient_limit; more: 452
     tag: str = "[certified]"
@@ -298,6 +302,7 @@ class Settings(BaseSettings):
     ttp: TtpConfig = TtpConfig()
     dc: DcConfig = DcConfig()
     gateway: GatewayConfig = GatewayConfig()
+    mail: MailConfig = MailConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -23,23 +23,11 @@ from tcms.crypto import CryptoError, check_commitment, ct_equal, h
 from tcms.identity import Party
 from tcms.protocol import checks
 from tcms.protocol.checks import ProtocolError, Trust
-from tcms.protocol.messages import (
-    M3,
-    M4,
-    M5,
-    M6,
-    Aborted,
-    BadEscrow,
-    Core,
-    MessageError,
-    Refusal,
-    Rejection,
-    Resolved,
-    decode_ttp_answer,
-)
+from tcms.protocol.messages import M3, M4, M5, M6, Core, MessageError, Refusal
 from tcms.protocol.receiver import Receiver, ReceiverState
 from tcms.protocol.sender import Sender, SenderState
 from tcms.protocol.state import load_state
+from tcms.protocol.ttpmessages import Aborted, BadEscrow, Rejection, Resolved, decode_ttp_answer
 from tcms.timestamp import TimestampError, verify_token
 
 FORMAT = "tcms-evidence/1"

@@ -29,6 +29,9 @@ from tcms import der
 
 OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
 OID_TST_INFO = "1.2.840.113549.1.9.16.1.4"
+_SIGNED_DATA_OID = der.oid(OID_SIGNED_DATA)
+_TST_INFO_OID = der.oid(OID_TST_INFO)
+_VERSION_1, _VERSION_3 = der.integer(1), der.integer(3)
 
 DIGEST_ALGORITHMS: dict[str, bytes] = {
     name: der.seq(der.oid(oid), b"\x05\x00") for name, oid in (
@@ -64,10 +67,10 @@ def signed_data_token(*, digest_alg: bytes, tst_info: bytes, certificates: bytes
                       signed_attrs: bytes, signature_alg: bytes, signature: bytes) -> bytes:
     """The token (DER ContentInfo).  ``certificates`` is a whole ``certificate_set`` or b"";
     ``signed_attrs`` is the DER SET (tag 0x31) that was signed: it is carried as [0]."""
-    signer_info = der.seq(der.integer(1), sid, digest_alg, b"\xa0" + signed_attrs[1:],
+    signer_info = der.seq(_VERSION_1, sid, digest_alg, b"\xa0" + signed_attrs[1:],
                           signature_alg, der.octets(signature))
     signed_data = der.seq(
-        der.integer(3), der.set_of(digest_alg),
-        der.seq(der.oid(OID_TST_INFO), der.explicit(0, der.octets(tst_info))),
+        _VERSION_3, der.set_of(digest_alg),
+        der.seq(_TST_INFO_OID, der.explicit(0, der.octets(tst_info))),
         certificates, der.set_of(signer_info))
-    return der.seq(der.oid(OID_SIGNED_DATA), der.explicit(0, signed_data))
+    return der.seq(_SIGNED_DATA_OID, der.explicit(0, signed_data))

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy import select
 
 from tcms.datakeys import DataKey, DataKeys
 from tcms.identity import Identity, Party
@@ -158,6 +159,15 @@ def run_factory() -> Callable[..., Run]:
 
 
 # --- stores: every store test runs on SQLite and on PostgreSQL -----------------------------
+
+
+async def stored_values(store: Store, column: Any, *where: Any) -> list[Any]:
+    """A column's values as the store reads them (sealed columns opened with its data key),
+    in key order: a test's look at rows no production code reads back."""
+    key = list(column.table.primary_key.columns)
+    async with store.engine.connect() as conn:
+        return list((await conn.execute(select(column).where(*where).order_by(*key))
+                     ).scalars().all())
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -5,6 +5,7 @@ Users act with standard clients only: smtplib through the gateway, imaplib on Do
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 import imaplib
@@ -27,12 +28,14 @@ import httpx
 from mailstack import MASTER, PATIENCE, MailStack, free_port, listens
 from services import DC, PASSPHRASE, Services, prepare_keys, spawn, stop_process
 
+from gateway import signingcert
 from tcms import datakeys
 from tcms.keystore import Keystore
 from tcms.store import Store
 
 USERS = {"alice@a.test": "alice-password", "bob@b.test": "bob-password",
-         "carol@b.test": "carol-password", "dave@b.test": "dave-password"}
+         "carol@b.test": "carol-password", "dave@b.test": "dave-password",
+         "carla@b.test": "carla-password"}  # carla reads her gateway's mail in Italian
 # windows short enough for tests to watch every recovery procedure happen, long enough
 # for a 20 MB mail to be sealed and carried on a busy 2-core machine
 WINDOWS = {"ACCEPT_WINDOW": "60", "M5_WINDOW": "10", "M6_WINDOW": "10",
@@ -63,6 +66,7 @@ class GatewayProc:
     proc: subprocess.Popen[bytes] | None = None
     log: BinaryIO | None = None
     home: Path | None = None  # keys and trust files (default: workdir); a replica shares them
+    languages: dict[str, str] = field(default_factory=dict)  # [mail] languages
     _mark: int = 0  # where the log of the latest start begins
 
     def __post_init__(self) -> None:
@@ -107,6 +111,7 @@ class GatewayProc:
             "TCMS_GATEWAY__DC_KEY_FILE": str(h / "dc.json"),
             "TCMS_GATEWAY__POLL_INTERVAL": "0.5",
             "TCMS_GATEWAY__MAX_MESSAGE_SIZE": str(30 * 1024 * 1024),
+            "TCMS_MAIL__LANGUAGES": json.dumps(self.languages),
             **{f"TCMS_PROTOCOL__{k}": v for k, v in WINDOWS.items()},
         })
         return env
@@ -124,6 +129,25 @@ class GatewayProc:
         trust = httpx.get(self.services.ttp + "/identity", timeout=10).json()
         (self.workdir / "trust.json").write_text(json.dumps(trust))
         (self.workdir / "dc.json").write_text(json.dumps(DC.party.to_json()))
+        self.issue_signing_cert()
+
+    @property
+    def mail_ca(self) -> Path:
+        """The organisation's CA, which issued the certificate its gateway signs mail with."""
+        return (self.home or self.workdir) / "mail-ca.pem"
+
+    def issue_signing_cert(self) -> None:
+        """The organisation's CA, and the gateway's S/MIME certificate it issues (in its
+        keystore, where [mail] finds them by default; the key encrypted)."""
+        now = dt.datetime.now(dt.UTC)
+        ca, ca_key = signingcert.create_ca(f"Organisation {self.domain}", now=now)
+        key = signingcert.new_key()
+        cert = signingcert.issue(ca, ca_key, key.public_key(), [f"postmaster@{self.domain}"],
+                                 now=now)
+        keys = self.workdir / "keys"
+        signingcert.save_key(keys / "mail-signing-key.pem", key, PASSPHRASE.encode())
+        (keys / "mail-signing-cert.pem").write_bytes(signingcert.pem(cert))
+        self.mail_ca.write_bytes(signingcert.pem(ca))
 
     def enroll(self, *addresses: str) -> None:
         tcms(["gateway", "enroll", *addresses], self.env(), self.workdir)
@@ -198,7 +222,8 @@ class GatewayProc:
         keys, configuration and database (the MTA keeps routing to the first one's
         intake; every replica works on what any of them stored)."""
         return GatewayProc(self.workdir / name, self.domain, self.stack, self.services,
-                           self.db_url, home=self.home or self.workdir)
+                           self.db_url, home=self.home or self.workdir,
+                           languages=self.languages)
 
     def send_signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -347,7 +372,8 @@ def start_orgs(workdir: Path, services_db: str, a_db: str, b_db: str) -> Orgs:
         services = Services(workdir / "services", services_db).start()
         stack = stacking.result()
     a = GatewayProc(workdir / "a", "a.test", stack, services, a_db)
-    b = GatewayProc(workdir / "b", "b.test", stack, services, b_db)
+    b = GatewayProc(workdir / "b", "b.test", stack, services, b_db,
+                    languages={"carla@b.test": "it"})
     orgs = Orgs(stack, services, a, b, workdir)
 
     def prepare(gw: GatewayProc, *users: str) -> None:
@@ -356,7 +382,8 @@ def start_orgs(workdir: Path, services_db: str, a_db: str, b_db: str) -> Orgs:
 
     try:
         with ThreadPoolExecutor(2) as pool:
-            for done in [pool.submit(prepare, b, "bob@b.test", "carol@b.test", "dave@b.test"),
+            for done in [pool.submit(prepare, b, "bob@b.test", "carol@b.test", "dave@b.test",
+                                         "carla@b.test"),
                          pool.submit(prepare, a, "alice@a.test")]:
                 done.result()
         for gw in (a, b):  # both start at once

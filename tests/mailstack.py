@@ -141,6 +141,7 @@ class MailStack:
     imap_port: int = field(default_factory=free_port)
     imaps_port: int = field(default_factory=free_port)
     lmtp_port: int = field(default_factory=free_port)
+    auth_port: int = field(default_factory=free_port)  # Dovecot's SASL, for Postfix
     # single addresses routed by Postfix to another LMTP listener (a gateway's intake)
     routes: dict[str, int] = field(default_factory=dict)
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=PREFIX,
@@ -210,6 +211,12 @@ service imap-login {{
 service anvil {{
   chroot =
 }}
+service auth {{
+  inet_listener auth {{
+    address = 127.0.0.1
+    port = {self.auth_port}
+  }}
+}}
 service lmtp {{
   inet_listener lmtp {{
     address = 127.0.0.1
@@ -235,7 +242,7 @@ protocol lmtp {{
                                  stderr=subprocess.STDOUT, timeout=30)
         if res.returncode != 0:
             raise RuntimeError(f"dovecot did not start: {(d / 'start.log').read_text()}")
-        for port in (self.imap_port, self.imaps_port, self.lmtp_port):
+        for port in (self.imap_port, self.imaps_port, self.lmtp_port, self.auth_port):
             _wait_port(port, d / "run" / "master.pid")
 
     # --- Postfix ---------------------------------------------------------------------
@@ -294,6 +301,27 @@ maillog_file_prefixes = {ROOT}
             raise RuntimeError(f"postfix did not start: {(p / 'start.log').read_text()}")
         _wait_port(self.smtp_port, p / "queue" / "pid" / "master.pid")
 
+    def add_submission(self, port: int, relay_to: int) -> None:
+        """Postfix's own submission service on ``port``, as an organisation runs it:
+        STARTTLS required, SASL (PLAIN, LOGIN) through Dovecot, the stack's users only;
+        everything it takes goes to the SMTP server on 127.0.0.1:``relay_to`` (a
+        benchmark's smtp-sink).  Postfix is reloaded."""
+        line = (f"{port} inet n - n - - smtpd -o smtpd_tls_security_level=encrypt "
+                "-o smtpd_tls_auth_only=yes -o smtpd_sasl_auth_enable=yes "
+                "-o smtpd_sasl_type=dovecot "
+                f"-o smtpd_sasl_path=inet:127.0.0.1:{self.auth_port} "
+                "-o smtpd_relay_restrictions=permit_sasl_authenticated,reject "
+                "-o smtpd_recipient_restrictions=permit_sasl_authenticated,reject "
+                f"-o content_filter=smtp:[127.0.0.1]:{relay_to}")
+        with _ROUTING:
+            master = self.postfix_dir / "master.cf"
+            master.write_text(master.read_text() + line + "\n")
+            res = subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} reload",
+                                  "/dev/null"], capture_output=True, timeout=PATIENCE)
+        if res.returncode != 0:
+            raise RuntimeError(f"postfix reload failed: {res.stdout!r}")
+        _wait_port(port, self.postfix_dir / "queue" / "pid" / "master.pid")
+
     def _write_transport(self) -> None:
         lines = [f"{addr} lmtp:inet:127.0.0.1:{port}" for addr, port in self.routes.items()]
         lines += [f"{dom} lmtp:inet:127.0.0.1:{self.lmtp_port}" for dom in DOMAINS]
@@ -317,7 +345,7 @@ maillog_file_prefixes = {ROOT}
                         "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(tls / "server.key"),
                         "-out", str(self.cert), "-days", "2", "-subj", "/CN=127.0.0.1",
                         "-addext", "subjectAltName=IP:127.0.0.1"],
-                       check=True, capture_output=True, timeout=60)
+                       check=True, capture_output=True, timeout=PATIENCE)
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -327,8 +355,8 @@ maillog_file_prefixes = {ROOT}
         binds it: then the stack starts again on fresh ports."""
         for attempt in range(3):
             if attempt or len({*self.ports()}) < len(self.ports()):
-                self.smtp_port, self.imap_port, self.imaps_port, self.lmtp_port = \
-                    distinct_ports(4)
+                (self.smtp_port, self.imap_port, self.imaps_port, self.lmtp_port,
+                 self.auth_port) = distinct_ports(5)
             self.stop()
             if self.base.exists():
                 shutil.rmtree(self.base)
@@ -347,7 +375,7 @@ maillog_file_prefixes = {ROOT}
         raise AssertionError("unreachable")
 
     def ports(self) -> list[int]:
-        return [self.smtp_port, self.imap_port, self.imaps_port, self.lmtp_port]
+        return [self.smtp_port, self.imap_port, self.imaps_port, self.lmtp_port, self.auth_port]
 
     def _watch(self) -> None:
         """A watcher in a session of its own holds the reading end of a pipe whose writing

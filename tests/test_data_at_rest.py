@@ -25,14 +25,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ALICE, BOB, T0, pg_database, start_run
+from conftest import ALICE, BOB, T0, pg_database, start_run, stored_values
 from gateways import query
 from mailstack import PATIENCE
 
 from gateway.runs import record
 from tcms import datakeys
 from tcms.datakeys import DataKeyMismatch, DataKeyMissing
-from tcms.store import OutMessage, Store
+from tcms.store import OutMessage, Store, models
 
 PASSPHRASE = "data-at-rest-passphrase"
 
@@ -163,8 +163,7 @@ def test_rotate_reencrypt_and_retire_through_tcms(tmp_path: Path, db_url: str) -
     async def raws() -> list[bytes]:
         store = Store(db_url, data_keys=datakeys.load(keys, PASSPHRASE.encode()))
         try:
-            return [bytes(s["raw"]) for sid in (1, 2, 3)
-                    if (s := await store.get_submission(sid)) is not None]
+            return [bytes(r) for r in await stored_values(store, models.submissions.c.raw)]
         finally:
             await store.close()
 
@@ -245,7 +244,7 @@ def test_a_store_without_the_data_key_names_the_error(tmp_path: Path) -> None:
         store = Store(db_url, data_keys=datakeys.load(keys, PASSPHRASE.encode()))
         try:
             with pytest.raises(DataKeyMismatch, match=r"submissions\.raw"):
-                await store.get_submission(1)
+                await stored_values(store, models.submissions.c.raw)
         finally:
             await store.close()
 

@@ -24,5 +24,11 @@ def test_two_organisation_demo(tmp_path: Path) -> None:
         assert step in out, step
     assert "VALID evidence (received)" in out
     assert "TCMS-Certified: yes" in out and "here is the signed contract" in out
+    # the receipt as Dovecot delivered it, and openssl's verdict on its S/MIME signature
+    assert "openssl smime -verify" in out and "Verification successful" in out
+    res = subprocess.run(["openssl", "smime", "-verify", "-in", str(tmp_path / "out" /
+                          "receipt.eml"), "-CAfile", str(tmp_path / "out" / "mail-ca-a.test.pem"),
+                          "-out", "/dev/null"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
     bundle = json.loads((tmp_path / "out" / "evidence-receipt.json").read_text())
     assert bundle["holder"] == "sender" and bundle["m6"]

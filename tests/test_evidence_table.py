@@ -18,7 +18,8 @@ from tcms import evidence
 from tcms.crypto import sign
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.checks import sign_refusal, sign_resolve_request
-from tcms.protocol.messages import M3, AbortRequest, BadEscrow, Core
+from tcms.protocol.messages import M3, Core
+from tcms.protocol.ttpmessages import AbortRequest, BadEscrow
 
 M0 = b"Subject: every combination\r\n\r\nThe body.\r\n"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "evidence.md"

@@ -31,6 +31,7 @@ from gateways import (
     wait_mail,
 )
 from mailstack import PATIENCE
+from signing import text_of
 from test_data_at_rest import assert_nowhere, key_ids, mode, pg_dump, sqlite_bytes, tcms
 
 from tcms.protocol.receiver import ReceiverState
@@ -94,10 +95,10 @@ def test_accept_read_and_receipt(orgs: Orgs) -> None:
     # the sender is told at once that the mail went out for certification, with its time
     _, raw = wait_mail(imap, "alice@a.test", subject_starts("Sent for certification",
                                                             "Contract No. 7"))
-    assert b"time stamp" in raw
+    assert "time stamp" in text_of(parse(raw))
     # the recipient sees a notice, not the mail
     uid, note = notice_for(orgs, "bob@b.test", "Contract No. 7")
-    text = note.get_content()  # type: ignore[attr-defined]
+    text = text_of(note)
     assert "alice@a.test" in text and "Time-stamped" in text and "Answer by" in text
     assert not [r for _, r in messages(imap, "bob@b.test") if b"please find the contract" in r]
     move(imap, "bob@b.test", uid, "Certified.Accept")
@@ -212,7 +213,7 @@ def _receiver_run(orgs: Orgs, marker_subject: str) -> tuple[str, str, bool]:
             for r in await store.list_runs():
                 if r.role == "receiver" and r.subject == marker_subject:
                     sent = [m for m in await store.messages_of(r.cid)
-                            if m["kind"] == "m4" and m["sent_at"] is not None]
+                            if m.kind == "m4" and m.sent_at is not None]
                     return r.tx, r.phase, bool(sent)
             return "", "", False
         finally:
@@ -366,7 +367,7 @@ def test_a_20_mb_attachment(orgs: Orgs) -> None:
     t0 = time.time()
     send(orgs, sent, ["bob@b.test"])
     uid, note = notice_for(orgs, "bob@b.test", "Big drawings")
-    assert f"{len(sent) - len(b'[certified] ')} bytes" in note.get_content()  # type: ignore[attr-defined]
+    assert f"{len(sent) - len(b'[certified] ')} bytes" in text_of(note)
     move(imap, "bob@b.test", uid, "Certified.Accept")
     _, got = wait_mail(imap, "bob@b.test", original("big-8"))
     parts = [p for p in parse(got).walk() if p.get_filename() == "drawings.bin"]

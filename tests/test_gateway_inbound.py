@@ -241,8 +241,8 @@ def _sent_m3(gw: GatewayProc) -> tuple[bytes, str] | None:
             for r in await store.list_runs(owner="alice@a.test"):
                 if r.role == "sender" and r.subject == "Replay target":
                     for msg in await store.messages_of(r.cid):
-                        if msg["kind"] == "m3" and msg["sent_at"] is not None:
-                            return bytes(msg["data"]), r.tx
+                        if msg.kind == "m3" and msg.sent_at is not None:
+                            return bytes(msg.data), r.tx
             return None
         finally:
             await store.close()

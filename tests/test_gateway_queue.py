@@ -102,21 +102,21 @@ async def test_outbox_failures_back_off_then_quarantine(store: Store) -> None:
     now = T0
     for attempt in (1, 2):
         (got,) = await store.claim_outbox(now, q.lease)
-        assert got["attempts"] == attempt and got["kind"] == "m3"
-        assert await q.fail("outbox", got["id"], got["attempts"], now, "451 try later") == "retry"
+        assert got.attempts == attempt and got.kind == "m3"
+        assert await q.fail("outbox", got.id, got.attempts, now, "451 try later") == "retry"
         assert await store.claim_outbox(now + backoff(attempt) - 1, q.lease) == []
         now += backoff(attempt)
     (got,) = await store.claim_outbox(now, q.lease)
-    key = str(got["id"])
-    assert await q.fail("outbox", got["id"], got["attempts"], now, "550 no") == "quarantined"
+    key = str(got.id)
+    assert await q.fail("outbox", got.id, got.attempts, now, "550 no") == "quarantined"
     assert await store.claim_outbox(now + 10_000, q.lease) == []  # never again on its own
     entry = await q.entry("outbox", key)
     assert entry is not None and (entry.status, entry.attempts) == ("quarantined", 3)
     assert entry.last_error == "550 no"
     assert await q.retry("outbox", key, now)  # the administrator's `tcms queue retry`
     (got,) = await store.claim_outbox(now, q.lease)
-    assert got["attempts"] == 1
-    await store.outbox_done(got["id"], now)
+    assert got.attempts == 1
+    await store.outbox_done(got.id, now)
     assert await store.claim_outbox(now + 10_000, q.lease) == []
     assert not await q.retry("outbox", key, now)  # sent: nothing left to retry
     entry = await q.entry("outbox", key)
@@ -238,3 +238,96 @@ async def test_a_restarted_instance_takes_back_what_it_held(store: Store) -> Non
     again = await restarted.claim_inbound(T0 + 1)
     assert [i.id for i in again] == [held.id] and again[0].attempts == 2
     assert await Queues(store, instance="gw-3:8587").release_claims() == 0
+
+
+def _run(cid: bytes, deadline: int | None = T0) -> RunRecord:
+    return RunRecord(cid, "sender", cid.hex()[:32], "alice@a.test", "bob@b.test", "hi",
+                     "await-m4", False, deadline, b"state")
+
+
+async def test_submissions_are_claimed_retried_and_finished(store: Store) -> None:
+    q = Queues(store, lease=60, max_attempts=3)
+    sid = await store.add_submission(message_id="<1@a.test>", sender="alice@a.test",
+                                     recipients=["bob@b.test", "carol@b.test"],
+                                     subject="hi", raw=b"mail", now=T0)
+    (sub,) = await q.claim_submissions(T0)
+    assert (sub.id, sub.sender, sub.recipients, sub.raw, sub.attempts) == (
+        sid, "alice@a.test", ["bob@b.test", "carol@b.test"], b"mail", 1)
+    assert await q.claim_submissions(T0 + 59) == []  # held by the lease
+    assert await q.fail("submission", sid, sub.attempts, T0, "DC down") == "retry"
+    assert await q.claim_submissions(T0 + backoff(1) - 1) == []
+    (sub,) = await q.claim_submissions(T0 + backoff(1))
+    assert sub.attempts == 2
+    await q.finish("submission", sid, T0 + 5, status="started")
+    assert await q.claim_submissions(T0 + 10_000) == []
+    entry = await q.entry("submission", str(sid))
+    assert entry is not None and entry.status == "started" and entry.last_error == "DC down"
+
+
+async def test_a_failing_deadline_backs_off_then_waits_for_an_administrator(
+        store: Store) -> None:
+    q = Queues(store, max_attempts=2)
+    rec = await store.save_run(_run(b"d" * 32), now=T0)
+    key = f"{rec.cid.hex()}/sender"
+    assert [r.cid for r in await store.due_runs(T0)] == [rec.cid]
+    assert await q.fail("deadline", key, 1, T0, "TTP down") == "retry"
+    assert await store.due_runs(T0 + backoff(1) - 1) == []
+    assert [r.attempts for r in await store.due_runs(T0 + backoff(1))] == [1]
+    assert await q.fail("deadline", key, 2, T0 + 2, "TTP down again") == "quarantined"
+    assert await store.due_runs(T0 + 10_000) == []  # the exchange's timer waits
+    assert [e.key for e in await q.entries("deadline")] == [key]
+    assert await q.retry("deadline", key, T0 + 3)
+    (due,) = await store.due_runs(T0 + 3)
+    assert (due.attempts, due.quarantined) == (0, False)
+    with pytest.raises(ValueError, match="cannot drop"):
+        await q.drop("deadline", key, T0 + 3)
+
+
+async def test_answer_checks_fail_and_are_rescheduled(store: Store) -> None:
+    q = Queues(store, max_attempts=3)
+    await q.want_answer_check("bob@b.test", T0, T0)
+    (check,) = await q.claim_answer_checks(T0)
+    assert await q.fail("answers", check.owner, check.attempts, T0, "IMAP down") == "retry"
+    assert await q.claim_answer_checks(T0 + backoff(1) - 1) == []
+    (check,) = await q.claim_answer_checks(T0 + backoff(1))
+    assert check.attempts == 2
+    # a notice is still pending: look again later, the failures forgotten
+    await q.reschedule_answers(check.owner, T0 + 500, T0 + 2)
+    assert await q.claim_answer_checks(T0 + 499) == []
+    (check,) = await q.claim_answer_checks(T0 + 500)
+    assert check.attempts == 1
+    entry = await q.entry("answers", "bob@b.test")
+    assert entry is not None and entry.last_error is None
+    assert await q.drop("answers", "bob@b.test", T0 + 501)
+    assert await q.entry("answers", "bob@b.test") is None
+
+
+async def test_a_restarted_instance_takes_back_its_outbox_and_submissions(
+        store: Store) -> None:
+    mine = Queues(store, lease=60, instance="gw-1:8587")
+    await store.save_run(_run(b"r" * 32, None), now=T0,
+                         outbox=[OutMessage("peer", "m3", b"m3-bytes")])
+    await store.add_submission(message_id="<2@a.test>", sender="alice@a.test",
+                               recipients=["bob@b.test"], subject="s", raw=b"m", now=T0)
+    (msg,) = await store.claim_outbox(T0, mine.lease, by=mine.instance)
+    (sub,) = await mine.claim_submissions(T0)
+    other = Queues(store, instance="gw-2:8587")
+    assert await other.release_claims() == 0  # not theirs to give back
+    assert await store.claim_outbox(T0 + 1, mine.lease) == []
+    restarted = Queues(store, lease=60, instance="gw-1:8587")
+    assert await restarted.release_claims() == 2
+    (again,) = await store.claim_outbox(T0 + 1, mine.lease)
+    assert (again.id, again.attempts, again.data) == (msg.id, 2, b"m3-bytes")
+    assert [s.id for s in await restarted.claim_submissions(T0 + 1)] == [sub.id]
+
+
+async def test_an_administrator_drops_an_outbox_message_for_good(store: Store) -> None:
+    q = Queues(store)
+    await store.save_run(_run(b"x" * 32, None), now=T0,
+                         outbox=[OutMessage("ttp", "abort", b"request")])
+    (msg,) = await store.claim_outbox(T0, q.lease)
+    assert await q.drop("outbox", str(msg.id), T0 + 1)
+    assert await store.claim_outbox(T0 + 10_000, q.lease) == []
+    assert not await q.drop("outbox", str(msg.id), T0 + 2)  # already finished
+    assert [(e.event, e.detail) for e in await store.audit_entries()] == [
+        ("queue.drop", f"outbox:{msg.id}")]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DATA_KEYS
+from conftest import DATA_KEYS, stored_values
 from gateways import USERS, GatewayProc, Orgs
 from mailstack import REFUSED_HEADER, REFUSED_RCPT, MailStack, free_port
 from sqlalchemy import select
@@ -119,12 +119,7 @@ def test_certified_mail_is_stored_and_never_sent_uncertified(
     async def stored() -> list[bytes]:
         store = gateway.store()
         try:
-            out = []
-            for sid in range(1, 50):
-                sub = await store.get_submission(sid)
-                if sub:
-                    out.append(sub["raw"])
-            return out
+            return await stored_values(store, models.submissions.c.raw)
         finally:
             await store.close()
 

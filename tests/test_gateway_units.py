@@ -8,9 +8,11 @@ from email.header import Header
 
 import pytest
 from conftest import ALICE, BOB
+from signing import text_of, writer
 
 from gateway import notices
 from gateway.subject import is_tagged, strip_tag, subject_error, subject_of, without_tag
+from tcms.evidence import Verdict
 
 TAG = "[certified]"
 
@@ -83,7 +85,7 @@ def test_the_notice_says_what_and_how() -> None:
                               "2026-11-23 10:00:00 UTC", "2026-11-26 10:00:00 UTC",
                               "Certified.Accept", "Certified.Refuse",
                               "tcms+accept-x@b.test", "tcms+refuse-x@b.test")
-    raw = notices.notice(info, ALICE, "id-1")
+    raw = writer().notice(info, ALICE, "id-1")
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert str(msg["Subject"]).startswith("Certified mail from alice@a.test: Contract")
     assert len(str(msg["Subject"])) <= notices.MAX_SUBJECT + 1
@@ -91,7 +93,7 @@ def test_the_notice_says_what_and_how() -> None:
     assert msg["Reply-To"] == "tcms+accept-x@b.test"
     assert notices.notice_is_genuine(ALICE.party, "ab" * 16, "bob@b.test",
                                      str(msg[notices.NOTICE_SIG]))
-    text = msg.get_content()
+    text = text_of(msg)
     for needle in ("1234 bytes", "Certified.Accept", "Certified.Refuse", "2026-11-26",
                    "tcms+refuse-x@b.test"):
         assert needle in text
@@ -107,12 +109,15 @@ def test_the_delivered_original_keeps_every_byte() -> None:
 
 
 def test_receipt_and_status_carry_the_evidence() -> None:
-    raw = notices.receipt(owner="alice@a.test", peer="bob@b.test", subject="S", tx="t" * 32,
-                          verdict="received", statements=["bob received it"],
-                          bundle='{"format": "x"}', delivery_id="r")
+    verdict = Verdict("received", ["bob received it"], "t" * 32, "alice@a.test", "bob@b.test",
+                      "S", 1_800_000_000, 1_800_000_060)
+    raw = writer().receipt(owner="alice@a.test", peer="bob@b.test", subject="S", tx="t" * 32,
+                           verdict=verdict, bundle='{"format": "x"}', delivery_id="r",
+                           issued=1_800_000_100)
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     parts = [p for p in msg.walk() if p.get_content_type().endswith("evidence+json")]
     assert len(parts) == 1 and parts[0].get_payload(decode=True) == b'{"format": "x"}'
-    raw = notices.status("uncertifiable", owner="alice@a.test", peer="x@y.test", subject="S",
-                         text="no key", tx="", delivery_id="u")
-    assert b"NOT sent" in raw and b"Not sent:" in raw
+    raw = writer().status("uncertifiable", owner="alice@a.test", peer="x@y.test", subject="S",
+                          text="no key", tx="", delivery_id="u", issued=1_800_000_100)
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert "NOT sent" in text_of(msg) and str(msg["Subject"]).startswith("Not sent:")

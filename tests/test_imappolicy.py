@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.imapcommand import Command
 from gateway.imappolicy import Answer, Forward, HiddenFolder, after_login, keep_capabilities, vet
 from gateway.imapproxy import AFTER_LOGIN
-from gateway.imapwire import Command, CommandReader
+from gateway.imapwire import CommandReader
 
 FOLDER = HiddenFolder("TCMS", ".", "Gone-x")
 

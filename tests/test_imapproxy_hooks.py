@@ -13,7 +13,8 @@ import pytest
 from mailstack import PATIENCE
 
 from gateway import imapproxy
-from gateway.imapwire import Atom, Command, CommandReader, Continue, Limits, Reading, String
+from gateway.imapcommand import Atom, Command, Continue, Limits, Reading, String
+from gateway.imapwire import CommandReader
 
 ANY = Limits(1 << 20, 1 << 20, 1 << 20, 1 << 20)
 

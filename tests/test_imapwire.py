@@ -8,12 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import mutf7
-from gateway.imappolicy import after_login, before_login
-from gateway.imapproxy import AFTER_LOGIN, BEFORE_LOGIN
-from gateway.imapwire import (
+from gateway.imapcommand import (
     Atom,
     Command,
-    CommandReader,
     Continue,
     Event,
     LimitExceeded,
@@ -22,8 +19,10 @@ from gateway.imapwire import (
     ParenList,
     Rejected,
     String,
-    parse_args,
 )
+from gateway.imappolicy import after_login, before_login, parse_args
+from gateway.imapproxy import AFTER_LOGIN, BEFORE_LOGIN
+from gateway.imapwire import CommandReader
 
 WIDE = Limits(max_line=1 << 24, max_literal=1 << 24, max_text=1 << 26, max_command=1 << 26)
 

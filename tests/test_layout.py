@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("tcms", "gateway", "tss", "ttp", "dc", "tsrg")
 ABOVE_CORE = {"gateway", "tss", "ttp", "dc", "tsrg"}
@@ -71,3 +73,9 @@ def test_the_checker_sees_a_mutual_import(tmp_path: Path) -> None:
     known = {"a": tmp_path / "a.py", "b": tmp_path / "b.py"}
     assert _imports(known["a"], known) == {"b"}
     assert _imports(known["b"], known) == {"a"}
+
+
+@pytest.mark.parametrize("mod", sorted(_modules()))
+def test_no_module_is_over_the_size_limit(mod: str) -> None:
+    lines = len(_modules()[mod].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{mod}: {lines} lines (split it by what it holds)"

@@ -40,19 +40,10 @@ from tcms.protocol.events import (
     TimestampFailed,
     TimestampReply,
 )
-from tcms.protocol.messages import (
-    M3,
-    M5,
-    AbortRequest,
-    BadEscrow,
-    Core,
-    Description,
-    MessageError,
-    Resolved,
-    decode_ttp_answer,
-)
+from tcms.protocol.messages import M3, M5, Core, Description, MessageError
 from tcms.protocol.receiver import Receiver
 from tcms.protocol.sender import Sender
+from tcms.protocol.ttpmessages import AbortRequest, BadEscrow, Resolved, decode_ttp_answer
 from tcms.timestamp import make_request
 
 M0 = b"From: alice@a.test\r\nSubject: test\r\n\r\nhello \xe2\x9c\x93\r\n"

@@ -37,12 +37,14 @@ from tcms.crypto import sign, verify
 from tcms.identity import Identity
 from tcms.keystore import Keystore
 from tcms.protocol.events import Accept, Tick, TimestampReply
-from tcms.protocol.messages import M1, Description, decode_ttp_answer
+from tcms.protocol.messages import M1, Description
 from tcms.protocol.receiver import Receiver
 from tcms.protocol.sender import Sender
+from tcms.protocol.ttpmessages import decode_ttp_answer
 from tcms.store import Store
 from tcms.timestamp import TimestampError, token_from_reply, verify_token
 from ttp import filing
+from ttp import store as ttp_store
 
 CBOR = {"Content-Type": "application/cbor"}
 # exchanges racing at once in the race test: each posts two requests, each request may hold
@@ -417,14 +419,14 @@ async def test_abort_resolve_races_across_two_ttp_processes(workdir: Path) -> No
         try:
             outcomes = {"aborted": 0, "resolved": 0}
             for i, (cid, _, _) in enumerate(pairs):
-                d = await store.get_decision(cid)
+                d = await ttp_store.get_decision(store, cid)
                 assert d is not None
                 outcomes[d.state] += 1
                 # both racers got the one stored answer, byte for byte
                 assert answers[2 * i] == answers[2 * i + 1] == d.answer
                 assert decode_ttp_answer(d.answer).cid == cid
             assert sum(outcomes.values()) == RACES
-            assert sum((await store.count_decisions()).values()) == RACES
+            assert sum((await ttp_store.count_decisions(store)).values()) == RACES
             assert (await store.verify_audit_chain()) == (RACES, None)
             print(f"{RACES} abort/resolve races on two TTP processes: {outcomes}, one "
                   "decision each, both racers answered alike")

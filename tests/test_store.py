@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import DATA_KEYS, DEADLINES, T0, TTP, pg_database, start_run
+from conftest import DATA_KEYS, DEADLINES, T0, TTP, pg_database, start_run, stored_values
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.events import Tick
-from tcms.store import ConcurrentUpdate, OutMessage, RunRecord, Store
+from tcms.store import ConcurrentUpdate, OutMessage, RunRecord, Store, models
+from ttp import store as ttp_store
 
 
 def record(cid: bytes = b"c" * 32, **kw: object) -> RunRecord:
@@ -36,7 +37,7 @@ async def test_run_roundtrip_with_messages_and_audit(store: Store) -> None:
     got = await store.get_run(b"c" * 32, "sender")
     assert got is not None and got.state == b"state-1" and got.created_at == T0
     msgs = await store.messages_of(b"c" * 32)
-    assert [(m["direction"], m["kind"], m["data"]) for m in msgs] == [
+    assert [(m.direction, m.kind, m.data) for m in msgs] == [
         ("in", "m2", b"token"), ("out", "m3", b"m3-bytes")]
     entries = await store.audit_entries()
     assert [(e.event, e.detail) for e in entries] == [("run.created", "to bob")]
@@ -85,8 +86,8 @@ async def queue_outbox(store: Store, runs: int = 3, per_run: int = 4) -> list[in
                                      for i in range(per_run)])
     ids = []
     for r in range(runs):
-        ids += [int(m["id"]) for m in await store.messages_of(bytes([r + 1]) * 32)
-                if m["direction"] == "out"]
+        ids += [m.id for m in await store.messages_of(bytes([r + 1]) * 32)
+                if m.direction == "out"]
     return sorted(ids)
 
 
@@ -96,36 +97,36 @@ async def test_the_outbox_is_claimed_oldest_first_each_message_once(store: Store
     rows first, then updates exactly those.)"""
     ids = await queue_outbox(store)
     first = await store.claim_outbox(T0, lease=60, limit=2)
-    assert [r["id"] for r in first] == ids[:2]  # oldest first
-    assert [(r["kind"], r["data"]) for r in first] == [("m0", b"0/0"), ("m1", b"0/1")]
+    assert [r.id for r in first] == ids[:2]  # oldest first
+    assert [(r.kind, r.data) for r in first] == [("m0", b"0/0"), ("m1", b"0/1")]
     # eight workers race for the rest: nobody gets a message another one holds
     claims = await asyncio.gather(*(store.claim_outbox(T0, lease=60, limit=3)
                                     for _ in range(8)))
-    claimed = [int(r["id"]) for batch in claims for r in batch]
-    assert all(batch == sorted(batch, key=lambda r: int(r["id"])) for batch in claims)
+    claimed = [r.id for batch in claims for r in batch]
+    assert all(batch == sorted(batch, key=lambda r: r.id) for batch in claims)
     assert len(claimed) == len(set(claimed))
-    claimed += [int(r["id"]) for r in await store.claim_outbox(T0, lease=60, limit=100)]
+    claimed += [r.id for r in await store.claim_outbox(T0, lease=60, limit=100)]
     assert sorted(claimed) == ids[2:]  # every outgoing message once, no incoming one
     rows = [m for r in range(3) for m in await store.messages_of(bytes([r + 1]) * 32)
-            if m["direction"] == "out"]
-    assert {(m["claimed_until"], m["attempts"], m["sent_at"]) for m in rows} == {
+            if m.direction == "out"]
+    assert {(m.claimed_until, m.attempts, m.sent_at) for m in rows} == {
         (T0 + 60, 1, None)}
 
 
 async def test_an_outbox_lease_holds_until_it_runs_out_and_sent_is_final(
         store: Store) -> None:
     ids = await queue_outbox(store, runs=1, per_run=3)
-    assert [r["id"] for r in await store.claim_outbox(T0, lease=60)] == ids
+    assert [r.id for r in await store.claim_outbox(T0, lease=60)] == ids
     assert await store.claim_outbox(T0 + 59, lease=60) == []  # held by the lease
     await store.outbox_done(ids[1], T0 + 10)  # its worker sent it
     # the lease ran out on the others (their worker died): claimed again, one more attempt
     again = await store.claim_outbox(T0 + 60, lease=60)
-    assert [(r["id"], r["attempts"]) for r in again] == [(ids[0], 2), (ids[2], 2)]
+    assert [(r.id, r.attempts) for r in again] == [(ids[0], 2), (ids[2], 2)]
     for i in (0, 2):
         await store.outbox_done(ids[i], T0 + 61)
     assert await store.claim_outbox(T0 + 100_000, lease=60) == []  # sent is never resent
-    sent = {m["id"]: (m["sent_at"], m["claimed_until"])
-            for m in await store.messages_of(b"\x01" * 32) if m["direction"] == "out"}
+    sent = {m.id: (m.sent_at, m.claimed_until)
+            for m in await store.messages_of(b"\x01" * 32) if m.direction == "out"}
     assert sent == {ids[0]: (T0 + 61, None), ids[1]: (T0 + 10, None),
                     ids[2]: (T0 + 61, None)}
 
@@ -149,9 +150,9 @@ async def test_a_real_machine_state_survives_the_store(store: Store) -> None:
 async def test_evidence_is_stored_per_role(store: Store) -> None:
     await store.save_evidence(b"c" * 32, "sender", "received", '{"a": 1}', T0)
     await store.save_evidence(b"c" * 32, "sender", "received", '{"a": 2}', T0 + 1)
-    ev = await store.get_evidence(b"c" * 32, "sender")
-    assert ev is not None and ev["bundle"] == '{"a": 2}'
-    assert await store.get_evidence(b"c" * 32, "receiver") is None
+    ev = models.evidence.c
+    assert await stored_values(store, ev.bundle, ev.cid == b"c" * 32) == ['{"a": 2}']
+    assert await stored_values(store, ev.bundle, ev.role == "receiver") == []
 
 
 # --- the TTP's decisions ----------------------------------------------------------------
@@ -162,27 +163,27 @@ def _decision(state: str, cid: bytes = b"x" * 32, by: str = "S") -> ttp_role.Dec
 
 
 async def test_the_first_ttp_decision_stands(store: Store) -> None:
-    first = await store.record_decision(_decision("aborted"), "ttp")
-    second = await store.record_decision(_decision("resolved", by="R"), "ttp")
+    first = await ttp_store.record_decision(store, _decision("aborted"), "ttp")
+    second = await ttp_store.record_decision(store, _decision("resolved", by="R"), "ttp")
     assert first.state == second.state == "aborted"
-    assert (await store.count_decisions()) == {"aborted": 1}
+    assert (await ttp_store.count_decisions(store)) == {"aborted": 1}
 
 
 async def test_concurrent_decisions_have_exactly_one_winner(store: Store) -> None:
     racers = [_decision("aborted" if i % 2 else "resolved", by="SR"[i % 2]) for i in range(20)]
-    results = await asyncio.gather(*(store.record_decision(d, "ttp") for d in racers))
+    results = await asyncio.gather(*(ttp_store.record_decision(store, d, "ttp") for d in racers))
     assert len({r.state for r in results}) == 1
-    assert sum((await store.count_decisions()).values()) == 1
+    assert sum((await ttp_store.count_decisions(store)).values()) == 1
 
 
 async def test_decisions_and_audit_log_are_append_only(store: Store) -> None:
-    await store.record_decision(_decision("aborted"), "ttp")
+    await ttp_store.record_decision(store, _decision("aborted"), "ttp")
     for stmt in ("UPDATE ttp_decisions SET state = 'resolved'", "DELETE FROM ttp_decisions",
                  "UPDATE audit_log SET detail = 'forged'", "DELETE FROM audit_log"):
         with pytest.raises((IntegrityError, OperationalError, DBAPIError)):
             async with store.transaction() as conn:
                 await conn.execute(text(stmt))
-    assert (await store.count_decisions()) == {"aborted": 1}
+    assert (await ttp_store.count_decisions(store)) == {"aborted": 1}
     assert len(await store.audit_entries()) == 1
 
 
@@ -235,8 +236,8 @@ async def test_two_gateway_replicas_on_one_postgres_claim_each_message_once() ->
             ids = await queue_outbox(a, runs=4, per_run=5)
             claims = await asyncio.gather(*(s.claim_outbox(T0, lease=60, limit=3)
                                             for _ in range(6) for s in (a, b)))
-            claimed = [int(r["id"]) for batch in claims for r in batch]
-            claimed += [int(r["id"]) for r in await b.claim_outbox(T0, lease=60, limit=100)]
+            claimed = [r.id for batch in claims for r in batch]
+            claimed += [r.id for r in await b.claim_outbox(T0, lease=60, limit=100)]
             assert sorted(claimed) == ids  # each outgoing message by one replica, once
         finally:
             await a.close()
@@ -251,13 +252,14 @@ async def test_two_stores_on_one_postgres_race_for_decisions() -> None:
         try:
             decisions = [_decision("aborted", cid=bytes([i]) * 32) for i in range(30)]
             rivals = [_decision("resolved", cid=bytes([i]) * 32, by="R") for i in range(30)]
-            res = await asyncio.gather(*(a.record_decision(d, TTP.name) for d in decisions),
-                                       *(b.record_decision(d, TTP.name) for d in rivals))
+            res = await asyncio.gather(
+                *(ttp_store.record_decision(a, d, TTP.name) for d in decisions),
+                *(ttp_store.record_decision(b, d, TTP.name) for d in rivals))
             by_cid: dict[bytes, set[str]] = {}
             for r in res:
                 by_cid.setdefault(r.cid, set()).add(r.state)
             assert all(len(states) == 1 for states in by_cid.values())
-            assert sum((await a.count_decisions()).values()) == 30
+            assert sum((await ttp_store.count_decisions(a)).values()) == 30
             assert (await a.verify_audit_chain()) == (30, None)
         finally:
             await a.close()

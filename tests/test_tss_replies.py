@@ -12,6 +12,7 @@ import httpx
 import pytest
 from conftest import ALICE, BOB, DATA_KEYS, DEADLINES, T0, TRUST
 from fakehttp import serve
+from signing import writer
 
 from gateway import dispatch
 from gateway.context import GatewayContext
@@ -72,7 +73,7 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
         async with httpx.AsyncClient() as http:
             ctx = GatewayContext(Settings(tss=TssConfig(url=url)), store, keystore, ALICE, TRUST,
                                  dc=None, upstream=None, imap=None,  # type: ignore[arg-type]
-                                 http=http, queues=Queues(store))
+                                 http=http, queues=Queues(store), writer=writer())
             (row,) = await store.claim_outbox(T0 + 1, dispatch.LEASE)
             await dispatch.dispatch(ctx, row, T0 + 1)
     assert tss.requests == [("POST", "/m1")]  # asked once, not again
@@ -80,10 +81,10 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
         run = await store.get_run(sender.cid, "sender")
         assert run is not None and run.phase == "failed"
         rows = await store.messages_of(sender.cid)
-        m1 = [r for r in rows if r["kind"] == "m1"]
-        assert len(m1) == 1 and m1[0]["sent_at"] == T0 + 1 and m1[0]["attempts"] == 1
+        m1 = [r for r in rows if r.kind == "m1"]
+        assert len(m1) == 1 and m1[0].sent_at == T0 + 1 and m1[0].attempts == 1
         pending = await store.claim_outbox(T0 + 2, dispatch.LEASE)
-        assert [(r["destination"], r["kind"]) for r in pending] == [("mailbox", "failed")]
-        assert why.encode() in bytes(pending[0]["data"])
+        assert [(r.destination, r.kind) for r in pending] == [("mailbox", "failed")]
+        assert why.encode() in bytes(pending[0].data)
     finally:
         await store.close()

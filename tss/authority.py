@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tcms import der, token_layout
 from tcms.timestamp import TimeStampResp
 from tcms.token_layout import OID_TST_INFO
+from tss.request import HASH_LENGTHS, TsRequest, read_common
 
 OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
 OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
@@ -31,7 +32,6 @@ OID_SIGNING_CERT_V2 = "1.2.840.113549.1.9.16.2.47"
 
 # A UUID-derived OID (ITU-T X.667, arc 2.25) naming the TCMS time-stamping policy.
 POLICY_OID = "2.25.142144126307827040010324908873667743154"
-HASH_LENGTHS = {"sha256": 32, "sha384": 48, "sha512": 64}
 
 
 @dataclass(frozen=True)
@@ -166,10 +166,18 @@ class TimeStampAuthority:
         self._attr_content_type = der.seq(der.oid(OID_CONTENT_TYPE),
                                           der.set_of(der.oid(OID_TST_INFO)))
         self._attr_ess = der.seq(der.oid(OID_SIGNING_CERT_V2), der.set_of(self._ess.dump()))
+        self._oid_message_digest = der.oid(OID_MESSAGE_DIGEST)
+        self._ecdsa_sha256 = ec.ECDSA(hashes.SHA256())
+        self._last_time: tuple[dt.datetime, bytes, bytes] | None = None
 
-    def parse_request(self, request: bytes) -> tsp.TimeStampReq:
+    def parse_request(self, request: bytes) -> TsRequest:
         """A DER TimeStampReq (RFC 3161 section 3.4), parsed in full now so that nothing
-        malformed is found later; anything else is a RequestRejected naming its failInfo."""
+        malformed is found later; anything else is a RequestRejected naming its failInfo.
+        The usual form is read directly (tss/request.py), any other by asn1crypto."""
+        common = read_common(request, self._policy_der)
+        return common if common is not None else self._parse_any(request)
+
+    def _parse_any(self, request: bytes) -> TsRequest:
         try:
             req = tsp.TimeStampReq.load(request, strict=True)
             req.native  # noqa: B018 - parse every field (asn1crypto parses lazily)
@@ -193,7 +201,10 @@ class TimeStampAuthority:
             raise RequestRejected("unaccepted_policy", f"policy {req_policy} is not offered")
         if has_ext:
             raise RequestRejected("unaccepted_extensions", "request extensions are not supported")
-        return req
+        nonce = req["nonce"].native
+        return TsRequest(alg, imprint, req["message_imprint"].dump(), nonce,
+                         req["nonce"].dump() if nonce is not None else b"",
+                         bool(req["cert_req"].native))
 
     def stamp(self, request: bytes, *, now: dt.datetime, serial: int) -> Stamp:
         """Answer one request.  ``serial`` must be fresh (the caller's durable counter)."""
@@ -202,8 +213,7 @@ class TimeStampAuthority:
         except RequestRejected as exc:
             return Stamp(self.rejection(exc.fail_info, str(exc)), None, None, None, str(exc))
         token = self.issue(req, now=now, serial=serial)
-        return Stamp(granted(token), token, serial,
-                     req["message_imprint"]["hashed_message"].native)
+        return Stamp(granted(token), token, serial, req.imprint)
 
     @staticmethod
     def rejection(fail_info: str, text: str) -> bytes:
@@ -219,26 +229,30 @@ class TimeStampAuthority:
             ).dump()
         )
 
-    def issue(self, req: tsp.TimeStampReq, *, now: dt.datetime, serial: int) -> bytes:
+    def issue(self, req: TsRequest, *, now: dt.datetime, serial: int) -> bytes:
         """A token (DER ContentInfo) for a parsed request: cached DER fragments around a
         fresh TSTInfo, signed attributes and signature, in the one layout of
         tcms/token_layout.py."""
+        gen_time, signing_time = self._times(now)
         tst_der = der.seq(
-            der.integer(1), self._policy_der, req["message_imprint"].dump(),
-            der.integer(serial), der.generalized_time(now), self._accuracy_der,
-            req["nonce"].dump() if req["nonce"].native is not None else b"",
-            self._tsa_name_der)
-        attrs = [
-            self._attr_content_type,
-            der.seq(der.oid(OID_SIGNING_TIME), der.set_of(der.utc_time(now))),
-            der.seq(der.oid(OID_MESSAGE_DIGEST),
+            b"\x02\x01\x01", self._policy_der, req.imprint_der, der.integer(serial), gen_time,
+            self._accuracy_der, req.nonce_der, self._tsa_name_der)
+        signed_attrs = der.set_of(
+            self._attr_content_type, signing_time,
+            der.seq(self._oid_message_digest,
                     der.set_of(der.octets(hashlib.sha256(tst_der).digest()))),
-            self._attr_ess,
-        ]
-        signed_attrs = der.set_of(*attrs)  # signed as a SET (tag 0x31), carried as [0]
-        signature = self.creds.tsa_key.sign(signed_attrs, ec.ECDSA(hashes.SHA256()))
+            self._attr_ess)  # signed as a SET (tag 0x31), carried as [0]
+        signature = self.creds.tsa_key.sign(signed_attrs, self._ecdsa_sha256)
         return token_layout.signed_data_token(
             digest_alg=self._sha256_der, tst_info=tst_der,
-            certificates=self._certset_der if req["cert_req"].native else b"",
+            certificates=self._certset_der if req.cert_req else b"",
             sid=self._sid_der, signed_attrs=signed_attrs, signature_alg=self._ecdsa_der,
             signature=signature)
+
+    def _times(self, now: dt.datetime) -> tuple[bytes, bytes]:
+        """genTime and the signingTime attribute for ``now``: the tokens of one group
+        commit share them, so they are encoded once."""
+        if self._last_time is None or self._last_time[0] != now:
+            self._last_time = (now, der.generalized_time(now), der.seq(
+                der.oid(OID_SIGNING_TIME), der.set_of(der.utc_time(now))))
+        return self._last_time[1], self._last_time[2]

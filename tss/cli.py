@@ -36,8 +36,8 @@ def tss_init(ctx: click.Context, force: bool) -> None:
 
 def listeners(settings: Settings, store: Store) -> list[Listener]:
     """The RFC 3161 authority over HTTP(S), as configured in [tss]."""
+    from tss.api import create_app
     from tss.authority import TimeStampAuthority
-    from tss.service import create_app
 
     try:
         tsa = TimeStampAuthority(credentials.load(settings.keys.dir, passphrase_of(settings)))

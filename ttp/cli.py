@@ -19,6 +19,7 @@ from tcms.config import Settings
 from tcms.keystore import Keystore, KeystoreError
 from tcms.store import Store
 from tcms.web import Listener
+from ttp import store as ttp_store
 
 
 @click.group()
@@ -32,7 +33,7 @@ def ttp_audit(ctx: click.Context) -> None:
     """Check the hash chain of the append-only audit log."""
     async def go(store: Store) -> tuple[int, str | None, dict[str, int]]:
         n, bad = await store.verify_audit_chain()
-        return n, bad, await store.count_decisions()
+        return n, bad, await ttp_store.count_decisions(store)
 
     n, bad, counts = with_store(ctx, go)
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no decisions"
@@ -97,7 +98,7 @@ def listeners(settings: Settings, store: Store) -> list[Listener]:
     """The TTP's API over HTTP(S), as configured in [ttp]."""
     from tcms.protocol.checks import Trust
     from tss import credentials
-    from ttp.service import DisputeLimits, create_app
+    from ttp.api import DisputeLimits, create_app
 
     passphrase = passphrase_of(settings)
     try:

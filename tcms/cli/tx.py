@@ -55,8 +55,7 @@ def tx_show(ctx: click.Context, tx_id: str) -> None:
         click.echo(f"  phase {run.phase}{' (ended)' if run.terminal else ''}, next deadline "
                    f"{_when(run.deadline)}, updated {_when(run.updated_at)}")
         for m in msgs:
-            click.echo(f"  {_when(m['at'])} {m['direction']:3} {m['kind']:10} "
-                       f"{len(m['data'])} bytes")
+            click.echo(f"  {_when(m.at)} {m.direction:3} {m.kind:10} {len(m.data)} bytes")
 
 
 @tx.command("export")

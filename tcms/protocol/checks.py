@@ -32,20 +32,17 @@ from tcms.protocol.messages import (
     M4,
     M5,
     M6,
-    Aborted,
-    BadEscrow,
     Core,
     Deadlines,
     Description,
     Header,
     MessageError,
     Refusal,
-    Resolved,
-    ResolveRequest,
-    TTPAnswer,
+    Signed,
     parse_plaintext,
     plaintext,
 )
+from tcms.protocol.ttpmessages import Aborted, BadEscrow, Resolved, ResolveRequest, TTPAnswer
 from tcms.timestamp import TimestampError, TokenInfo, verify_token
 
 # Step tags of key wraps.
@@ -199,24 +196,33 @@ def check_m3(me: Identity, m3: M3, trust: Trust, now: int,
 # --- m4, m5, m6, refusal ----------------------------------------------------------------
 
 
+def _check_by_recipient(core: Core, msg: Signed, check: str, step: str, over: bytes,
+                        name: str = "") -> None:
+    """A message R signs over ``(step, cid, H(over))``: m4 and the refusal over EOO, m6 over
+    m5.  ``check`` names the failed check (``m4.cid``, ``m4.sig``...)."""
+    if not ct_equal(msg.cid, core.cid):
+        raise ProtocolError(f"{check}.cid", f"{name or check} belongs to another exchange")
+    check_sig(f"{check}.sig", core.header.recipient.sig_pk, msg.sig, step, core.cid, h(over))
+
+
+def _sign_as_recipient(me: Identity, core: Core, step: str, over: bytes) -> bytes:
+    return sign(me.sig_key, step, core.cid, h(over))
+
+
 def check_m4(core: Core, eoo: bytes, m4: M4) -> None:
-    if not ct_equal(m4.cid, core.cid):
-        raise ProtocolError("m4.cid", "m4 belongs to another exchange")
-    check_sig("m4.sig", core.header.recipient.sig_pk, m4.sig, "M4", core.cid, h(eoo))
+    _check_by_recipient(core, m4, "m4", "M4", eoo)
 
 
 def sign_m4(me: Identity, core: Core, eoo: bytes) -> M4:
-    return M4(core.cid, sign(me.sig_key, "M4", core.cid, h(eoo)))
+    return M4(core.cid, _sign_as_recipient(me, core, "M4", eoo))
 
 
 def check_refusal(core: Core, eoo: bytes, refusal: Refusal) -> None:
-    if not ct_equal(refusal.cid, core.cid):
-        raise ProtocolError("refusal.cid", "the refusal belongs to another exchange")
-    check_sig("refusal.sig", core.header.recipient.sig_pk, refusal.sig, "REFUSE", core.cid, h(eoo))
+    _check_by_recipient(core, refusal, "refusal", "REFUSE", eoo, "the refusal")
 
 
 def sign_refusal(me: Identity, core: Core, eoo: bytes) -> Refusal:
-    return Refusal(core.cid, sign(me.sig_key, "REFUSE", core.cid, h(eoo)))
+    return Refusal(core.cid, _sign_as_recipient(me, core, "REFUSE", eoo))
 
 
 def make_m5(me: Identity, core: Core, k_t: bytes) -> M5:
@@ -232,11 +238,17 @@ def check_m5_signature(core: Core, m5: M5) -> None:
 
 def open_m5(me: Identity, core: Core, m5: M5) -> bytes:
     check_m5_signature(core, m5)
+    return _unwrap_k_t(me, core, m5.w5, WRAP_M5, "m5.key")
+
+
+def _unwrap_k_t(me: Identity, core: Core, wrapped: bytes, label: str, check: str) -> bytes:
+    """k_T as R unwraps it (from m5, or from the TTP's release), checked against its
+    commitment hK_T; a failure is the named ``check``."""
     try:
-        k_t = unwrap(me.enc_key, m5.w5, WRAP_M5, core.header.digest)
+        k_t = unwrap(me.enc_key, wrapped, label, core.header.digest)
         check_commitment("kT", core.header.tx, k_t, core.hk_t)
     except CryptoError as exc:
-        raise ProtocolError("m5.key", str(exc)) from None
+        raise ProtocolError(check, str(exc)) from None
     return k_t
 
 
@@ -248,13 +260,11 @@ def sign_resolve_request(me: Identity, by: str, core: Core, token: bytes, eoo: b
 
 
 def check_m6(core: Core, m5: bytes, m6: M6) -> None:
-    if not ct_equal(m6.cid, core.cid):
-        raise ProtocolError("m6.cid", "m6 belongs to another exchange")
-    check_sig("m6.sig", core.header.recipient.sig_pk, m6.sig, "M6", core.cid, h(m5))
+    _check_by_recipient(core, m6, "m6", "M6", m5)
 
 
 def sign_m6(me: Identity, core: Core, m5: bytes) -> M6:
-    return M6(core.cid, sign(me.sig_key, "M6", core.cid, h(m5)))
+    return M6(core.cid, _sign_as_recipient(me, core, "M6", m5))
 
 
 def decrypt_payload(core: Core, c: bytes, k_r: bytes, k_t: bytes) -> bytes:
@@ -299,12 +309,7 @@ def check_ttp_answer(core: Core, answer: TTPAnswer, trust: Trust) -> None:
 
 
 def open_release(me: Identity, core: Core, resolved: Resolved) -> bytes:
-    try:
-        k_t = unwrap(me.enc_key, resolved.w_t, WRAP_RELEASE, core.header.digest)
-        check_commitment("kT", core.header.tx, k_t, core.hk_t)
-    except CryptoError as exc:
-        raise ProtocolError("ttp.release", str(exc)) from None
-    return k_t
+    return _unwrap_k_t(me, core, resolved.w_t, WRAP_RELEASE, "ttp.release")
 
 
 MAX_HORIZON = 366 * 86400  # no exchange may stay open longer than this

@@ -3,8 +3,8 @@ failing a check is ignored with its reason and changes nothing."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
+from dataclasses import KW_ONLY, dataclass, replace
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from tcms.identity import Identity
 from tcms.protocol.checks import ProtocolError, Trust
@@ -13,13 +13,27 @@ from tcms.protocol.messages import MessageError
 from tcms.protocol.state import dump_state, load_state
 from tcms.timestamp import TimestampError
 
-
-class PhasedState(Protocol):
-    @property
-    def phase(self) -> str: ...
+RETRY_SECONDS = 60  # a machine waiting for the TTP asks again this often
 
 
-StateT = TypeVar("StateT", bound=PhasedState)
+@dataclass(frozen=True)
+class ExchangeState:
+    """What both roles keep of an exchange: the phase, the later messages and the TTP's
+    answer as they arrive, when to ask the TTP again, and why the run ended.  (Stored as a
+    CBOR map by field name: tcms/protocol/state.py.)"""
+
+    phase: str
+    _: KW_ONLY
+    m4: bytes | None = None
+    m5: bytes | None = None
+    m6: bytes | None = None
+    refusal: bytes | None = None
+    ttp_answer: bytes | None = None
+    retry_at: int | None = None
+    reason: str = ""
+
+
+StateT = TypeVar("StateT", bound=ExchangeState)
 
 
 class RoleMachine(Generic[StateT]):
@@ -47,7 +61,7 @@ class RoleMachine(Generic[StateT]):
         return self.state.phase in self.TERMINAL
 
     def _set(self, **changes: object) -> None:
-        self.state = replace(self.state, **changes)  # type: ignore[type-var]
+        self.state = replace(self.state, **changes)  # type: ignore[arg-type]
 
     def handle(self, event: Event, now: int) -> list[Action]:
         """Apply one event at time ``now``; return what to do.  A message or event that

@@ -32,43 +32,29 @@ from tcms.protocol.events import (
     Send,
     Tick,
 )
-from tcms.protocol.machine import RoleMachine
-from tcms.protocol.messages import (
-    M3,
-    M5,
+from tcms.protocol.machine import RETRY_SECONDS, ExchangeState, RoleMachine
+from tcms.protocol.messages import M3, M5, Core, message_type
+from tcms.protocol.ttpmessages import (
     Aborted,
     BadEscrow,
-    Core,
     Rejection,
     Resolved,
     ResolveRequest,
     decode_ttp_answer,
-    message_type,
 )
-
-RETRY_SECONDS = 60
-TERMINAL = ("done", "refused", "expired", "aborted", "rejected", "cheated", "failed")
 
 
 @dataclass(frozen=True)
-class ReceiverState:
-    phase: str
+class ReceiverState(ExchangeState):
     m3: bytes
     sent_at: int = 0
     k_r: bytes | None = None
     k_t: bytes | None = None
-    m4: bytes | None = None
-    m5: bytes | None = None
-    m6: bytes | None = None
-    refusal: bytes | None = None
-    ttp_answer: bytes | None = None
-    retry_at: int | None = None
-    reason: str = ""
 
 
 class Receiver(RoleMachine[ReceiverState]):
     STATE = ReceiverState
-    TERMINAL = TERMINAL
+    TERMINAL = ("done", "refused", "expired", "aborted", "rejected", "cheated", "failed")
 
     def __init__(self, me: Identity, trust: Trust, state: ReceiverState) -> None:
         super().__init__(me, trust, state)

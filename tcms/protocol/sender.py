@@ -33,34 +33,31 @@ from tcms.protocol.events import (
     TimestampFailed,
     TimestampReply,
 )
-from tcms.protocol.machine import RoleMachine
+from tcms.protocol.machine import RETRY_SECONDS, ExchangeState, RoleMachine
 from tcms.protocol.messages import (
     M1,
     M3,
     M4,
     M6,
-    Aborted,
-    AbortRequest,
-    BadEscrow,
     Core,
     Deadlines,
     Description,
     Refusal,
-    Rejection,
+    message_type,
+)
+from tcms.protocol.ttpmessages import (
+    Aborted,
+    AbortRequest,
+    BadEscrow,
     Resolved,
     ResolveRequest,
     decode_ttp_answer,
-    message_type,
 )
 from tcms.timestamp import TimestampError, make_request, token_from_reply, verify_token
 
-RETRY_SECONDS = 60
-TERMINAL = ("done", "aborted", "failed")
-
 
 @dataclass(frozen=True)
-class SenderState:
-    phase: str
+class SenderState(ExchangeState):
     core: bytes
     c: bytes
     e_r: bytes
@@ -71,20 +68,13 @@ class SenderState:
     nonce: int
     token: bytes | None = None
     eoo: bytes | None = None
-    m4: bytes | None = None
-    m5: bytes | None = None
-    m6: bytes | None = None
-    refusal: bytes | None = None
-    ttp_answer: bytes | None = None
     receipt_tsq: bytes | None = None
     receipt_token: bytes | None = None
-    retry_at: int | None = None
-    reason: str = ""
 
 
 class Sender(RoleMachine[SenderState]):
     STATE = SenderState
-    TERMINAL = TERMINAL
+    TERMINAL = ("done", "aborted", "failed")
 
     def __init__(self, me: Identity, trust: Trust, state: SenderState) -> None:
         super().__init__(me, trust, state)
@@ -216,27 +206,8 @@ class Sender(RoleMachine[SenderState]):
     def _on_received(self, data: bytes, now: int) -> list[Action]:
         kind = message_type(data)
         st = self.state
-        if kind == "M4":
-            m4 = M4.decode(data)
-            if st.phase != "await-m4":
-                return [Ignored(f"sender: m4 in phase {st.phase}", repeat=True)]
-            assert st.eoo is not None
-            checks.check_m4(self.core, st.eoo, m4)
-            if now > self.core.header.deadlines.accept_by:
-                # too late: the abort has priority; treat like the deadline
-                return self._abort(now, "m4 arrived after the accept deadline")
-            m5 = checks.make_m5(self.me, self.core, st.k_t).encode()
-            self._set(m4=data, m5=m5, phase="await-m6")
-            return [Send("peer", "m5", m5)]
-        if kind == "REFUSE":
-            refusal = Refusal.decode(data)
-            if st.phase != "await-m4":
-                return [Ignored(f"sender: refusal in phase {st.phase}", repeat=True)]
-            assert st.eoo is not None
-            checks.check_refusal(self.core, st.eoo, refusal)
-            self._set(refusal=data)
-            return [*self._abort(now, "refused by the recipient"),
-                    Notify("refused", f"{self.core.header.recipient.name} refused the mail")]
+        if kind in ("M4", "REFUSE"):
+            return self._on_answer(kind, data, now)
         if kind == "M6":
             m6 = M6.decode(data)
             if st.phase not in ("await-m6", "resolving") or st.m6 is not None:
@@ -250,6 +221,27 @@ class Sender(RoleMachine[SenderState]):
         if kind in ("ABORTED", "RESOLVED", "BAD-ESCROW", "REJECTED"):
             return self._on_ttp(data)
         return [Ignored(f"sender: unexpected message {kind}")]
+
+    def _on_answer(self, kind: str, data: bytes, now: int) -> list[Action]:
+        """R's answer to m3: m4 (accepted) or a refusal, each only while S waits for it."""
+        answer = M4.decode(data) if kind == "M4" else Refusal.decode(data)
+        st = self.state
+        if st.phase != "await-m4":
+            what = "m4" if kind == "M4" else "refusal"
+            return [Ignored(f"sender: {what} in phase {st.phase}", repeat=True)]
+        assert st.eoo is not None
+        if isinstance(answer, Refusal):
+            checks.check_refusal(self.core, st.eoo, answer)
+            self._set(refusal=data)
+            return [*self._abort(now, "refused by the recipient"),
+                    Notify("refused", f"{self.core.header.recipient.name} refused the mail")]
+        checks.check_m4(self.core, st.eoo, answer)
+        if now > self.core.header.deadlines.accept_by:
+            # too late: the abort has priority; treat like the deadline
+            return self._abort(now, "m4 arrived after the accept deadline")
+        m5 = checks.make_m5(self.me, self.core, st.k_t).encode()
+        self._set(m4=data, m5=m5, phase="await-m6")
+        return [Send("peer", "m5", m5)]
 
     def _on_ttp(self, data: bytes) -> list[Action]:
         st = self.state
@@ -275,6 +267,5 @@ class Sender(RoleMachine[SenderState]):
         if isinstance(answer, BadEscrow):
             self._set(phase="failed", ttp_answer=data, reason=f"bad escrow: {answer.reason}")
             return [Notify("failed", f"the TTP found the escrow invalid: {answer.reason}")]
-        assert isinstance(answer, Rejection)
         self._set(phase="failed", ttp_answer=data, reason=f"TTP rejected: {answer.reason}")
         return [Notify("failed", f"the TTP rejected the request: {answer.reason}")]

@@ -16,20 +16,16 @@ from tcms.crypto import check_commitment as _check_commitment
 from tcms.identity import Identity
 from tcms.protocol import checks
 from tcms.protocol.checks import ProtocolError, Trust
-from tcms.protocol.messages import (
+from tcms.protocol.messages import M4, M5, Core, MessageError, message_type
+from tcms.protocol.ttpmessages import (
     DELIVERED,
-    M4,
-    M5,
     MADE_AVAILABLE,
     Aborted,
     AbortRequest,
     BadEscrow,
-    Core,
-    MessageError,
     Rejection,
     Resolved,
     ResolveRequest,
-    message_type,
 )
 
 ABORTED = "aborted"

@@ -5,97 +5,32 @@ Concurrency rules, so that several gateway or TTP processes can share one Postgr
   ``ConcurrentUpdate`` and the caller reloads and retries;
 - a run's state, the messages it sends (the outbox) and its audit entries are written in
   one transaction, so a crash never leaves a message sent without the state that sent it;
-- a TTP decision is an INSERT on its primary key: the first one wins, the others read it;
 - the audit chain is appended under a transaction-scoped lock (PostgreSQL advisory lock).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tcms.crypto import h
 from tcms.datakeys import DataKeys
-from tcms.protocol.ttp import Decision
+from tcms.store import audit as audit_chain
 from tcms.store import encrypted
 from tcms.store import models as m
-
-log = logging.getLogger("tcms.store")
-AUDIT_LOCK = 0x7C3A_0001
-GENESIS = "0" * 64
-
-
-class ConcurrentUpdate(Exception):
-    """Another process changed the run first; reload and retry."""
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    cid: bytes
-    role: str
-    tx: str
-    owner: str
-    peer: str
-    subject: str
-    phase: str
-    terminal: bool
-    deadline: int | None
-    state: bytes
-    version: int = 0
-    submission_id: int | None = None
-    created_at: int = 0
-    updated_at: int = 0
-    # the deadline as a unit of work (see gateway/queue.py)
-    attempts: int = 0
-    next_attempt: int | None = None
-    last_error: str | None = None
-    quarantined: bool = False
-
-
-@dataclass(frozen=True)
-class OutMessage:
-    destination: str  # peer | tss | ttp | mailbox (a mail for the local user to see)
-    kind: str
-    data: bytes
-    owner: str | None = None
-    peer: str | None = None
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    seq: int
-    at: int
-    actor: str
-    event: str
-    cid: str | None
-    detail: str
-    prev_hash: str
-    hash: str
-
-
-def _entry_hash(prev: str, seq: int, at: int, actor: str, ev: str, cid: str | None,
-                detail: str) -> str:
-    body = json.dumps([prev, seq, at, actor, ev, cid, detail], separators=(",", ":"))
-    return h(body.encode()).hex()
-
-
-def normalise_url(url: str) -> str:
-    """Accept plain ``sqlite:///`` and ``postgresql://`` URLs and pick the async drivers."""
-    if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+asyncpg://" + url.split("://", 1)[1]
-    return url
+from tcms.store.engine import create_engine, normalise_url
+from tcms.store.records import (
+    AuditEntry,
+    ConcurrentUpdate,
+    OutMessage,
+    RunRecord,
+    StoredMessage,
+)
 
 
 class Store:
@@ -108,17 +43,7 @@ class Store:
                  data_keys: DataKeys | None = None) -> None:
         self.url = normalise_url(url)
         self.is_postgres = self.url.startswith("postgresql")
-        if self.url.startswith("sqlite"):
-            path = self.url.split(":///", 1)[1]
-            if path and path != ":memory:" and not path.startswith("file:"):
-                private_sqlite_file(Path(path))
-            self.engine: AsyncEngine = create_async_engine(
-                self.url, echo=echo, connect_args={"timeout": 30})
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
-        else:
-            self.engine = create_async_engine(self.url, echo=echo, pool_size=10,
-                                              max_overflow=20)
+        self.engine: AsyncEngine = create_engine(self.url, echo=echo)
         self.data_keys = data_keys
 
     @property
@@ -153,18 +78,6 @@ class Store:
                 message_id=message_id, sender=sender, recipients=json.dumps(recipients),
                 subject=subject, raw=raw, created_at=now).returning(m.submissions.c.id))
             return int(res.scalar_one())
-
-    async def get_submission(self, sid: int) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(
-                select(m.submissions).where(m.submissions.c.id == sid))).mappings().first()
-            return dict(row) if row else None
-
-    async def new_submissions(self, limit: int = 20) -> list[dict[str, Any]]:
-        q = (select(m.submissions).where(m.submissions.c.status == "new")
-             .order_by(m.submissions.c.id).limit(limit))
-        async with self.engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(q)).mappings().all()]
 
     async def start_submission(self, sid: int, runs: Sequence[tuple[RunRecord,
                                Sequence[OutMessage]]], notices: Sequence[OutMessage], *,
@@ -288,7 +201,7 @@ class Store:
     # --- outbox ----------------------------------------------------------------------
 
     async def claim_outbox(self, now: int, lease: int, limit: int = 50,
-                           by: str | None = None) -> list[dict[str, Any]]:
+                           by: str | None = None) -> list[StoredMessage]:
         """Claim unsent outbox messages for ``lease`` seconds, oldest first, in one
         statement (PostgreSQL: rows another worker is claiming are skipped).  A message
         whose lease ran out (its worker died) is claimed again: delivery is at least once,
@@ -308,7 +221,7 @@ class Store:
                 update(t).where(t.c.id.in_(ids), pending, free)
                 .values(claimed_until=now + lease, attempts=t.c.attempts + 1, claimed_by=by)
                 .returning(*t.c))).mappings().all()
-        return sorted((dict(r) for r in rows), key=lambda r: int(r["id"]))
+        return sorted((StoredMessage(**r) for r in rows), key=lambda r: r.id)
 
     async def release_outbox_claims(self, by: str) -> int:
         """A gateway instance (re)starting gives back the outbox messages it held when it
@@ -325,11 +238,12 @@ class Store:
             await conn.execute(update(m.messages).where(m.messages.c.id == message_id)
                                .values(sent_at=now, claimed_until=None, last_error=None))
 
-    async def messages_of(self, cid: bytes) -> list[dict[str, Any]]:
+    async def messages_of(self, cid: bytes) -> list[StoredMessage]:
+        """Every message of an exchange, received and sent, oldest first."""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(m.messages).where(
                 m.messages.c.cid == cid).order_by(m.messages.c.id))).mappings().all()
-            return [dict(r) for r in rows]
+        return [StoredMessage(**r) for r in rows]
 
     # --- evidence --------------------------------------------------------------------
 
@@ -341,70 +255,13 @@ class Store:
             await conn.execute(insert(m.evidence).values(
                 cid=cid, role=role, verdict=verdict, bundle=bundle, created_at=now))
 
-    async def get_evidence(self, cid: bytes, role: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(m.evidence).where(
-                m.evidence.c.cid == cid, m.evidence.c.role == role))).mappings().first()
-            return dict(row) if row else None
-
-    # --- TTP decisions ---------------------------------------------------------------
-
-    async def get_decision(self, cid: bytes) -> Decision | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(m.ttp_decisions).where(
-                m.ttp_decisions.c.cid == cid))).mappings().first()
-        return Decision(**row) if row else None
-
-    async def record_decision(self, d: Decision, actor: str) -> Decision:
-        """Insert the decision unless one exists; return the one that stands."""
-        try:
-            async with self.transaction() as conn:
-                await conn.execute(insert(m.ttp_decisions).values(**d.__dict__))
-                await self.append_audit(conn, d.at, actor, f"ttp.{d.state}", d.cid.hex(),
-                                         f"requested by {d.by}; S={d.sender} R={d.recipient}")
-            return d
-        except IntegrityError:
-            existing = await self.get_decision(d.cid)
-            assert existing is not None
-            return existing
-
-    async def count_decisions(self) -> dict[str, int]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(m.ttp_decisions.c.state, func.count()).group_by(
-                m.ttp_decisions.c.state))).all()
-        return {str(s): int(n) for s, n in rows}
-
-    # --- TSS log ---------------------------------------------------------------------
-
-    async def issue_timestamp(self, *, now: int, hash_alg: str, imprint: bytes,
-                              nonce: int | None, requester: str | None,
-                              requester_fp: str | None,
-                              sign: Callable[[int], bytes]) -> tuple[int, bytes]:
-        """Allocate the next serial, sign with it, and log the token, in one transaction:
-        a serial is never reused, even across restarts or several TSS processes."""
-        async with self.transaction() as conn:
-            res = await conn.execute(insert(m.tss_log).values(
-                at=now, hash_alg=hash_alg, imprint=imprint,
-                nonce=None if nonce is None else str(nonce), requester=requester,
-                requester_fp=requester_fp).returning(m.tss_log.c.serial))
-            serial = int(res.scalar_one())
-            token = sign(serial)
-            await conn.execute(update(m.tss_log).where(m.tss_log.c.serial == serial)
-                               .values(token=token))
-        return serial, token
-
     # --- audit log -------------------------------------------------------------------
 
     async def append_audit(self, conn: AsyncConnection, at: int, actor: str, ev: str,
                             cid: str | None, detail: str) -> None:
-        if self.is_postgres:
-            await conn.execute(select(func.pg_advisory_xact_lock(AUDIT_LOCK)))
-        last = (await conn.execute(select(m.audit_log.c.seq, m.audit_log.c.hash).order_by(
-            m.audit_log.c.seq.desc()).limit(1))).first()
-        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-        await conn.execute(insert(m.audit_log).values(
-            seq=seq, at=at, actor=actor, event=ev, cid=cid, detail=detail, prev_hash=prev,
-            hash=_entry_hash(prev, seq, at, actor, ev, cid, detail)))
+        """Append to the audit chain in the caller's transaction (tcms/store/audit.py)."""
+        await audit_chain.append(conn, postgres=self.is_postgres, at=at, actor=actor, ev=ev,
+                                 cid=cid, detail=detail)
 
     async def audit(self, actor: str, ev: str, detail: str, *, now: int,
                     cid: bytes | None = None) -> None:
@@ -419,51 +276,4 @@ class Store:
 
     async def verify_audit_chain(self) -> tuple[int, str | None]:
         """Return (entries checked, None) or (index, reason) of the first broken link."""
-        prev = GENESIS
-        entries = await self.audit_entries()
-        for i, e in enumerate(entries, start=1):
-            if e.seq != i:
-                return i, f"entry {i}: sequence number {e.seq} (an entry is missing)"
-            if e.prev_hash != prev:
-                return i, f"entry {i}: does not link to the previous entry"
-            if e.hash != _entry_hash(e.prev_hash, e.seq, e.at, e.actor, e.event, e.cid,
-                                     e.detail):
-                return i, f"entry {i}: its content does not match its hash"
-            prev = e.hash
-        return len(entries), None
-
-
-def private_sqlite_file(path: Path) -> None:
-    """The database file, created empty with mode 0600 before SQLite opens it (SQLite gives
-    its -wal and -shm files the database file's mode), in a directory created 0700; an
-    existing file and its companions lose any group and other permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
-              path.with_name(path.name + "-journal")):
-        try:
-            mode = f.stat().st_mode & 0o777
-            if mode & 0o077:
-                f.chmod(mode & 0o700)
-        except FileNotFoundError:
-            pass
-        except PermissionError:
-            log.warning("%s is readable by others and not ours to change (mode %o)", f, mode)
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # Let SQLAlchemy, not the driver, issue BEGIN (see _sqlite_begin_immediate).
-    dbapi_conn.isolation_level = None
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-
-
-def _sqlite_begin_immediate(conn: Any) -> None:
-    """SQLite transactions take the write lock at BEGIN, so a read-then-write transaction
-    (the audit chain, optimistic updates) cannot lose a race half-way; writers queue on
-    the busy timeout instead of failing."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return audit_chain.verify(await self.audit_entries())

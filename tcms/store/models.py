@@ -7,6 +7,8 @@ protocol's own headers show anyway: addresses, subjects, sizes, times, ids, phas
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -34,6 +36,17 @@ metadata = MetaData(
     }
 )
 
+
+def work_columns() -> list[Column[Any]]:
+    """The columns of a unit of work (gateway/queue.py): tries so far, when it may be tried
+    next (a lease while a worker holds it, then the backoff), what went wrong last, and the
+    gateway instance holding it."""
+    return [Column("attempts", Integer, nullable=False, server_default="0"),
+            Column("next_attempt", BigInteger, nullable=True),
+            Column("last_error", Text, nullable=True),
+            Column("claimed_by", String(128), nullable=True)]
+
+
 # A mail submitted for certification: one per SMTP transaction, stored before the 250.
 submissions = Table(
     "submissions",
@@ -48,12 +61,7 @@ submissions = Table(
     # new -> started (runs created) | failed (nothing could be certified); see ``detail``
     Column("status", String(12), nullable=False, server_default="new", index=True),
     Column("detail", Text, nullable=True),
-    # a unit of work (gateway/queue.py): tries so far, when it may be tried next (a lease
-    # while a worker holds it, then the backoff), and what went wrong last
-    Column("attempts", Integer, nullable=False, server_default="0"),
-    Column("next_attempt", BigInteger, nullable=True),
-    Column("last_error", Text, nullable=True),
-    Column("claimed_by", String(128), nullable=True),  # the gateway instance holding it
+    *work_columns(),
 )
 
 # Protocol mail handed to the gateway's intake (LMTP) by the MTA: stored before the 250,
@@ -73,10 +81,7 @@ inbound = Table(
     Column("tx", String(32), nullable=True),
     Column("status", String(12), nullable=False, server_default="new"),
     Column("detail", Text, nullable=True),
-    Column("attempts", Integer, nullable=False, server_default="0"),
-    Column("next_attempt", BigInteger, nullable=True),
-    Column("last_error", Text, nullable=True),
-    Column("claimed_by", String(128), nullable=True),
+    *work_columns(),
     Column("finished_at", BigInteger, nullable=True),
     Index("ix_inbound_work", "status", "next_attempt"),
 )
@@ -89,10 +94,7 @@ answer_checks = Table(
     metadata,
     Column("owner", String(254), primary_key=True),
     Column("status", String(12), nullable=False, server_default="due"),
-    Column("attempts", Integer, nullable=False, server_default="0"),
-    Column("next_attempt", BigInteger, nullable=True),
-    Column("last_error", Text, nullable=True),
-    Column("claimed_by", String(128), nullable=True),
+    *work_columns(),
     Column("updated_at", BigInteger, nullable=False),
     Index("ix_answer_checks_work", "status", "next_attempt"),
 )

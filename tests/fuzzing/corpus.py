@@ -25,15 +25,10 @@ from tcms.crypto import sign
 from tcms.identity import Identity
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.events import Accept, Action, Received, Refuse, Send, Tick, TimestampReply
-from tcms.protocol.messages import (
-    M3,
-    BadEscrow,
-    Deadlines,
-    Description,
-    plaintext,
-)
+from tcms.protocol.messages import M3, Deadlines, Description, plaintext
 from tcms.protocol.receiver import Receiver, ReceiverState
 from tcms.protocol.sender import Sender, SenderState
+from tcms.protocol.ttpmessages import BadEscrow
 from tcms.timestamp import make_request, token_from_reply
 from tsrg.cipher import TsrgCipher, TsrgSession
 

@@ -37,16 +37,10 @@ from dc.client import DirectoryClient
 from dc.records import DirectoryError
 from gateway import imappolicy, inbound, mailformat, mutf7, subject, submission
 from gateway.context import GatewayContext
+from gateway.imapcommand import Command, Event, LimitExceeded, Limits, Policy
+from gateway.imappolicy import parse_args
 from gateway.imapproxy import AFTER_LOGIN, BEFORE_LOGIN
-from gateway.imapwire import (
-    Command,
-    CommandReader,
-    Event,
-    LimitExceeded,
-    Limits,
-    Policy,
-    parse_args,
-)
+from gateway.imapwire import CommandReader
 from gateway.queue import Queues
 from gateway.runs import record
 from tcms import boundedjson, codec, evidence
@@ -57,31 +51,29 @@ from tcms.keystore import Keystore
 from tcms.protocol import ttp as ttp_role
 from tcms.protocol.checks import ProtocolError
 from tcms.protocol.events import Received, TimestampReply
+from tcms.protocol.fields import one_line
 from tcms.protocol.messages import (
     M1,
     M3,
     M4,
     M5,
     M6,
-    AbortRequest,
     Core,
     Description,
     Header,
     MessageError,
     Refusal,
-    ResolveRequest,
-    decode_ttp_answer,
     message_type,
-    one_line,
     parse_plaintext,
 )
 from tcms.protocol.receiver import Receiver
 from tcms.protocol.sender import Sender
+from tcms.protocol.ttpmessages import AbortRequest, ResolveRequest, decode_ttp_answer
 from tcms.store import Store
 from tcms.timestamp import TimestampError, token_from_reply, verify_token
 from tsrg.cipher import TsrgCipher, TsrgError, TsrgSession
 from ttp import filing
-from ttp.service import BUNDLE_MAX_DEPTH, BUNDLE_MAX_ITEMS
+from ttp.api import BUNDLE_MAX_DEPTH, BUNDLE_MAX_ITEMS
 
 from . import corpus
 from .mutate import Context, Structure, cbor_tree, der_tree, havoc, json_tree, lines
@@ -227,7 +219,7 @@ def ttp_handle(data: bytes) -> None:
 
 
 def ttp_dispute(data: bytes) -> None:
-    """POST /dispute as ttp/service.py handles it, filed by the exchange's sender with a
+    """POST /dispute as ttp/api.py handles it, filed by the exchange's sender with a
     genuine signature over this very body (so a bundle whose core still parses reaches
     ``evidence.verify``)."""
     try:  # the filer's side: what cid to sign (not part of the target)
@@ -402,7 +394,8 @@ class InboundHarness:
             gateway=config_mod.GatewayConfig(domains=["a.test", "b.test"]))
         self.ctx = GatewayContext(settings, self.store, self.keystore, corpus.GW_A, TRUST,
                                   dc=StubDC(), upstream=None, imap=None,  # type: ignore[arg-type]
-                                  http=None, queues=Queues(self.store))  # type: ignore[arg-type]
+                                  http=None, queues=Queues(self.store),  # type: ignore[arg-type]
+                                  writer=None)  # type: ignore[arg-type]
 
     def __call__(self, data: bytes) -> object:
         self.count += 1

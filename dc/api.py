@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
@@ -50,6 +50,16 @@ FINGERPRINT = Path(pattern="^[0-9a-f:]{49}$", description="key fingerprint")
 FILE_NAME = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="file name")
 
 
+GatewayRequest = TypeVar("GatewayRequest", Publish, Revoke)
+
+
+def _by_gateway(done: str) -> dict[str, Any]:
+    """The OpenAPI description of a POST that a domain's gateway signs."""
+    return {"responses": {200: {"description": done},
+                          403: {"description": "not the domain's gateway"}, **ERROR_RESPONSES},
+            "openapi_extra": binary_body(CBOR)}
+
+
 def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.time,
                updates_dir: FsPath | None = None) -> FastAPI:
     app = FastAPI(title="TCMS Distribution Center", version="1",
@@ -74,29 +84,29 @@ def create_app(store: Store, me: Identity, clock: Callable[[], float] = time.tim
             return JSONResponse({**signed.to_json(), "record": signed.encode().hex()})
         return Response(signed.encode(), media_type=CBOR)
 
-    @app.post("/keys", responses={200: {"description": "published"}, 403: {
-        "description": "not the domain's gateway"}, **ERROR_RESPONSES},
-        openapi_extra=binary_body(CBOR))
-    async def publish(request: Request) -> dict[str, Any]:
-        """Publish (or rotate) the keys of an address, signed by its domain's gateway."""
+    async def from_gateway(request: Request, decode: Callable[[bytes], GatewayRequest]
+                           ) -> tuple[GatewayRequest, bytes, int]:
+        """A request signed by a domain's gateway: read, decoded, checked against the
+        gateway registered for its domain (fresh, not replayed: dc/store.py)."""
         data = await read_body(request, [CBOR], MAX_REQUEST)
-        req = Publish.decode(data)
+        req = decode(data)
         now = int(clock())
         await authorised(req, now)
+        return req, data, now
+
+    @app.post("/keys", **_by_gateway("published"))
+    async def publish(request: Request) -> dict[str, Any]:
+        """Publish (or rotate) the keys of an address, signed by its domain's gateway."""
+        req, data, now = await from_gateway(request, Publish.decode)
         version = await dc_store.publish(store, req.party, req.not_before, req.not_after,
                                          data, now)
         return {"address": req.party.name, "version": version,
                 "fingerprint": req.party.fingerprint}
 
-    @app.post("/revoke", responses={200: {"description": "revoked"}, 403: {
-        "description": "not the domain's gateway"}, **ERROR_RESPONSES},
-        openapi_extra=binary_body(CBOR))
+    @app.post("/revoke", **_by_gateway("revoked"))
     async def revoke(request: Request) -> dict[str, Any]:
         """Revoke one key of an address, signed by its domain's gateway."""
-        data = await read_body(request, [CBOR], MAX_REQUEST)
-        req = Revoke.decode(data)
-        now = int(clock())
-        await authorised(req, now)
+        req, data, now = await from_gateway(request, Revoke.decode)
         await dc_store.revoke(store, records.checked_address(req.address), req.fingerprint,
                               req.reason, data, now)
         return {"address": req.address, "fingerprint": req.fingerprint, "status": "revoked"}

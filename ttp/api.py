@@ -12,7 +12,7 @@
 - ``GET /identity``: the TTP's public keys and the TSA CA it trusts (a trust file).
 
 Every request is checked (signatures, identities, deadlines) by the sans-IO
-``tcms.protocol.ttp``; the store inserts the decision once per exchange, so concurrent
+``tcms.protocol.ttp``; ``ttp/store.py`` inserts the decision once per exchange, so concurrent
 requests, on one process or several sharing PostgreSQL, all get the same signed answer.
 The TTP never receives c.
 """
@@ -48,6 +48,7 @@ from tcms.web import (
     read_body,
 )
 from ttp import filing
+from ttp import store as ttp_store
 
 MAX_REQUEST = 256 * 1024  # requests never carry c, only the core and the escrow
 CID = Path(pattern="^[0-9a-fA-F]{64}$", description="cid = H(core), 64 hex digits")
@@ -93,10 +94,10 @@ def create_app(store: Store, me: Identity, trust: Trust,
         req = ttp_role.parse_request(data)
         ttp_role.check_request(me, req, trust)
         now = int(clock())
-        current = await store.get_decision(req.core.cid)
+        current = await ttp_store.get_decision(store, req.core.cid)
         decision, answer = ttp_role.decide(me, req, current, now)
         if decision is not None and current is None:
-            stood = await store.record_decision(decision, me.name)
+            stood = await ttp_store.record_decision(store, decision, me.name)
             answer = stood.answer  # a concurrent request may have decided first
         return Response(answer, media_type=CBOR)
 
@@ -120,7 +121,7 @@ def create_app(store: Store, me: Identity, trust: Trust,
         404: {"description": "not resolved"}, **ERROR_RESPONSES})
     async def release(cid: str = CID) -> Response:
         """The resolution of a resolved exchange: k_T wrapped to R (only R can open it)."""
-        d = await store.get_decision(parse_hex(cid, 32, "cid"))
+        d = await ttp_store.get_decision(store, parse_hex(cid, 32, "cid"))
         if d is None or d.state != ttp_role.RESOLVED:
             return error(404, "not-resolved", "the exchange is not resolved")
         return Response(d.answer, media_type=CBOR)
@@ -128,7 +129,7 @@ def create_app(store: Store, me: Identity, trust: Trust,
     @app.get("/status/{cid}", responses=ERROR_RESPONSES)
     async def status(cid: str = CID) -> dict[str, Any]:
         """The TTP's decision about an exchange, if any."""
-        d = await store.get_decision(parse_hex(cid, 32, "cid"))
+        d = await ttp_store.get_decision(store, parse_hex(cid, 32, "cid"))
         if d is None:
             return {"cid": cid.lower(), "state": "none"}
         return {"cid": cid.lower(), "state": d.state, "decided_at": d.at, "requested_by": d.by,
@@ -193,6 +194,6 @@ def create_app(store: Store, me: Identity, trust: Trust,
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "ttp": me.name, "fingerprint": me.party.fingerprint,
-                "decisions": await store.count_decisions()}
+                "decisions": await ttp_store.count_decisions(store)}
 
     return app
