@@ -36,6 +36,39 @@ def _interrupted(signum: int, _frame: object) -> None:
 
 signal.signal(signal.SIGTERM, _interrupted)
 signal.signal(signal.SIGHUP, _interrupted)
+
+
+# module-scoped fixtures are costly (a mail stack, two gateways, running services): under
+# pytest-xdist (`make test`: --dist loadgroup) the tests that share one run on one worker
+SHARED_SCOPES = ("module", "package", "session")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests of a module that use a fixture of module scope (defined by the tests, not
+    pytest's own) form one xdist group, so the fixture is set up once per run; the slow
+    tests (end-to-end, batteries) come first, so that a parallel run does not end waiting
+    for one long test that started last."""
+    grouped = set()
+    index: dict[str, int] = {}
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        shared = [name for name, defs in info.name2fixturedefs.items()
+                  if defs and defs[-1].scope in SHARED_SCOPES and defs[-1].baseid]
+        if shared and item.get_closest_marker("xdist_group") is None:
+            # a long module says how many groups (each with its own fixture) it splits into
+            module = item.nodeid.split("::", 1)[0]
+            n = index[module] = index.get(module, -1) + 1
+            groups = getattr(getattr(item, "module", None), "XDIST_GROUPS", 1)
+            item.add_marker(pytest.mark.xdist_group(f"{module}#{n % groups}"))
+        if item.get_closest_marker("xdist_group") is not None:
+            grouped.add(item.nodeid)
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                 item.nodeid not in grouped))
+
+
 T0 = 1_800_000_000  # a fixed "now" for protocol tests (2027-01-15)
 
 ALICE = Identity.from_seed("alice@a.test", b"alice" * 6 + b"xx")

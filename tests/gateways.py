@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import httpx
-from mailstack import MASTER, MailStack, free_port
+from mailstack import MASTER, PATIENCE, MailStack, free_port, listens
 from services import DC, PASSPHRASE, Services, prepare_keys, spawn, stop_process
 
 from gateway import signingcert
@@ -38,13 +38,13 @@ USERS = {"alice@a.test": "alice-password", "bob@b.test": "bob-password",
          "carla@b.test": "carla-password"}  # carla reads her gateway's mail in Italian
 # windows short enough for tests to watch every recovery procedure happen, long enough
 # for a 20 MB mail to be sealed and carried on a busy 2-core machine
-WINDOWS = {"ACCEPT_WINDOW": "30", "M5_WINDOW": "10", "M6_WINDOW": "10",
+WINDOWS = {"ACCEPT_WINDOW": "60", "M5_WINDOW": "10", "M6_WINDOW": "10",
            "RESOLVE_WINDOW": "600"}
 
 
 def tcms(args: list[str], env: dict[str, str], cwd: Path) -> str:
     res = subprocess.run([sys.executable, "-m", "tcms.cli", *args], env=env, cwd=cwd,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=PATIENCE)
     assert res.returncode == 0, f"tcms {' '.join(args)}: {res.stdout}{res.stderr}"
     return res.stdout
 
@@ -180,9 +180,13 @@ class GatewayProc:
         """Wait until the launched gateway answers; False if it could not listen on its
         ports (taken meanwhile by another test run on this machine)."""
         assert self.proc is not None and self.log is not None
-        deadline = time.time() + 30
+        deadline = time.time() + PATIENCE  # it waits while the process lives
+        ports = (self.submission, self.smtps, self.imap, self.imaps, self.intake)
         while True:
             try:
+                # its own listeners, not another test run's that took a port first
+                if not all(listens(self.proc.pid, port) for port in ports):
+                    raise ConnectionRefusedError
                 with smtplib.SMTP("127.0.0.1", self.submission, timeout=2):
                     return True
             except OSError:
@@ -203,7 +207,7 @@ class GatewayProc:
     def log_text(self) -> str:
         return (self.workdir / "gateway.log").read_text(errors="replace")
 
-    def wait_log(self, *needles: str, since: int = 0, timeout: float = 60) -> str:
+    def wait_log(self, *needles: str, since: int = 0, timeout: float = PATIENCE) -> str:
         """The first line of the log (from offset ``since``) holding every one of
         ``needles``, once the gateway has written it."""
         deadline = time.time() + timeout
@@ -285,7 +289,7 @@ def messages(via: Via, user: str, folder: str = "INBOX") -> list[tuple[bytes, by
 
 
 def wait_mail(via: Via, user: str, match: Callable[[Message], bool],
-              timeout: float = 60, folder: str = "INBOX") -> tuple[bytes, bytes]:
+              timeout: float = PATIENCE, folder: str = "INBOX") -> tuple[bytes, bytes]:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -304,7 +308,7 @@ def subject_starts(prefix: str, about: str = "") -> Callable[[Message], bool]:
 
 
 def move(via: Via, user: str, uid: bytes, folder: str) -> None:
-    deadline = time.time() + 30
+    deadline = time.time() + PATIENCE
     while True:
         try:
             with via.open(user) as imap:
@@ -357,7 +361,7 @@ class Orgs:
         path.write_bytes(bundle)
         return subprocess.run([sys.executable, "-m", "tcms.cli", "verify", str(path),
                                "--trust", str(self.a.workdir / "trust.json")],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=PATIENCE)
 
 
 def start_orgs(workdir: Path, services_db: str, a_db: str, b_db: str) -> Orgs:
@@ -418,7 +422,7 @@ def query(db_url: str, sql: str, *args: object) -> list[tuple[object, ...]]:
     return asyncio.run(pg())
 
 
-def inbound_outcome(db_url: str, tx: str, timeout: float = 60,
+def inbound_outcome(db_url: str, tx: str, timeout: float = PATIENCE,
                     kind: str | None = None) -> tuple[str, str]:
     """(status, detail) of the newest inbound item of exchange ``tx`` (of that ``kind``:
     m3 ... refusal), once handled."""
@@ -453,7 +457,7 @@ def unfinished(db_url: str, tx: str) -> list[str]:
     return left
 
 
-def settled(tx: str, *gateways: GatewayProc, timeout: float = 90) -> None:
+def settled(tx: str, *gateways: GatewayProc, timeout: float = PATIENCE) -> None:
     """Wait until each gateway has done all it will do for exchange ``tx`` (its runs
     ended, its outbox sent, protocol mail handled): what its users hold then is final."""
     deadline = time.time() + timeout

@@ -13,11 +13,14 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,10 @@ REFUSED_HEADER = "X-Refuse-Me"  # Postfix answers 550 after DATA
 
 
 _ROUTING = threading.Lock()
+# how long a test waits for something that must happen (a server answers, a mail arrives, a
+# gateway logs a line) before it fails: a stop for a test that would hang, not a speed limit;
+# every wait ends as soon as what it waits for is there (TCMS_TEST_PATIENCE, seconds)
+PATIENCE = float(os.environ.get("TCMS_TEST_PATIENCE", "300"))
 
 
 def free_port() -> int:
@@ -44,19 +51,63 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, seconds: float = 20) -> None:
+def distinct_ports(n: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The inodes of the sockets that listen on TCP ``port`` (the kernel's tables)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself listens on ``port``: a server that answers on a port
+    chosen by free_port() may be another test run's, which took it first."""
+    inodes = _listening_inodes(port)
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return True
+    return False
+
+
+def _wait_port(port: int, pid_file: Path, seconds: float = PATIENCE) -> None:
+    """Wait until the daemon whose pid ``pid_file`` holds listens on ``port``."""
     deadline = time.time() + seconds
     while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):  # not written yet
+            pid = 0
+        if pid and listens(pid, port):
+            return
+        if pid and not Path(f"/proc/{pid}").exists():
+            break  # it ended: it could not listen
         time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
+    raise RuntimeError(f"the server of {pid_file} does not listen on port {port} "
+                       "(address already in use?)")
 
 
-def _register_postfix_dir(confdir: Path) -> None:
-    """Name ``confdir`` (and every other live stack's) in the system's main.cf, under a lock
-    so that two runs starting at once do not lose each other's line."""
+@contextlib.contextmanager
+def _postfix_registered(confdir: Path) -> Iterator[None]:
+    """Name ``confdir`` (and every other live stack's) in the system's main.cf, and hold the
+    lock until the caller has started its Postfix: a stack counts as live once its master
+    runs, so another run starting at once must not drop this one's line before that."""
     with open(ROOT / f".{PREFIX}lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         text = SYSTEM_MAIN_CF.read_text() if SYSTEM_MAIN_CF.exists() else ""
@@ -76,7 +127,11 @@ def _register_postfix_dir(confdir: Path) -> None:
         block = [BEGIN, f"alternate_config_directories = {' '.join(live)}",
                  f"maillog_file_prefixes = {ROOT}, /var, /dev/stdout", END]
         body = "\n".join(kept).rstrip("\n")
-        SYSTEM_MAIN_CF.write_text((body + "\n" if body else "") + "\n".join(block) + "\n")
+        # whole or not at all: another run's `postfix -c ... reload` may read it meanwhile
+        tmp = SYSTEM_MAIN_CF.with_name(f".main.cf.tcms-{os.getpid()}")
+        tmp.write_text((body + "\n" if body else "") + "\n".join(block) + "\n")
+        os.replace(tmp, SYSTEM_MAIN_CF)
+        yield
 
 
 @dataclass
@@ -91,6 +146,7 @@ class MailStack:
     routes: dict[str, int] = field(default_factory=dict)
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=PREFIX,
                                                                      dir=ROOT)))
+    _watcher: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def cert(self) -> Path:
@@ -186,10 +242,8 @@ protocol lmtp {{
                                  stderr=subprocess.STDOUT, timeout=30)
         if res.returncode != 0:
             raise RuntimeError(f"dovecot did not start: {(d / 'start.log').read_text()}")
-        _wait_port(self.imap_port)
-        _wait_port(self.imaps_port)
-        _wait_port(self.lmtp_port)
-        _wait_port(self.auth_port)
+        for port in (self.imap_port, self.imaps_port, self.lmtp_port, self.auth_port):
+            _wait_port(port, d / "run" / "master.pid")
 
     # --- Postfix ---------------------------------------------------------------------
 
@@ -240,13 +294,12 @@ smtpd_tls_loglevel = 1
 maillog_file = {p}/maillog
 maillog_file_prefixes = {ROOT}
 """)
-        _register_postfix_dir(p)
-        with open(p / "start.log", "wb") as log:
+        with _postfix_registered(p), open(p / "start.log", "wb") as log:
             res = subprocess.run(["script", "-qc", f"postfix -c {p} start", "/dev/null"],
-                                 stdout=log, stderr=subprocess.STDOUT, timeout=60)
+                                 stdout=log, stderr=subprocess.STDOUT, timeout=PATIENCE)
         if res.returncode != 0:
             raise RuntimeError(f"postfix did not start: {(p / 'start.log').read_text()}")
-        _wait_port(self.smtp_port)
+        _wait_port(self.smtp_port, p / "queue" / "pid" / "master.pid")
 
     def add_submission(self, port: int, relay_to: int) -> None:
         """Postfix's own submission service on ``port``, as an organisation runs it:
@@ -264,10 +317,10 @@ maillog_file_prefixes = {ROOT}
             master = self.postfix_dir / "master.cf"
             master.write_text(master.read_text() + line + "\n")
             res = subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} reload",
-                                  "/dev/null"], capture_output=True, timeout=60)
+                                  "/dev/null"], capture_output=True, timeout=PATIENCE)
         if res.returncode != 0:
             raise RuntimeError(f"postfix reload failed: {res.stdout!r}")
-        _wait_port(port)
+        _wait_port(port, self.postfix_dir / "queue" / "pid" / "master.pid")
 
     def _write_transport(self) -> None:
         lines = [f"{addr} lmtp:inet:127.0.0.1:{port}" for addr, port in self.routes.items()]
@@ -281,7 +334,7 @@ maillog_file_prefixes = {ROOT}
             self.routes[address] = port
             self._write_transport()
             res = subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} reload",
-                                  "/dev/null"], capture_output=True, timeout=60)
+                                  "/dev/null"], capture_output=True, timeout=PATIENCE)
         if res.returncode != 0:
             raise RuntimeError(f"postfix reload failed: {res.stdout!r}")
 
@@ -303,40 +356,61 @@ maillog_file_prefixes = {ROOT}
                         "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(tls / "server.key"),
                         "-out", str(self.cert), "-days", "2", "-subj", "/CN=127.0.0.1",
                         "-addext", "subjectAltName=IP:127.0.0.1"],
-                       check=True, capture_output=True, timeout=60)
+                       check=True, capture_output=True, timeout=PATIENCE)
 
     # --- life cycle --------------------------------------------------------------------
 
     def start(self) -> MailStack:
-        self.stop()
-        if self.base.exists():
-            shutil.rmtree(self.base)
-        self.base.mkdir(parents=True)
-        os.chmod(self.base, 0o755)
-        atexit.register(self.stop)  # also when a test run is interrupted
-        self._make_cert()
-        self._start_dovecot()
-        self._start_postfix()
-        return self
+        """Start Dovecot and Postfix in the stack's own directory.  A port chosen by
+        free_port() can be taken by another process (another test run) before a server
+        binds it: then the stack starts again on fresh ports."""
+        for attempt in range(3):
+            if attempt or len({*self.ports()}) < len(self.ports()):
+                (self.smtp_port, self.imap_port, self.imaps_port, self.lmtp_port,
+                 self.auth_port) = distinct_ports(5)
+            self.stop()
+            if self.base.exists():
+                shutil.rmtree(self.base)
+            self.base.mkdir(parents=True)
+            os.chmod(self.base, 0o755)
+            atexit.register(self.stop)  # also when a test run is interrupted
+            self._watch()
+            try:
+                self._make_cert()
+                self._start_dovecot()
+                self._start_postfix()
+                return self
+            except RuntimeError as e:
+                if "address already in use" not in str(e).lower() or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def ports(self) -> list[int]:
+        return [self.smtp_port, self.imap_port, self.imaps_port, self.lmtp_port, self.auth_port]
+
+    def _watch(self) -> None:
+        """A watcher in a session of its own holds the reading end of a pipe whose writing
+        end only this process has: when this process ends, however it ends (Ctrl-C, SIGTERM,
+        SIGKILL), the watcher reads end-of-file, stops the stack's servers and deletes its
+        directory.  (Dovecot and Postfix are daemons: nothing else ties them to the run.)"""
+        if self._watcher is None or self._watcher.poll() is not None:
+            self._watcher = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), str(self.base)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
 
     def remove(self) -> None:
         """Stop the servers and delete the stack's directory."""
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+        if self._watcher is not None:
+            assert self._watcher.stdin is not None
+            self._watcher.stdin.close()  # nothing left for it to do: it ends
+            self._watcher.wait(timeout=PATIENCE)
+            self._watcher = None
 
     def stop(self) -> None:
-        if (self.postfix_dir / "main.cf").exists():
-            subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} stop",
-                            "/dev/null"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=60)
-        pid = self.dovecot_dir / "run" / "master.pid"
-        if pid.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid.read_text().strip()), 15)
-            for _ in range(50):
-                if not pid.exists():
-                    break
-                time.sleep(0.1)
+        stop_servers(self.base)
 
     def dovecot_log(self) -> str:
         path = self.dovecot_dir / "dovecot.log"
@@ -345,3 +419,31 @@ maillog_file_prefixes = {ROOT}
     def maillog(self) -> str:
         path = self.postfix_dir / "maillog"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def stop_servers(base: Path) -> None:
+    """Stop the Postfix and the Dovecot of the stack in ``base``, if they run."""
+    postfix_dir = base / "postfix"
+    if (postfix_dir / "main.cf").exists():
+        subprocess.run(["script", "-qc", f"postfix -c {postfix_dir} stop", "/dev/null"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=PATIENCE)
+    pid_file = base / "dovecot" / "run" / "master.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until it has ended (it removes its pid file)
+            os.kill(pid, 0)
+            if not pid_file.exists():
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":  # the watcher of MailStack._watch: python mailstack.py BASE
+    sys.stdin.buffer.read()  # returns once the test process that started it has ended
+    stop_servers(Path(sys.argv[1]))
+    shutil.rmtree(sys.argv[1], ignore_errors=True)

@@ -6,7 +6,6 @@ import atexit
 import ctypes
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 
 import httpx
 from conftest import TSA, TTP
+from mailstack import PATIENCE, distinct_ports, listens
 
 from tcms.identity import Identity
 from tcms.keystore import Keystore
@@ -52,19 +52,6 @@ def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
 def stop_every_process() -> None:
     for proc in list(_LIVE):
         stop_process(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def distinct_ports(n: int) -> list[int]:
-    ports: set[int] = set()
-    while len(ports) < n:
-        ports.add(free_port())
-    return sorted(ports)
 
 
 def prepare_keys(directory: Path) -> None:
@@ -155,13 +142,15 @@ class Services:
                 "dc": [self.dc]}[self.which]
         verify: bool | ssl.SSLContext = (ssl.create_default_context(cafile=str(self.tls[0]))
                                          if self.tls else True)
-        deadline = time.time() + 30
+        deadline = time.time() + PATIENCE  # it waits while the process lives
         for url in urls:
             while True:
                 if self.proc.poll() is not None:
                     return False
-                try:
-                    if httpx.get(url + "/health", verify=verify, timeout=2).status_code == 200:
+                port = int(url.rsplit(":", 1)[1])
+                try:  # its own listener, not another test run's that took the port first
+                    if listens(self.proc.pid, port) and httpx.get(
+                            url + "/health", verify=verify, timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass

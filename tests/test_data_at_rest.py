@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import ALICE, BOB, T0, pg_database, start_run, stored_values
 from gateways import query
+from mailstack import PATIENCE
 
 from gateway.runs import record
 from tcms import datakeys
@@ -38,7 +39,7 @@ PASSPHRASE = "data-at-rest-passphrase"
 
 def tcms(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tcms.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=PATIENCE)
 
 
 def env_of(keys: Path, db_url: str, passphrase: str | None = PASSPHRASE) -> dict[str, str]:
@@ -70,7 +71,7 @@ def pg_dump(db_url: str) -> bytes:
     exe = shutil.which("pg_dump") or next(iter(sorted(Path("/usr/lib/postgresql").glob(
         "*/bin/pg_dump"))), None)
     assert exe, "pg_dump is not installed"
-    res = subprocess.run([str(exe), "--dbname", db_url], capture_output=True, timeout=120)
+    res = subprocess.run([str(exe), "--dbname", db_url], capture_output=True, timeout=PATIENCE)
     assert res.returncode == 0, res.stderr.decode(errors="replace")
     return res.stdout
 

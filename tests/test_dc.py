@@ -15,6 +15,7 @@ import httpx
 import pytest
 from conftest import ALICE, BOB, CAROL, TRUST, start_run
 from fakehttp import serve
+from mailstack import PATIENCE
 from services import DC, PASSPHRASE, Services, prepare_keys
 
 from dc.client import DirectoryClient
@@ -48,7 +49,7 @@ def register(svc: Services, *gateways: tuple[str, Identity]) -> None:
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     for proc in procs:
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=PATIENCE)
         assert proc.returncode == 0, err
 
 
@@ -169,7 +170,7 @@ def test_dc_cli_publish_and_lookup(dc_service: Services) -> None:
 
     def run(*a: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "tcms.cli", "dc", *a], env=env,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=PATIENCE)
 
     res = run("publish", "alice@a.test", "--gateway", "gateway@a.test")
     assert res.returncode == 0 and "version 1" in res.stdout, res.stderr

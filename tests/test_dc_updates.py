@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mailstack import PATIENCE
 from securesystemslib.signer import CryptoSigner, SSlibKey
 from services import PASSPHRASE, Services, prepare_keys
 from tuf.api.metadata import Metadata, TargetFile, Targets
@@ -141,7 +142,7 @@ def test_update_cli_end_to_end(dc: tuple[Services, UpdateRepository]) -> None:
 
     def tcms(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "tcms.cli", *args], env=env,
-                              capture_output=True, text=True, cwd=svc.workdir, timeout=60)
+                              capture_output=True, text=True, cwd=svc.workdir, timeout=PATIENCE)
 
     (svc.workdir / "suite.json").write_bytes(module(3))
     res = tcms("dc", "updates", "publish", "algorithm-suite", "suite.json")

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ALICE, BOB, DEADLINES, T0, TRUST, TTP, stamp
+from mailstack import PATIENCE
 from services import Services, prepare_keys
 
 from tcms import evidence
@@ -143,7 +144,7 @@ def test_dispute_with_it_costs_the_ttp_nothing(tmp_path: Path) -> None:
             body = json.dumps(bundle).encode()
             filed = filing.filing_headers(ALICE, filing.core_of(bundle).cid, body,
                                           int(time.time()))  # the sender files it
-            return httpx.post(svc.ttp + "/dispute", content=body, timeout=60,
+            return httpx.post(svc.ttp + "/dispute", content=body, timeout=PATIENCE,
                               headers={"Content-Type": "application/json", **filed})
 
         warm = dispute(b"TSR2")  # the same path up to the cipher: imports, connection

@@ -26,6 +26,7 @@ from conftest import (
     stamp,
     start_run,
 )
+from mailstack import PATIENCE
 from reencode import reencodings
 
 from tcms import evidence
@@ -157,7 +158,7 @@ def test_missing_and_malformed_fields() -> None:
 
 def tcms(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tcms.cli", *args], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=PATIENCE)
 
 
 def test_tcms_verify_cli(tmp_path: Path) -> None:
@@ -222,7 +223,7 @@ def test_tcms_tx_list_show_export(tmp_path: Path) -> None:
         env["TCMS_KEYS__DIR"] = str(tmp_path / "recipient-stalls" / "keys")
         env["TCMS_KEYS__PASSPHRASE"] = "demo-passphrase-not-for-production"
         return subprocess.run([sys.executable, "-m", "tcms.cli", "tx", *args], env=env,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=PATIENCE)
 
     listing = tx("list").stdout.splitlines()
     assert len(listing) == 2 and all(" done " in line for line in listing)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from conftest import TRUST
 from cryptography.hazmat.primitives import serialization
+from mailstack import PATIENCE
 
 from tcms import evidence
 
@@ -21,7 +22,7 @@ from tcms import evidence
 def tcms(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
     return subprocess.run([sys.executable, "-m", "tcms.cli", *args], capture_output=True,
-                          text=True, timeout=60, cwd=cwd, env={**clean, **env})
+                          text=True, timeout=PATIENCE, cwd=cwd, env={**clean, **env})
 
 
 def test_a_trust_file_whose_certificate_has_an_impossible_version_exits_2(

@@ -30,6 +30,7 @@ from gateways import (
     subject_starts,
     wait_mail,
 )
+from mailstack import PATIENCE
 from signing import text_of
 from test_data_at_rest import assert_nowhere, key_ids, mode, pg_dump, sqlite_bytes, tcms
 
@@ -38,6 +39,8 @@ from tcms.protocol.sender import SenderState
 from tcms.protocol.state import load_state
 
 pytestmark = pytest.mark.slow
+# `make test` runs these in three groups, each on its own two gateways (tests/conftest.py)
+XDIST_GROUPS = 3
 
 
 def certified(subject: str, marker: str, to: str = "Bob <bob@b.test>",
@@ -186,7 +189,7 @@ def test_recipient_never_answers_r1s(orgs: Orgs) -> None:
     notice_for(orgs, "carol@b.test", "Silent treatment")
     # carol does nothing: after the accept window the sender aborts at the TTP
     _, raw = wait_mail(imap, "alice@a.test", subject_starts("Not delivered:",
-                                                            "Silent treatment"), timeout=90)
+                                                            "Silent treatment"))
     res = orgs.verify(attachment(raw, "vnd.tcms.evidence+json"), "r1s-4.json")
     assert res.returncode == 0 and "(aborted)" in res.stdout, res.stdout + res.stderr
     wait_mail(imap, "carol@b.test", subject_starts("Expired:", "Silent treatment"))
@@ -227,7 +230,7 @@ def test_sender_stalls_after_m4_r1r(orgs: Orgs) -> None:
     try:
         move(imap, "bob@b.test", uid, "Certified.Accept")
         # after m5's deadline bob asks the TTP, which releases the key
-        _, got = wait_mail(imap, "bob@b.test", original("r1r-5"), timeout=90)
+        _, got = wait_mail(imap, "bob@b.test", original("r1r-5"))
         assert "by=released by the TTP" in parse(got)["TCMS-Certified"]
     finally:
         orgs.a.send_signal(signal.SIGCONT)
@@ -243,15 +246,14 @@ def test_recipient_stalls_after_m5_r2s(orgs: Orgs) -> None:
     send(orgs, certified("[certified] Stalling recipient", "r2s-6"), ["bob@b.test"])
     uid, note = notice_for(orgs, "bob@b.test", "Stalling recipient")
     move(imap, "bob@b.test", uid, "Certified.Accept")
-    deadline = time.time() + 30
+    deadline = time.time() + PATIENCE
     while not _receiver_run(orgs, "Stalling recipient")[2]:  # m4 is out
         assert time.time() < deadline, "bob's gateway never sent m4"
         time.sleep(0.02)
     orgs.b.send_signal(signal.SIGSTOP)  # bob's gateway will not send m6
     try:
         _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:",
-                                                                "Stalling recipient"),
-                           timeout=90)
+                                                                "Stalling recipient"))
         assert b"certifies" in rec or b"TTP" in rec
         res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "r2s-6.json")
         assert res.returncode == 0, res.stdout + res.stderr
@@ -326,7 +328,7 @@ def test_a_gateway_killed_at_each_step_the_exchange_still_ends_fair(
             killed = True
 
     def wait_and_kill() -> None:
-        deadline = time.time() + 60
+        deadline = time.time() + PATIENCE
         while not killed:
             kill_when_committed()
             assert time.time() < deadline, f"{who} never reached {at}"
@@ -337,7 +339,7 @@ def test_a_gateway_killed_at_each_step_the_exchange_still_ends_fair(
     uid, note = notice_for(orgs, "bob@b.test", subject)
     move(imap, "bob@b.test", uid, "Certified.Accept")
     wait_and_kill()
-    _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", subject), timeout=90)
+    _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", subject))
     wait_mail(imap, "bob@b.test", original(marker))
     res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), f"{marker}.json")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -367,11 +369,10 @@ def test_a_20_mb_attachment(orgs: Orgs) -> None:
     uid, note = notice_for(orgs, "bob@b.test", "Big drawings")
     assert f"{len(sent) - len(b'[certified] ')} bytes" in text_of(note)
     move(imap, "bob@b.test", uid, "Certified.Accept")
-    _, got = wait_mail(imap, "bob@b.test", original("big-8"), timeout=120)
+    _, got = wait_mail(imap, "bob@b.test", original("big-8"))
     parts = [p for p in parse(got).walk() if p.get_filename() == "drawings.bin"]
     assert len(parts) == 1 and parts[0].get_payload(decode=True) == blob
-    _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", "Big drawings"),
-                       timeout=120)
+    _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", "Big drawings"))
     res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "big-8.json")
     assert res.returncode == 0 and "(received)" in res.stdout, res.stdout + res.stderr
     print(f"20 MB certified exchange, submission to receipt: {time.time() - t0:.1f} s")
@@ -418,7 +419,7 @@ def test_two_replicas_share_postgresql_and_send_nothing_twice(orgs: Orgs) -> Non
                 "Sent for certification", f"Replicated {i}")) == 1
         # exactly m3 and m5 per exchange went from alice's gateway to dave's (dave's has
         # handled them all; Postfix logs each delivery as it ends)
-        deadline = time.time() + 30
+        deadline = time.time() + PATIENCE
         while (deliveries(orgs, "tcms-gateway@a.test", "tcms-gateway@b.test") - before
                < 2 * n and time.time() < deadline):
             time.sleep(0.1)
@@ -494,7 +495,7 @@ def test_malformed_forged_and_replayed_protocol_mail(orgs: Orgs) -> None:
     before = len(query(orgs.a.db_url, "SELECT id FROM inbound WHERE tx = ?", tx))
     with smtplib.SMTP("127.0.0.1", mta, timeout=30) as s:
         s.sendmail("bob@b.test", [intake], replay)
-    deadline = time.time() + 60
+    deadline = time.time() + PATIENCE
     while len(query(orgs.a.db_url, "SELECT id FROM inbound WHERE tx = ?", tx)) == before:
         assert time.time() < deadline, "the replay never reached the intake"
         time.sleep(0.1)
@@ -517,13 +518,13 @@ def test_the_ttp_is_down_when_a_deadline_passes(orgs: Orgs) -> None:
     try:
         # past the accept deadline alice's gateway tries the abort, cannot reach the TTP,
         # and says it will retry: until then no abort can have been decided
-        orgs.a.wait_log("(abort to ttp)", "retrying in", since=mark, timeout=90)
+        orgs.a.wait_log("(abort to ttp)", "retrying in", since=mark)
         assert count(orgs, "alice@a.test", subject_starts("Not delivered:",
                                                           "While the TTP sleeps")) == 0
     finally:
         orgs.services.start()
     _, raw = wait_mail(imap, "alice@a.test", subject_starts("Not delivered:",
-                                                            "While the TTP sleeps"), timeout=90)
+                                                            "While the TTP sleeps"))
     res = orgs.verify(attachment(raw, "vnd.tcms.evidence+json"), "ttp-down-10.json")
     assert res.returncode == 0 and "(aborted)" in res.stdout, res.stdout + res.stderr
     wait_mail(imap, "carol@b.test", subject_starts("Expired:", "While the TTP sleeps"))

@@ -16,6 +16,7 @@ import time
 import aioimaplib
 import pytest
 from gateways import USERS, GatewayProc, Orgs
+from mailstack import PATIENCE
 
 pytestmark = pytest.mark.slow
 
@@ -281,7 +282,7 @@ def test_logout_leaves_no_task_exception_in_the_log(orgs: Orgs) -> None:
         bob.close()
     with proxy(orgs, "carol@b.test") as later:  # a positive signal after those sessions ended
         later.noop()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + PATIENCE
     while gw.log_text().count("IMAP session for") < sessions + 4:
         assert time.monotonic() < deadline
         time.sleep(0.1)

@@ -31,6 +31,7 @@ from gateways import (
     tcms,
     wait_mail,
 )
+from mailstack import PATIENCE
 from services import PASSPHRASE
 
 from gateway import mailformat
@@ -99,7 +100,7 @@ def inbound(db_url: str, tx: str) -> tuple[str, str] | None:
     return (str(rows[0][0]), str(rows[0][1] or "")) if rows else None
 
 
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
+def wait_until(what: str, probe: Callable[[], T | None], timeout: float = PATIENCE) -> T:
     deadline = time.time() + timeout
     while time.time() < deadline:
         got = probe()
@@ -211,10 +212,10 @@ def test_a_replayed_m3_cannot_take_the_recipients_exchange(orgs: Orgs) -> None:
     first = inbound_outcome(orgs.b.db_url, tx)
     assert first == ("done", f"exchange {tx}: notice for bob@b.test"), first
     subprocess.run(["postqueue", "-c", str(orgs.stack.postfix_dir), "-f"], check=True,
-                   timeout=60)  # now the genuine copy arrives
+                   timeout=PATIENCE)  # now the genuine copy arrives
     wait_until("the genuine m3 handled",
                lambda: _inbound_count(orgs.b.db_url, tx) >= 2 and
-               (inbound(orgs.b.db_url, tx) or ("new",))[0] != "new", timeout=90)
+               (inbound(orgs.b.db_url, tx) or ("new",))[0] != "new")
     uid, _ = wait_mail(orgs.proxy, "bob@b.test", subject_starts("Certified mail from",
                                                                 "Replay target"))
     move(orgs.proxy, "bob@b.test", uid, "Certified.Accept")
@@ -318,7 +319,7 @@ def test_thousands_of_users_cost_no_logins(orgs: Orgs, tmp_path: Path) -> None:
         start = len(orgs.stack.dovecot_log())
         passes = wait_until("five passes of dave's answer check",
                             lambda: (n := _answer_checks(orgs.b.db_url, "dave@b.test")) >= 6
-                            and n, timeout=60)
+                            and n)
         logins = [line.split("user=<", 1)[1].split(">", 1)[0]
                   for line in orgs.stack.dovecot_log()[start:].splitlines() if "Login:" in line]
         at_b = [u for u in logins if u.endswith("@b.test")]

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import DATA_KEYS
+from mailstack import PATIENCE
 
 from gateway.queue import Queues, backoff
 from gateway.worker import Lane, Worker
@@ -189,7 +190,7 @@ def tcms(args: list[str], db: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TCMS_")}
     env["TCMS_DATABASE__URL"] = f"sqlite:///{db}"
     return subprocess.run([sys.executable, "-m", "tcms.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=PATIENCE)
 
 
 def test_an_administrator_lists_shows_retries_and_drops(tmp_path: Path) -> None:

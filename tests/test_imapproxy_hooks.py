@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from mailstack import PATIENCE
 
 from gateway import imapproxy
 from gateway.imapcommand import Atom, Command, Continue, Limits, Reading, String
@@ -54,7 +55,7 @@ def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     subprocess.run(
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout k.pem "
         "-out c.pem -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1",
-        shell=True, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+        shell=True, cwd=tmp_path, check=True, capture_output=True, timeout=PATIENCE)
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
     return server, ssl.create_default_context(cafile=str(tmp_path / "c.pem"))

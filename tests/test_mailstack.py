@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
-from mailstack import MASTER, MailStack
+from mailstack import MASTER, PATIENCE, MailStack
 
 USERS = {"alice@a.test": "alice-password", "bob@b.test": "bob-password"}
 
@@ -26,7 +26,7 @@ def stack() -> Iterator[MailStack]:
 
 
 def wait_for(imap_port: int, user: str, password: str, needle: bytes,
-             timeout: float = 20, folder: str = "INBOX") -> bytes:
+             timeout: float = PATIENCE, folder: str = "INBOX") -> bytes:
     deadline = time.time() + timeout
     while time.time() < deadline:
         with imaplib.IMAP4("127.0.0.1", imap_port) as imap:
@@ -49,7 +49,7 @@ def test_swaks_through_postfix_into_dovecot(stack: MailStack) -> None:
     res = subprocess.run(["swaks", "--server", f"127.0.0.1:{stack.smtp_port}", "--from",
                           "alice@a.test", "--to", "bob@b.test", "--header",
                           "Subject: swaks-probe-1", "--body", "hello from swaks"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=PATIENCE)
     assert res.returncode == 0, res.stdout + res.stderr
     raw = wait_for(stack.imap_port, "bob@b.test", "bob-password", b"swaks-probe-1")
     assert b"hello from swaks" in raw
@@ -73,7 +73,7 @@ def test_smtplib_and_the_master_user(stack: MailStack) -> None:
 def test_mail_to_an_unknown_user_bounces(stack: MailStack) -> None:
     with smtplib.SMTP("127.0.0.1", stack.smtp_port, timeout=30) as smtp:
         smtp.sendmail("alice@a.test", ["nobody@b.test"], b"Subject: lost?\r\n\r\nx\r\n")
-    deadline = time.time() + 20
+    deadline = time.time() + PATIENCE
     while time.time() < deadline:
         log = stack.maillog()
         if "to=<nobody@b.test>" in log and "status=bounced" in log:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import pytest
 from conftest import ALICE, BOB, DEADLINES, T0, TRUST, TTP, known, start_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -33,6 +34,7 @@ from tcms.protocol.receiver import Receiver
 from tcms.protocol.sender import Sender
 
 EXAMPLES = int(os.environ.get("TCMS_PROPERTY_EXAMPLES", "200"))
+pytestmark = pytest.mark.slow
 END = DEADLINES.resolve_by + 10_000
 
 

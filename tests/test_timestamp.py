@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import cms, core, tsp
+from mailstack import PATIENCE
 from reencode import REENCODINGS, reencodings
 
 from tcms import der, token_layout
@@ -31,7 +32,7 @@ def tsa() -> TimeStampAuthority:
 
 def openssl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=PATIENCE)
 
 
 @pytest.mark.parametrize("digest", ["sha256", "sha384", "sha512"])

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ALICE, TRUST, start_run
+from mailstack import PATIENCE
 from services import Services, prepare_keys
 from test_evidence_table import FULL
 
@@ -24,7 +25,7 @@ from ttp import filing
 
 def tcms(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tcms.cli", *args], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=PATIENCE)
 
 
 @pytest.fixture
@@ -246,7 +247,7 @@ def test_dispute_reads_in_linear_time(tmp_path: Path) -> None:
     svc = Services(tmp_path, f"sqlite:///{tmp_path / 'tcms.db'}", which="ttp").start()
     try:
         filed = filing.filing_headers(ALICE, bytes(32), UNCLOSED, int(time.time()))
-        r = httpx.post(svc.ttp + "/dispute", content=UNCLOSED, timeout=60,
+        r = httpx.post(svc.ttp + "/dispute", content=UNCLOSED, timeout=PATIENCE,
                        headers={"Content-Type": "application/json", **filed})
         assert r.status_code == 400 and r.json()["error"] == "json", r.text
         assert httpx.get(svc.ttp + "/health", timeout=10).status_code == 200
