@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,13 +16,16 @@ from dc import store as dc_store
 from dc.client import DirectoryClient
 from dc.records import DirectoryError
 from dc.updates import UpdateError, UpdateRepository
-from tcms.cli.registry import Registry, Service
+from tcms.cli.registry import Service
 from tcms.cli.util import passphrase_of, settings_of, with_store
 from tcms.config import Settings
 from tcms.identity import Party, check_party_name
 from tcms.keystore import Keystore, KeystoreError
 from tcms.store import Store
-from tcms.web import Listener
+
+if TYPE_CHECKING:
+    from tcms.metrics import SqlGauges
+    from tcms.web import Listener
 
 
 @click.group()
@@ -243,6 +246,7 @@ def dc_updates_apply(ctx: click.Context, name: str, root_file: Any, cache: str,
 def listeners(settings: Settings, store: Store) -> list[Listener]:
     """The DC's API over HTTP(S), as configured in [dc]."""
     from dc.api import create_app
+    from tcms.web import Listener
 
     try:
         me = Keystore(settings.keys.dir, passphrase_of(settings)).load(settings.dc.identity)
@@ -253,8 +257,10 @@ def listeners(settings: Settings, store: Store) -> list[Listener]:
                      d.tls_cert, d.tls_key)]
 
 
-def plugin(reg: Registry) -> None:
-    reg.command(dc)
+def _gauges(store: Store) -> SqlGauges:
     from dc import metrics
 
-    reg.service(Service("dc", listeners=listeners, gauges=metrics.sql_gauges))
+    return metrics.sql_gauges(store)
+
+
+service = Service("dc", listeners=listeners, gauges=_gauges)

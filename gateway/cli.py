@@ -13,18 +13,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from dc.records import DirectoryError
 from gateway import context
-from gateway.mailcli import mail_group
 from gateway.queue import Queues
 from gateway.queueview import KINDS, Entry
 from tcms import config as config_mod
-from tcms.cli.registry import Registry, Service
+from tcms.cli.registry import Service
 from tcms.cli.util import settings_of, with_store
 from tcms.store import Store
+
+if TYPE_CHECKING:
+    from tcms.metrics import SqlGauges
 
 KIND = click.Choice(KINDS)
 
@@ -154,14 +157,11 @@ async def _serve(settings: config_mod.Settings) -> None:
     await server.run(settings)
 
 
-def plugin(reg: Registry) -> None:
-    reg.command(gateway_group)
-    reg.command(mail_group)
-    reg.command(queue_group)
-    from gateway import metrics, opscli
-    from tcms.cli.tx import tx
+def _gauges(store: Store) -> SqlGauges:
+    from gateway import metrics
 
-    reg.command(opscli.doctor)
-    tx.add_command(opscli.tx_purge)
-    reg.service(Service("gateway", run=_serve, gauges=metrics.sql_gauges,
-                        in_all=lambda settings: bool(settings.gateway.domains)))
+    return metrics.sql_gauges(store)
+
+
+service = Service("gateway", run=_serve, gauges=_gauges,
+                  in_all=lambda settings: bool(settings.gateway.domains))

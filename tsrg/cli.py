@@ -6,8 +6,6 @@ import sys
 
 import click
 
-from tcms.cli.registry import Registry
-
 
 @click.group()
 def tsrg() -> None:
@@ -41,6 +39,3 @@ def tsrg_stream(source: str, nbytes: int, seed: str) -> None:
         pass
 
 
-
-def plugin(reg: Registry) -> None:
-    reg.command(tsrg)

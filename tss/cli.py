@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import click
 
-from tcms.cli.registry import Registry, Service
+from tcms.cli.registry import Service
 from tcms.cli.util import passphrase_of, settings_of
 from tcms.config import Settings
 from tcms.store import Store
-from tcms.web import Listener
 from tss import credentials
+
+if TYPE_CHECKING:
+    from tcms.metrics import SqlGauges
+    from tcms.web import Listener
 
 
 @click.group()
@@ -36,6 +40,7 @@ def tss_init(ctx: click.Context, force: bool) -> None:
 
 def listeners(settings: Settings, store: Store) -> list[Listener]:
     """The RFC 3161 authority over HTTP(S), as configured in [tss]."""
+    from tcms.web import Listener
     from tss.api import create_app
     from tss.authority import TimeStampAuthority
 
@@ -47,8 +52,10 @@ def listeners(settings: Settings, store: Store) -> list[Listener]:
     return [Listener(create_app(store, tsa), s.host, s.port, s.tls_cert, s.tls_key)]
 
 
-def plugin(reg: Registry) -> None:
-    reg.command(tss)
+def _gauges(store: Store) -> SqlGauges:
     from tss import metrics
 
-    reg.service(Service("tss", listeners=listeners, gauges=metrics.sql_gauges))
+    return metrics.sql_gauges(store)
+
+
+service = Service("tss", listeners=listeners, gauges=_gauges)

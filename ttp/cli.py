@@ -9,17 +9,20 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from tcms.cli.registry import Registry, Service
+from tcms.cli.registry import Service
 from tcms.cli.util import passphrase_of, settings_of, with_store
 from tcms.config import Settings
 from tcms.keystore import Keystore, KeystoreError
 from tcms.store import Store
-from tcms.web import Listener
 from ttp import store as ttp_store
+
+if TYPE_CHECKING:
+    from tcms.metrics import SqlGauges
+    from tcms.web import Listener
 
 
 @click.group()
@@ -97,6 +100,7 @@ def ttp_dispute(ctx: click.Context, bundle: Any, url: str | None, filer: str | N
 def listeners(settings: Settings, store: Store) -> list[Listener]:
     """The TTP's API over HTTP(S), as configured in [ttp]."""
     from tcms.protocol.checks import Trust
+    from tcms.web import Listener
     from tss import credentials
     from ttp.api import DisputeLimits, create_app
 
@@ -130,9 +134,10 @@ def demo(scenario: str, out: str) -> None:
         asyncio.run(demo_mod.run(Path(out) / name, name, say=click.echo))
 
 
-def plugin(reg: Registry) -> None:
-    reg.command(ttp)
-    reg.command(demo)
+def _gauges(store: Store) -> SqlGauges:
     from ttp import metrics
 
-    reg.service(Service("ttp", listeners=listeners, gauges=metrics.sql_gauges))
+    return metrics.sql_gauges(store)
+
+
+service = Service("ttp", listeners=listeners, gauges=_gauges)

@@ -1,5 +1,5 @@
-"""The ``tcms`` root command: the core's commands, then every installed package's
-(:mod:`tcms.cli.registry`), loaded when the command line is first resolved."""
+"""The ``tcms`` root command.  Its commands, the core's and the packages'
+(:mod:`tcms.cli.registry`), are imported only when they are used."""
 
 from __future__ import annotations
 
@@ -9,30 +9,38 @@ import click
 
 from tcms.cli import registry
 
+# the core's own commands
+CORE = {"config": "tcms.cli.config_cmd:config_group", "keys": "tcms.cli.keys:keys",
+        "verify": "tcms.cli.verify:verify", "db": "tcms.cli.db:db", "tx": "tcms.cli.tx:tx",
+        "serve": "tcms.cli.serve:serve"}
+
 
 class _Root(click.Group):
-    """The root group; it adds the packages' commands and ``serve`` on first use."""
+    """The root group: a command's module is imported when the command is asked for, with
+    the subcommands other packages add to it (``GROUP.NAME`` entry points)."""
 
-    _loaded = False
+    _sources: dict[str, str] | None = None
 
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        from tcms.cli.serve import serve_command
-
-        reg = registry.load()
-        for cmd in reg.commands:
-            self.add_command(cmd)
-        self.add_command(serve_command(reg.services))
+    def sources(self) -> dict[str, str]:
+        if self._sources is None:
+            self._sources = {**registry.command_sources(), **CORE}
+        return self._sources
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self._load()
-        return super().list_commands(ctx)
+        return sorted({n for n in self.sources() if "." not in n} | set(self.commands))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        self._load()
-        return super().get_command(ctx, cmd_name)
+        if cmd_name not in self.commands:
+            source = self.sources().get(cmd_name)
+            if source is None:
+                return None
+            cmd = registry.load_object(source)
+            for name, sub in sorted(self.sources().items()):
+                parent, _, child = name.partition(".")
+                if parent == cmd_name and child and isinstance(cmd, click.Group):
+                    cmd.add_command(registry.load_object(sub), child)
+            self.add_command(cmd, cmd_name)
+        return self.commands[cmd_name]
 
 
 @click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,13 +57,3 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     for chatty in ("mail.log", "aioimaplib"):  # aiosmtpd's and aioimaplib's per-line logs
         logging.getLogger(chatty).setLevel(logging.WARNING)
-
-
-def _add_core_commands() -> None:
-    from tcms.cli import config_cmd, db, keys, tx, verify
-
-    for cmd in (config_cmd.config_group, keys.keys, verify.verify, db.db, tx.tx):
-        main.add_command(cmd)
-
-
-_add_core_commands()

@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 
 import click
 
-from tcms.cli.registry import Service
+from tcms.cli.registry import Service, load_services, service_names
 from tcms.cli.util import settings_of
 from tcms.config import Settings
 from tcms.store import Store
@@ -25,11 +25,11 @@ async def _upgrade(url: str) -> None:
         await store.close()
 
 
-def chosen(services: dict[str, Service], name: str, settings: Settings) -> list[Service]:
+def chosen(name: str, settings: Settings) -> list[Service]:
     """The services ``tcms serve NAME`` runs."""
     if name != "all":
-        return [services[name]]
-    return [s for s in services.values() if s.in_all(settings)]
+        return list(load_services([name]).values())
+    return [s for s in load_services().values() if s.in_all(settings)]
 
 
 def metrics_listener(settings: Settings, run: list[Service]) -> Listener | None:
@@ -45,41 +45,39 @@ def metrics_listener(settings: Settings, run: list[Service]) -> Listener | None:
     return metrics.listener(settings.metrics, [r.refresh for r in readers])
 
 
-def serve_command(services: dict[str, Service]) -> click.Command:
-    """The ``serve`` command over the registered services."""
-    names = ", ".join(services) or "none installed"
+_NAMES = service_names()
 
-    @click.command("serve", help=f"""Run TCMS services ({names}), one or all of them in one
-    process (``all`` includes the gateway when [gateway] domains is set).
 
-    Addresses, TLS files and the database come from the configuration ([tss], [ttp], [dc],
-    [gateway], [database]); state is in SQL, so a restart continues where it stopped.""")
-    @click.argument("service", type=click.Choice(["all", *services]), default="all")
-    @click.pass_context
-    def serve(ctx: click.Context, service: str) -> None:
-        from tcms.web import serve as serve_all
+@click.command("serve", help=f"""Run TCMS services ({", ".join(_NAMES) or "none installed"}),
+one or all of them in one process (``all`` includes the gateway when [gateway] domains is
+set).
 
-        settings = settings_of(ctx)
-        run = chosen(services, service, settings)
-        listeners: list[Listener] = []
-        if any(s.listeners for s in run):
-            asyncio.run(_upgrade(settings.database.url))
-            store = Store(settings.database.url)  # a fresh engine for the serving loop
-            for s in run:
-                if s.listeners:
-                    listeners.extend(s.listeners(settings, store))
+Addresses, TLS files and the database come from the configuration ([tss], [ttp], [dc],
+[gateway], [database]); state is in SQL, so a restart continues where it stopped.""")
+@click.argument("service", type=click.Choice(["all", *_NAMES]), default="all")
+@click.pass_context
+def serve(ctx: click.Context, service: str) -> None:
+    from tcms.web import serve as serve_all
 
-        endpoint = metrics_listener(settings, run)
-        if endpoint is not None:
-            listeners.append(endpoint)
+    settings = settings_of(ctx)
+    run = chosen(service, settings)
+    listeners: list[Listener] = []
+    if any(s.listeners for s in run):
+        asyncio.run(_upgrade(settings.database.url))
+        store = Store(settings.database.url)  # a fresh engine for the serving loop
+        for s in run:
+            if s.listeners:
+                listeners.extend(s.listeners(settings, store))
 
-        async def go() -> None:
-            work: list[Awaitable[None]] = [s.run(settings) for s in run if s.run]
-            if listeners:
-                work.append(serve_all(listeners))
-            await asyncio.gather(*work)
+    endpoint = metrics_listener(settings, run)
+    if endpoint is not None:
+        listeners.append(endpoint)
 
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(go())
+    async def go() -> None:
+        work: list[Awaitable[None]] = [s.run(settings) for s in run if s.run]
+        if listeners:
+            work.append(serve_all(listeners))
+        await asyncio.gather(*work)
 
-    return serve
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(go())

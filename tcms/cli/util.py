@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from tcms import config as config_mod
 from tcms import datakeys
-from tcms.store import Store
-from tcms.store.encrypted import data_key_error
+
+if TYPE_CHECKING:
+    from tcms.store import Store
 
 T = TypeVar("T")
 
@@ -54,6 +55,9 @@ def data_keys_of(settings: config_mod.Settings) -> datakeys.DataKeys | None:
 def with_store(ctx: click.Context, fn: Callable[[Store], Awaitable[T]]) -> T:
     """Run ``fn`` with the configured database, brought to the newest schema; a value the
     data keys cannot open ends the command with the error's name and reason."""
+    from tcms.store import Store
+    from tcms.store.encrypted import data_key_error
+
     settings = settings_of(ctx)
     keys = data_keys_of(settings)
 
