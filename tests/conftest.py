@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+import asyncio.runners
 import datetime as dt
 import os
 import signal
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,32 @@ def _interrupted(signum: int, _frame: object) -> None:
 
 signal.signal(signal.SIGTERM, _interrupted)
 signal.signal(signal.SIGHUP, _interrupted)
+
+# When a test's event loop closes, asyncio cancels the tasks left on it and waits for them
+# without a limit. A task that cannot end (seen: SQLAlchemy's graceful close of an aiosqlite
+# connection whose worker thread is already gone, started when a pooled connection is
+# garbage-collected as the loop closes) then holds the whole run at exit. Wait a bounded
+# time and name what is left, as a warning in the run's summary, instead of hanging.
+LEFT_TASK_PATIENCE = 30.0
+
+
+def _cancel_all_tasks_bounded(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = asyncio.all_tasks(loop)
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    done, pending = loop.run_until_complete(asyncio.wait(tasks, timeout=LEFT_TASK_PATIENCE))
+    for task in pending:
+        warnings.warn(f"a task left on a closing test loop did not end when cancelled: "
+                      f"{task!r}", RuntimeWarning, stacklevel=1)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler({"message": "unhandled exception during loop close",
+                                         "exception": task.exception(), "task": task})
+
+
+asyncio.runners._cancel_all_tasks = _cancel_all_tasks_bounded  # type: ignore[attr-defined]
 
 
 # module-scoped fixtures are costly (a mail stack, two gateways, running services): under
