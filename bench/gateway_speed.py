@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -187,6 +188,15 @@ def relay_bench(orgs: Orgs, n: int, rounds: int, workers: int) -> None:
           f"postfix_p99_added_ms={(pct(lat['postfix'], .99) - pct(lat['direct'], .99)) * 1e3:.2f}")
 
 
+def in_threads(work: Callable[[int, int], None], per: int, threads: int = 4) -> None:
+    """``work(k, per)`` in ``threads`` threads at once, k = 0 …; returns when all are done."""
+    running = [threading.Thread(target=work, args=(k, per)) for k in range(threads)]
+    for t in running:
+        t.start()
+    for t in running:
+        t.join()
+
+
 def mta_floor(orgs: Orgs, n: int) -> tuple[float, float, float]:
     """What the mail stack beneath the gateways carries: Postfix -> LMTP -> Dovecot
     deliveries/s (4 SMTP sessions, counted done when Dovecot has saved every one) and IMAP
@@ -201,11 +211,7 @@ def mta_floor(orgs: Orgs, n: int) -> tuple[float, float, float]:
                            f"Subject: {marker} {k}-{i}\r\n\r\n".encode() + BODY)
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=deliver, args=(k, n // 4)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(deliver, n // 4)
     deadline = time.time() + 300
     while _saved_count(orgs, marker) < n // 4 * 4 and time.time() < deadline:
         time.sleep(0.05)
@@ -219,11 +225,7 @@ def mta_floor(orgs: Orgs, n: int) -> tuple[float, float, float]:
         imap.logout()
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=append, args=(k, n // 4)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(append, n // 4)
     appends = n // 4 * 4 / (time.perf_counter() - t0)
     return deliveries, appends, 1 / (4 / deliveries + 4 / appends)
 
