@@ -81,7 +81,7 @@ def with_store(ctx: click.Context, fn: Callable[[Store], Awaitable[T]]) -> T:
 def when(t: int | None) -> str:
     """A time in a command's output: "-" for none, else as `checks.utc` says it (UTC, to
     the second); total, like it: a stored or given time no date can show (a corrupt row,
-    ``--now 1e30``) is printed as such, never raised."""
+    a ``--now`` past the year 9999) is printed as such, never raised."""
     if t is None:
         return "-"
     from tcms.protocol.checks import utc
