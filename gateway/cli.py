@@ -11,7 +11,6 @@ are quarantined; `retry` tries one again now, `drop` gives up on it (kept in the
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 from typing import TYPE_CHECKING
 
@@ -23,7 +22,7 @@ from gateway.queue import Queues
 from gateway.queueview import KINDS, Entry
 from tcms import config as config_mod
 from tcms.cli.registry import Service
-from tcms.cli.util import settings_of, with_store
+from tcms.cli.util import settings_of, when, with_store
 from tcms.store import Store
 
 if TYPE_CHECKING:
@@ -32,19 +31,10 @@ if TYPE_CHECKING:
 KIND = click.Choice(KINDS)
 
 
-def _when(t: int | None) -> str:
-    if t is None:
-        return "-"
-    try:
-        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    except (OverflowError, OSError, ValueError):
-        return str(t)
-
-
 def _line(e: Entry) -> str:
     error = f"  last error: {e.last_error[:120]}" if e.last_error else ""
     return (f"{e.kind:<10} {e.key:<20.70} {e.status:<11} tries {e.attempts:<3} "
-            f"next {_when(e.next_attempt)}  {e.summary[:100]}{error}")
+            f"next {when(e.next_attempt)}  {e.summary[:100]}{error}")
 
 
 @click.group("queue")
@@ -85,7 +75,7 @@ def queue_show(ctx: click.Context, kind: str, key: str) -> None:
     if e is None:
         raise click.ClickException(f"no {kind} item {key}")
     for label, value in (("kind", e.kind), ("key", e.key), ("status", e.status),
-                         ("attempts", str(e.attempts)), ("next try", _when(e.next_attempt)),
+                         ("attempts", str(e.attempts)), ("next try", when(e.next_attempt)),
                          ("what", e.summary), ("outcome", e.detail or "-"),
                          ("last error", e.last_error or "-")):
         click.echo(f"{label + ':':<12}{value}")

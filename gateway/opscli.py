@@ -8,12 +8,8 @@ import time
 
 import click
 
-from tcms.cli.util import settings_of, with_store
+from tcms.cli.util import settings_of, when, with_store
 from tcms.store import Store
-
-
-def _when(t: int) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _moment(value: str | None) -> int:
@@ -23,13 +19,13 @@ def _moment(value: str | None) -> int:
     if value.isdigit():
         return int(value)
     try:
-        when = dt.datetime.fromisoformat(value)
+        given = dt.datetime.fromisoformat(value)
     except ValueError:
         raise click.BadParameter("must be seconds since the epoch or an ISO 8601 time "
                                  "such as 2029-06-01T00:00:00Z", param_hint="--now") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp())
+    if given.tzinfo is None:
+        given = given.replace(tzinfo=dt.UTC)
+    return int(given.timestamp())
 
 
 @click.command("purge")
@@ -53,7 +49,7 @@ def tx_purge(ctx: click.Context, dry_run: bool, at: str | None) -> None:
 
     report = with_store(ctx, go)
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"retention as of {_when(now)} UTC: {verb} " + ", ".join(
+    click.echo(f"retention as of {when(now)}: {verb} " + ", ".join(
         f"{n} {what}" for what, n in report.counts.items()))
 
 

@@ -68,6 +68,7 @@ class GatewayProc:
     log: BinaryIO | None = None
     home: Path | None = None  # keys and trust files (default: workdir); a replica shares them
     languages: dict[str, str] = field(default_factory=dict)  # [mail] languages
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. another TCMS_TSS__URL
     _mark: int = 0  # where the log of the latest start begins
 
     def __post_init__(self) -> None:
@@ -116,6 +117,7 @@ class GatewayProc:
             "TCMS_MAIL__LANGUAGES": json.dumps(self.languages),
             **{f"TCMS_PROTOCOL__{k}": v for k, v in WINDOWS.items()},
         })
+        env.update(self.extra_env)
         return env
 
     def setup(self) -> None:

@@ -349,6 +349,14 @@ maillog_file_prefixes = {ROOT}
             raise RuntimeError(f"postfix reload failed: {res.stdout!r}")
         return port
 
+    def flush(self) -> None:
+        """Ask Postfix to try every deferred mail again now (``postfix flush``), as an
+        administrator does once a route is fixed."""
+        res = subprocess.run(["script", "-qc", f"postfix -c {self.postfix_dir} flush",
+                              "/dev/null"], capture_output=True, timeout=PATIENCE)
+        if res.returncode != 0:
+            raise RuntimeError(f"postfix flush failed: {res.stdout!r}")
+
     def _make_cert(self) -> None:
         tls = self.base / "tls"
         tls.mkdir()

@@ -189,6 +189,27 @@ def test_tcms_keys_cli(tmp_path: Path) -> None:
     assert json.loads(out.stdout)["gateway"]["master_password"] == "***"
 
 
+
+@pytest.mark.parametrize(("t", "said"), [
+    (None, "-"),
+    (0, "1970-01-01 00:00:00 UTC"),
+    (1_800_000_000, "2027-01-15 08:00:00 UTC"),
+    (10**17, f"@{10**17} (not a representable date)"),  # past year 9999
+    (-(10**17), f"@{-(10**17)} (not a representable date)"),
+    (2**70, f"@{2**70} (not a representable date)"),  # past a C long
+])
+def test_every_command_says_a_time_one_way_and_never_raises(t: int | None, said: str) -> None:
+    """`tcms tx`, `tcms queue`, `tcms tx purge` and `tcms keys data-key list` print times
+    with tcms.cli.util.when: as the protocol's notices do (checks.utc), "-" for none, and
+    a time no date can show (a corrupt row, a mistyped --now) said as such."""
+    from tcms.cli.util import when
+    from tcms.protocol.checks import utc
+
+    assert when(t) == said
+    if t is not None:
+        assert when(t) == utc(t)
+
+
 HELPED = [[], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "export"], ["verify"],
           ["demo"], ["db"], ["db", "upgrade"], ["config"], ["config", "check"], ["tsrg"],
           ["tsrg", "stream"], ["serve"], ["tss", "init"], ["ttp", "audit"], ["ttp", "dispute"],

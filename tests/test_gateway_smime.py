@@ -6,11 +6,26 @@ a user configured for Italian gets Italian notices; the original is delivered un
 from __future__ import annotations
 
 import json
+import re
+import signal
+import time
 from email.message import Message
 from pathlib import Path
 
 import pytest
-from gateways import Orgs, attachment, move, parse, settled, subject_starts, wait_mail
+from fakehttp import serve
+from gateways import (
+    Orgs,
+    attachment,
+    inbound_outcome,
+    move,
+    parse,
+    query,
+    settled,
+    subject_starts,
+    wait_mail,
+)
+from mailstack import PATIENCE, free_port
 from signing import openssl_verify, text_of
 
 pytestmark = pytest.mark.slow
@@ -104,3 +119,111 @@ def test_every_mail_to_a_user_is_signed(orgs: Orgs) -> None:
     _, raw = wait_mail(imap, "carol@b.test", subject_starts("Expired:", "Left unanswered"))
     signed_by(orgs, raw, b_ca, "expired.eml")
     settled(summary["exchange"], orgs.a, orgs.b)
+
+
+def exchange_of(text: str) -> str:
+    """The exchange a status mail names (its "Exchange: <tx>" line)."""
+    found = re.search(r"^Exchange: ([0-9a-f]{32})\r?$", text, re.MULTILINE)
+    assert found, text
+    return found.group(1)
+
+
+def no_evidence(msg: Message) -> None:
+    """A `failed` or `withdrawn` mail carries no attachment (docs/mail.md)."""
+    kinds = {part.get_content_type() for part in msg.walk()}
+    assert not kinds & {"application/vnd.tcms.evidence+json",
+                        "application/vnd.tcms.certdata+json"}, kinds
+
+
+def test_a_failed_certification_is_told_signed(orgs: Orgs) -> None:
+    """The TSS refuses alice's m1 (a 400 with a named check, as the real one answers a
+    request it will not stamp): her gateway ends the exchange as failed and tells her so,
+    signed; nothing went to bob.  Alice's gateway runs against that TSS meanwhile, and
+    against the real one again afterwards, whatever happens."""
+    refusal = json.dumps({"error": "m1.sig", "reason": "refused for this test"}).encode()
+    gw = orgs.a
+    with serve(lambda _method, _path, _body: (400, "application/json", refusal)) as tss:
+        gw.stop()
+        gw.extra_env = {"TCMS_TSS__URL": tss.url}
+        try:
+            gw.start()
+            send(orgs, "[certified] Never stamped", "smime-failed", "bob@b.test")
+            _, raw = wait_mail(orgs.direct, "alice@a.test",
+                               subject_starts("Certification failed:", "Never stamped"))
+        finally:
+            gw.stop()
+            gw.extra_env = {}
+            gw.start()
+    assert ("POST", "/m1") in tss.requests
+    msg = signed_by(orgs, raw, orgs.a.mail_ca, "failed.eml")
+    assert "bob@b.test" in str(msg["Subject"])
+    text = text_of(msg)
+    assert 'The certification of "Never stamped" (bob@b.test) failed.' in text
+    assert "the time-stamping server failed (TSS answered 400)" in text
+    no_evidence(msg)
+    tx = exchange_of(text)
+    settled(tx, orgs.a)  # the run has ended and its outbox is empty: this is final
+    assert query(orgs.a.db_url, "SELECT phase FROM runs WHERE tx = ?", tx) == [("failed",)]
+    assert not query(orgs.a.db_url, "SELECT m.kind FROM messages m JOIN runs r ON "
+                     "m.cid = r.cid AND m.role = r.role WHERE r.tx = ? AND "
+                     "m.destination = 'peer'", tx)
+
+
+def m4_sent(orgs: Orgs, tx: str) -> bool:
+    return bool(query(orgs.b.db_url, "SELECT m.id FROM messages m JOIN runs r ON "
+                      "m.cid = r.cid AND m.role = r.role WHERE r.tx = ? AND m.kind = 'm4' "
+                      "AND m.sent_at IS NOT NULL", tx))
+
+
+def test_a_withdrawn_exchange_is_told_signed(orgs: Orgs) -> None:
+    """Bob accepts in time, but the MTA cannot deliver his m4 to alice's gateway (its
+    route points where nothing listens): past the accept deadline alice's gateway aborts
+    at the TTP ("Not delivered"); bob's gateway, waiting for m5, asks the TTP and learns
+    the exchange was aborted: bob is told it was withdrawn, signed by b.test.  Bob's
+    gateway is held (SIGSTOP) from m4 until the abort is decided, so that its request
+    reaches the TTP after alice's whatever the machine's load.  The route is put back
+    and the deferred m4 flushed (alice's gateway takes it and ignores it) whatever
+    happens."""
+    imap, a, b = orgs.direct, orgs.a, orgs.b
+    send(orgs, "[certified] Withdrawn in transit", "smime-withdrawn", "bob@b.test")
+    uid, raw = wait_mail(imap, "bob@b.test", subject_starts("Certified mail from",
+                                                            "Withdrawn in transit"))
+    tx = str(parse(raw)["TCMS-Notice"])
+    orgs.stack.route(a.protocol_address, free_port())  # nothing listens: Postfix defers
+    held = False
+    try:
+        move(imap, "bob@b.test", uid, "Certified.Accept")
+        deadline = time.time() + PATIENCE
+        while not m4_sent(orgs, tx):
+            assert time.time() < deadline, "bob's gateway never sent m4"
+            time.sleep(0.1)
+        b.send_signal(signal.SIGSTOP)
+        held = True
+        _, raw = wait_mail(imap, "alice@a.test", subject_starts("Not delivered:",
+                                                                "Withdrawn in transit"))
+    finally:
+        if held:
+            b.send_signal(signal.SIGCONT)
+        orgs.stack.route(a.protocol_address, a.intake)
+        orgs.stack.flush()  # the deferred m4 goes now: to alice's gateway, too late
+    signed_by(orgs, raw, a.mail_ca, "aborted-2.eml")
+    aborted = json.loads(attachment(raw, "vnd.tcms.certdata+json"))
+    assert aborted["verdict"] == "aborted" and aborted["exchange"] == tx, aborted
+
+    _, raw = wait_mail(imap, "bob@b.test", subject_starts("Withdrawn:", "Withdrawn in transit"))
+    msg = signed_by(orgs, raw, b.mail_ca, "withdrawn.eml")
+    assert "alice@a.test withdrew" in str(msg["Subject"])
+    text = text_of(msg)
+    assert 'alice@a.test withdrew the certified mail "Withdrawn in transit"' in text
+    assert "The sender aborted the exchange at the TTP." in text
+    assert exchange_of(text) == tx
+    no_evidence(msg)
+    # a signature by the other organisation's CA does not pass
+    assert openssl_verify(raw, a.mail_ca, orgs.workdir, "withdrawn-a-ca.eml").returncode != 0
+
+    # the late m4 reached alice's gateway, changed nothing, and both sides are done
+    status, detail = inbound_outcome(a.db_url, tx, kind="m4")
+    assert status == "done", detail
+    settled(tx, a, b)
+    for gw in (a, b):
+        assert query(gw.db_url, "SELECT phase FROM runs WHERE tx = ?", tx) == [("aborted",)]

@@ -198,6 +198,10 @@ def test_tx_purge_and_export_through_the_command(tmp_path: Path) -> None:
     assert json.loads(kept.stdout)["holder"] == "sender"
     bad = tcms("tx", "purge", "--now", "yesterday")
     assert bad.returncode == 2 and "ISO 8601" in bad.stderr
+    # a --now past any date is purged against and said as such, not a traceback
+    far = tcms("tx", "purge", "--now", str(10**17), "--dry-run")
+    assert far.returncode == 0, far.stderr
+    assert f"retention as of @{10**17} (not a representable date): would remove" in far.stdout
 
 
 async def test_the_worker_purges_on_its_own(store: Store) -> None:

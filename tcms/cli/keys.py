@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tcms.cli.util import passphrase_of, settings_of, with_store
+from tcms.cli.util import passphrase_of, settings_of, when, with_store
 from tcms.keystore import Keystore, KeystoreError
 
 
@@ -117,8 +117,6 @@ def data_key_rotate(ctx: click.Context) -> None:
 @click.pass_context
 def data_key_list(ctx: click.Context) -> None:
     """The versions of the data key, oldest first (no passphrase needed)."""
-    import datetime as dt
-
     from tcms import datakeys
 
     directory = Path(settings_of(ctx).keys.dir)
@@ -126,8 +124,7 @@ def data_key_list(ctx: click.Context) -> None:
     if not rows:
         click.echo(f"no data key in {directory}")
     for kid, created, current in sorted(rows, key=lambda r: r[1]):
-        when = dt.datetime.fromtimestamp(created, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{kid:08x}  created {when} UTC{'  current' if current else ''}")
+        click.echo(f"{kid:08x}  created {when(created)}{'  current' if current else ''}")
 
 
 @data_key.command("retire")

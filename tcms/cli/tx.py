@@ -7,18 +7,12 @@ from typing import Any
 import click
 
 from tcms import evidence
-from tcms.cli.util import with_store
+from tcms.cli.util import when, with_store
 
 
 @click.group()
 def tx() -> None:
     """See every certified exchange, its state and deadlines, and export its evidence."""
-
-
-def _when(t: int | None) -> str:
-    from tcms.protocol.checks import utc
-
-    return utc(t) if t else "-"
 
 
 @tx.command("list")
@@ -33,7 +27,7 @@ def tx_list(ctx: click.Context, owner: str | None, active: bool, limit: int) -> 
     if not runs:
         click.echo("no exchanges")
     for r in runs:
-        click.echo(f"{r.tx}  {r.role:8} {r.phase:10} next {_when(r.deadline):23} "
+        click.echo(f"{r.tx}  {r.role:8} {r.phase:10} next {when(r.deadline):23} "
                    f"{r.owner} <-> {r.peer}  {r.subject!r}")
 
 
@@ -53,9 +47,9 @@ def tx_show(ctx: click.Context, tx_id: str) -> None:
         click.echo(f"exchange {run.tx} ({run.role} side), cid {run.cid.hex()}")
         click.echo(f"  {run.owner} <-> {run.peer}, subject {run.subject!r}")
         click.echo(f"  phase {run.phase}{' (ended)' if run.terminal else ''}, next deadline "
-                   f"{_when(run.deadline)}, updated {_when(run.updated_at)}")
+                   f"{when(run.deadline)}, updated {when(run.updated_at)}")
         for m in msgs:
-            click.echo(f"  {_when(m.at)} {m.direction:3} {m.kind:10} {len(m.data)} bytes")
+            click.echo(f"  {when(m.at)} {m.direction:3} {m.kind:10} {len(m.data)} bytes")
 
 
 @tx.command("export")

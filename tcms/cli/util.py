@@ -76,3 +76,14 @@ def with_store(ctx: click.Context, fn: Callable[[Store], Awaitable[T]]) -> T:
         if err is None:
             raise
         raise click.ClickException(f"{type(err).__name__}: {err}") from None
+
+
+def when(t: int | None) -> str:
+    """A time in a command's output: "-" for none, else as `checks.utc` says it (UTC, to
+    the second); total, like it: a stored or given time no date can show (a corrupt row,
+    a ``--now`` past the year 9999) is printed as such, never raised."""
+    if t is None:
+        return "-"
+    from tcms.protocol.checks import utc
+
+    return utc(t)
