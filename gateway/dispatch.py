@@ -95,14 +95,28 @@ async def to_tss(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: i
             r = await _post(ctx, base + "/tsa", data, "application/timestamp-query")
     if r.status_code != 200:
         if row.kind == "m1" and (r.status_code < 500 or row.attempts >= MAX_TSS_ATTEMPTS):
-            await apply(ctx, rec, TimestampFailed(f"TSS answered {r.status_code}"), now,
-                        done=row.id)
+            await apply(ctx, rec, TimestampFailed(answered("TSS", r)), now, done=row.id)
             return
-        raise Retry(f"TSS answered {r.status_code}")
+        raise Retry(answered("TSS", r))
     actions = await apply(ctx, rec, TimestampReply(r.content), now, done=row.id)
     if row.kind == "m1" and all(isinstance(a, Ignored) for a in actions):
         reason = "; ".join(a.reason for a in actions if isinstance(a, Ignored))
         await apply(ctx, rec, TimestampFailed(reason), now)
+
+
+def answered(peer: str, r: httpx.Response) -> str:
+    """What a service's refusal says, for a user's mail and the log: its status and the
+    check it names (``{"error": check, "reason": ...}``), bounded and printable."""
+    said = f"{peer} answered {r.status_code}"
+    try:
+        body = json.loads(r.content[:4096])
+    except ValueError:
+        return said
+    if not isinstance(body, dict) or not isinstance(body.get("error"), str):
+        return said
+    named = f"{body['error']}: {body.get('reason', '')}" if body.get("reason") else body["error"]
+    text = "".join(c if c.isprintable() else " " for c in str(named))[:200]
+    return f"{said} ({text})"
 
 
 async def to_ttp(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: int) -> None:

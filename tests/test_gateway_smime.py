@@ -159,7 +159,8 @@ def test_a_failed_certification_is_told_signed(orgs: Orgs) -> None:
     assert "bob@b.test" in str(msg["Subject"])
     text = text_of(msg)
     assert 'The certification of "Never stamped" (bob@b.test) failed.' in text
-    assert "the time-stamping server failed (TSS answered 400)" in text
+    assert "the time-stamping server failed (TSS answered 400 (m1.sig: refused for this test))" \
+        in text
     no_evidence(msg)
     tx = exchange_of(text)
     settled(tx, orgs.a)  # the run has ended and its outbox is empty: this is final

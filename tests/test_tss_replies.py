@@ -88,3 +88,20 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
         assert why.encode() in bytes(pending[0].data)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(("status", "body", "said"), [
+    (400, b'{"error": "m1.sig", "reason": "bad signature"}',
+     "TSS answered 400 (m1.sig: bad signature)"),
+    (400, b'{"error": "m1.sig"}', "TSS answered 400 (m1.sig)"),
+    (503, b"<html>down</html>", "TSS answered 503"),
+    (400, b'["not", "an", "object"]', "TSS answered 400"),
+    (400, b'{"error": 7}', "TSS answered 400"),
+    (400, b'{"error": "x", "reason": "' + b"\\u0007" * 3 + b"a" * 5000 + b'"}',
+     "TSS answered 400"),  # too long to read: the status alone
+    (400, b'{"error": "x\\r\\nInjected: 1", "reason": "' + b"r" * 300 + b'"}',
+     "TSS answered 400 (x  Injected: 1: " + "r" * 184 + ")"),
+])
+def test_a_refusal_is_told_with_its_check_bounded_and_printable(
+        status: int, body: bytes, said: str) -> None:
+    assert dispatch.answered("TSS", httpx.Response(status, content=body)) == said
