@@ -175,7 +175,8 @@ class GatewayConfig(BaseModel):
     # everything else too; the others only take mail (tcms/cli.py serve gateway)
     workers: int = Field(default=1, ge=1, le=64)
     max_message_size: int = 50 * 1024 * 1024
-    max_recipients: int = 1000  # per mail, as Postfix's smtpd_recipient_limit; more: 452
+    # recipients per mail, as Postfix's smtpd_recipient_limit; more get 452
+    max_recipients: int = Field(default=1000, ge=1, le=100_000)
     tag: str = "[certified]"
     # who the gateway is and whom it serves
     identity: str = "gateway@tcms.local"  # its own key: signs DC requests and notices
@@ -189,20 +190,21 @@ class GatewayConfig(BaseModel):
     # (`tcms keys export`); unset: the public files of [ttp]/[dc] identity in [keys] dir
     trust_file: Path | None = None
     dc_key_file: Path | None = None
-    poll_interval: float = 5.0  # seconds between looks for work (kicked sooner locally)
+    # seconds between looks for work (kicked sooner locally)
+    poll_interval: float = Field(default=5.0, ge=0.05, le=3600)
     # the intake: the MTA hands protocol mail for <protocol_address>@<domain> to this LMTP
     # listener (Postfix: one transport_maps line); only these MTA hosts may connect
     intake: str = "127.0.0.1:8024"
     intake_clients: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     protocol_address: str = "tcms-gateway"  # local part; registered at the DC per domain
     # units of work: tries before an item is quarantined (`tcms queue`)
-    max_attempts: int = 10
+    max_attempts: int = Field(default=10, ge=1, le=100)
     # this gateway instance's name among replicas (default: host name and submission
     # address); a restarted instance takes back the work it held when it stopped
     instance: str = ""
     # how often the accept/refuse folders of a user with a pending notice are looked at
     # when their client files it without the IMAP proxy (the proxy triggers a look at once)
-    answer_poll_interval: float = 60.0
+    answer_poll_interval: float = Field(default=60.0, ge=0.05, le=3600)
     # where the organisation's delivery (e.g. a Sieve rule on the TCMS-Message header) files
     # protocol mail; the IMAP proxy hides it.  INBOX is read too, for mail filed nowhere.
     protocol_folder: str = "TCMS"
@@ -230,33 +232,12 @@ class GatewayConfig(BaseModel):
             raise ValueError("must be mail domains such as example.org")
         return out
 
-    @field_validator("max_recipients")
-    @classmethod
-    def _max_recipients(cls, v: int) -> int:
-        if not 1 <= v <= 100_000:
-            raise ValueError("must be between 1 and 100000")
-        return v
-
-    @field_validator("poll_interval", "answer_poll_interval")
-    @classmethod
-    def _interval(cls, v: float) -> float:
-        if not 0.05 <= v <= 3600:
-            raise ValueError("must be between 0.05 and 3600 seconds")
-        return v
-
     @field_validator("protocol_address")
     @classmethod
     def _protocol_local(cls, v: str) -> str:
         v = v.strip().lower()
         if "@" in v or party_name_error(f"{v}@example.org") is not None:
             raise ValueError("must be the local part of an address, e.g. tcms-gateway")
-        return v
-
-    @field_validator("max_attempts")
-    @classmethod
-    def _attempts(cls, v: int) -> int:
-        if not 1 <= v <= 100:
-            raise ValueError("must be between 1 and 100")
         return v
 
     def protocol_addresses(self) -> dict[str, str]:
