@@ -10,7 +10,6 @@ MAX_NESTING levels (checked before an environment value is decoded, and on the T
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,13 +24,11 @@ from pydantic_settings import (
 )
 
 from tcms import boundedjson
-from tcms.config_ops import MetricsConfig, RetentionConfig, check_host_port
+from tcms.config_ops import MetricsConfig, RetentionConfig, check_host_port, parse_period
 from tcms.identity import party_name_error
 from tcms.mailconfig import MailConfig
 
 DEFAULT_FILE = Path("config/tcms.toml")
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # No value of the configuration nests more than a level or two; a deeper one is refused
 # before it is decoded (a JSON or TOML reader recursing on it would run out of stack).
 MAX_NESTING = 32
@@ -42,16 +39,9 @@ class ConfigError(Exception):
 
 
 def parse_duration(value: Any) -> int:
-    """Seconds from an int or a string like ``90``, ``15m``, ``12h``, ``3d``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = int(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError("must be a duration such as 90, 15m, 12h or 3d")
-    if seconds <= 0:
-        raise ValueError("must be positive")
-    return seconds
+    """Seconds, more than none, from an int or a string like ``90``, ``15m``, ``12h``,
+    ``3d`` (the units of ``parse_period``)."""
+    return parse_period(value, allow_zero=False)
 
 
 class DatabaseConfig(BaseModel):

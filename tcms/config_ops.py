@@ -24,7 +24,8 @@ def parse_period(value: Any, *, allow_zero: bool = True) -> int:
     elif isinstance(value, str) and (m := _PERIOD.match(value)):
         seconds = int(m.group(1)) * _UNITS[m.group(2)]
     else:
-        raise ValueError("must be a period such as 0, 12h, 30d, 6w, 30mo or 10y")
+        raise ValueError("must be a period such as 0, 12h, 30d, 6w, 30mo or 10y" if allow_zero
+                         else "must be a duration such as 90, 15m, 12h or 3d")
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError("must be positive" if not allow_zero else "must not be negative")
     return seconds

@@ -83,6 +83,12 @@ def test_durations(text: str | int, seconds: int) -> None:
     assert config.parse_duration(text) == seconds
 
 
+@pytest.mark.parametrize("text", ["0", 0, "-5", "5x", "", True, 1.5, "m"])
+def test_a_duration_is_positive_and_says_what_it_expects(text: object) -> None:
+    with pytest.raises(ValueError, match=r"must be (positive|a duration such as 90)"):
+        config.parse_duration(text)
+
+
 # --- identities and keystore ---------------------------------------------------------------
 
 
