@@ -320,38 +320,43 @@ class Worker:
                 del queues[k]
                 self.kick("outbox")  # what an item did is sent by the outbox
 
-        while True:
-            wake.clear()
-            started = 0
-            room = CONCURRENCY - len(tasks)
-            if room > 0 and time.monotonic() - last >= lane.min_interval:
-                last = time.monotonic()
+        try:
+            while True:
+                wake.clear()
+                started = 0
+                room = CONCURRENCY - len(tasks)
+                if room > 0 and time.monotonic() - last >= lane.min_interval:
+                    last = time.monotonic()
+                    try:
+                        items = await lane.claim(room)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # e.g. the database is down: look again later
+                        log.warning("%s: could not look for work: %r", lane.name, exc)
+                        items = []
+                    for item in items:
+                        k = lane.key(item)
+                        if k in queues:
+                            if lane.queue_same_key:
+                                queues[k].append(item)
+                            continue
+                        queues[k] = deque([item])
+                        task = asyncio.create_task(drain(k))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                        started += 1
+                if started and len(tasks) < CONCURRENCY:
+                    continue  # there may be more waiting
+                waiter = asyncio.ensure_future(wake.wait())
                 try:
-                    items = await lane.claim(room)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # e.g. the database is down: look again later
-                    log.warning("%s: could not look for work: %r", lane.name, exc)
-                    items = []
-                for item in items:
-                    k = lane.key(item)
-                    if k in queues:
-                        if lane.queue_same_key:
-                            queues[k].append(item)
-                        continue
-                    queues[k] = deque([item])
-                    task = asyncio.create_task(drain(k))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    started += 1
-            if started and len(tasks) < CONCURRENCY:
-                continue  # there may be more waiting
-            waiter = asyncio.ensure_future(wake.wait())
-            try:
-                await asyncio.wait([waiter, *tasks], timeout=interval,
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
+                    await asyncio.wait([waiter, *tasks], timeout=interval,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+        finally:  # cancelled (shutdown): the items in hand end with the lane, not after it
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run(self) -> None:
         ctx = self.ctx
