@@ -359,9 +359,9 @@ def test_idle_through_the_proxy(orgs: Orgs) -> None:
         await client.wait_hello_from_server()
         assert (await client.login("carol@b.test", USERS["carol@b.test"])).result == "OK"
         await client.select("INBOX")
-        idle = await client.idle_start(timeout=30)
+        idle = await client.idle_start(timeout=PATIENCE)
         await asyncio.to_thread(_deliver, orgs)
-        pushed = await client.wait_server_push(timeout=20)
+        pushed = await client.wait_server_push(timeout=PATIENCE)
         client.idle_done()
         await asyncio.wait_for(idle, 10)
         await client.logout()

@@ -113,8 +113,7 @@ def test_every_mail_to_a_user_is_signed(orgs: Orgs) -> None:
     assert "NOT sent" in text_of(signed_by(orgs, raw, a_ca, "uncertifiable.eml"))
 
     # carol never answers: the sender's abort notice and carol's expiry notice
-    _, raw = wait_mail(imap, "alice@a.test", subject_starts("Not delivered:", "Left unanswered"),
-                       timeout=120)
+    _, raw = wait_mail(imap, "alice@a.test", subject_starts("Not delivered:", "Left unanswered"))
     signed_by(orgs, raw, a_ca, "aborted.eml")
     _, raw = wait_mail(imap, "carol@b.test", subject_starts("Expired:", "Left unanswered"))
     signed_by(orgs, raw, b_ca, "expired.eml")

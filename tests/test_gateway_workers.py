@@ -65,4 +65,4 @@ def test_certified_mail_taken_by_a_worker_goes_through(two_workers: GatewayProc,
     else:
         pytest.fail("no certified mail went through the second process")
     wait_mail(orgs.proxy, "bob@b.test", subject_starts("Certified mail from",
-                                                       subject.split("] ", 1)[1]), timeout=120)
+                                                       subject.split("] ", 1)[1]))
