@@ -153,9 +153,9 @@ class Queues:
                           now: int) -> int:
         """Store protocol mail durably (the intake answers 250 only after this)."""
         async with self.store.transaction() as conn:
-            res = await conn.execute(insert(m.inbound).values(
+            res = await conn.execute(insert(m.inbound).returning(m.inbound.c.id), dict(
                 received_at=now, mail_from=mail_from[:254], rcpt=json.dumps(list(rcpt)),
-                peer=peer[:64], raw=raw, size=len(raw)).returning(m.inbound.c.id))
+                peer=peer[:64], raw=raw, size=len(raw)))
             return int(res.scalar_one())
 
     async def want_answer_check(self, owner: str, at: int, now: int) -> None:

@@ -5,7 +5,10 @@ Concurrency rules, so that several gateway or TTP processes can share one Postgr
   ``ConcurrentUpdate`` and the caller reloads and retries;
 - a run's state, the messages it sends (the outbox) and its audit entries are written in
   one transaction, so a crash never leaves a message sent without the state that sent it;
-- the audit chain is appended under a transaction-scoped lock (PostgreSQL advisory lock).
+- the audit chain is appended under a transaction-scoped lock (PostgreSQL advisory lock);
+- values that may be large (mail, states, messages, bundles) are passed as execution
+  parameters, never with ``.values()``: SQLAlchemy keeps the first statement of each shape
+  in its compiled cache, with the values bound into it (a 25 MB mail would stay in memory).
 """
 
 from __future__ import annotations
@@ -74,9 +77,9 @@ class Store:
     async def add_submission(self, *, message_id: str, sender: str, recipients: list[str],
                              subject: str, raw: bytes, now: int) -> int:
         async with self.transaction() as conn:
-            res = await conn.execute(insert(m.submissions).values(
+            res = await conn.execute(insert(m.submissions).returning(m.submissions.c.id), dict(
                 message_id=message_id, sender=sender, recipients=json.dumps(recipients),
-                subject=subject, raw=raw, created_at=now).returning(m.submissions.c.id))
+                subject=subject, raw=raw, created_at=now))
             return int(res.scalar_one())
 
     async def start_submission(self, sid: int, runs: Sequence[tuple[RunRecord,
@@ -124,7 +127,7 @@ class Store:
                       last_error=None)
         if run.version == 0:
             try:
-                await conn.execute(insert(m.runs).values(
+                await conn.execute(insert(m.runs), dict(
                     cid=run.cid, role=run.role, submission_id=run.submission_id,
                     version=1, created_at=now, **values))
             except IntegrityError:
@@ -134,13 +137,13 @@ class Store:
             res = await conn.execute(
                 update(m.runs)
                 .where(m.runs.c.cid == run.cid, m.runs.c.role == run.role,
-                       m.runs.c.version == run.version)
-                .values(version=run.version + 1, **values))
+                       m.runs.c.version == run.version),
+                dict(version=run.version + 1, **values))
             if res.rowcount != 1:
                 raise ConcurrentUpdate(f"run {run.tx}/{run.role} changed concurrently")
             created = run.created_at
         for kind, data in received:
-            await conn.execute(insert(m.messages).values(
+            await conn.execute(insert(m.messages), dict(
                 cid=run.cid, role=run.role, direction="in", kind=kind, data=data, at=now))
         await self._queue(conn, run.cid, run.role, outbox, now)
         for actor, ev, detail in audit:
@@ -152,7 +155,7 @@ class Store:
     async def _queue(self, conn: AsyncConnection, cid: bytes, role: str,
                      outbox: Sequence[OutMessage], now: int) -> None:
         for msg in outbox:
-            await conn.execute(insert(m.messages).values(
+            await conn.execute(insert(m.messages), dict(
                 cid=cid, role=role, direction="out", destination=msg.destination,
                 kind=msg.kind, data=msg.data, at=now, owner=msg.owner, peer=msg.peer))
 
@@ -252,7 +255,7 @@ class Store:
         async with self.transaction() as conn:
             await conn.execute(m.evidence.delete().where(
                 m.evidence.c.cid == cid, m.evidence.c.role == role))
-            await conn.execute(insert(m.evidence).values(
+            await conn.execute(insert(m.evidence), dict(
                 cid=cid, role=role, verdict=verdict, bundle=bundle, created_at=now))
 
     # --- audit log -------------------------------------------------------------------
