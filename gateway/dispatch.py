@@ -6,9 +6,11 @@ context's notices.Writer)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from typing import Any
 
 import aiosmtplib
 import httpx
@@ -30,6 +32,9 @@ from tcms.web import CBOR
 log = logging.getLogger("tcms.gateway.outbox")
 LEASE = 30  # seconds a claimed message is ours before another worker may retry it
 MAX_TSS_ATTEMPTS = 8
+# A mailed evidence bundle carries c up to this size; a larger c is left out (the mail
+# stays readable and small), and `tcms tx export` writes the complete bundle from the store.
+MAILED_C_LIMIT = 1024 * 1024
 
 
 class Retry(Exception):
@@ -221,15 +226,17 @@ async def render(ctx: GatewayContext, box: Mailbox, row: StoredMessage,
             return notices.delivered(m0, tx=rec.tx, stamped=checks.utc(st.sent_at),
                                      delivered_at=checks.utc(rec.updated_at), how=st.reason,
                                      delivery_id=delivery_id)
-    bundle = evidence.from_stored(rec.role, rec.state)
+    items = evidence.stored_items(rec.role, rec.state)
+    mailed, note = mailed_bundle(rec.role, items, rec.tx)
     if kind == "receipt":
         try:
-            verdict = evidence.verify(bundle, ctx.trust)
+            verdict = evidence.verify_items(items, ctx.trust)
         except evidence.EvidenceInvalid as exc:  # never expected: say so loudly
             log.error("exchange %s: own evidence does not verify: %s", rec.tx, exc)
             raise
+        del items
         return write.receipt(owner=owner, peer=peer, subject=rec.subject, tx=rec.tx,
-                             verdict=verdict, bundle=evidence.dumps(bundle),
+                             verdict=_noted(verdict, note), bundle=mailed,
                              delivery_id=delivery_id, issued=now)
     if rec.role == "receiver" and kind == "aborted":
         kind = "withdrawn"  # the same event, told from the recipient's side
@@ -238,11 +245,31 @@ async def render(ctx: GatewayContext, box: Mailbox, row: StoredMessage,
         return None
     attach, proven = None, None
     if kind in ("aborted", "refused"):
-        attach = evidence.dumps(bundle)
+        attach = mailed
         try:
-            proven = evidence.verify(bundle, ctx.trust)
+            proven = _noted(evidence.verify_items(items, ctx.trust), note)
         except evidence.EvidenceInvalid as exc:  # the bundle goes, without a summary
             log.error("exchange %s: own %s evidence does not verify: %s", rec.tx, kind, exc)
     return write.status(kind, owner=owner, peer=peer, subject=rec.subject, text=text,
                         tx=rec.tx, delivery_id=delivery_id, issued=now, bundle=attach,
                         verdict=proven)
+
+
+def mailed_bundle(role: str, items: dict[str, bytes | None], tx: str) -> tuple[str, str | None]:
+    """The bundle file a mail carries, and what it says of a c left out (larger than
+    MAILED_C_LIMIT: the complete bundle is in the store, for `tcms tx export`)."""
+    c = items.get("c")
+    if c is None or len(c) <= MAILED_C_LIMIT:
+        return evidence.dumps(evidence.bundle_of(role, items)), None
+    mailed: dict[str, Any] = evidence.bundle_of(role, {**items, "c": None})
+    return evidence.dumps(mailed), (
+        f"the ciphertext c ({len(c)} bytes) is not attached, to keep this mail small: "
+        f"`tcms tx export {tx}` at the gateway writes the complete evidence, which "
+        "`tcms verify` checks")
+
+
+def _noted(verdict: evidence.Verdict, note: str | None) -> evidence.Verdict:
+    """The verdict a mail shows (without m0, which the mail does not carry: not kept in
+    memory while it is written), with ``note`` as its last statement."""
+    return dataclasses.replace(verdict, m0=None, statements=[*verdict.statements]
+                               + ([note] if note else []))

@@ -110,31 +110,45 @@ def from_receiver(receiver: Receiver) -> dict[str, Any]:
 def from_stored(role: str, state: bytes) -> dict[str, Any]:
     """The bundle of a stored run (no private key needed: it only reads the state);
     ValueError naming the role if the stored state cannot be read."""
+    return bundle_of(role, stored_items(role, state))
+
+
+def stored_items(role: str, state: bytes) -> dict[str, bytes | None]:
+    """The items (decoded: what ``verify_items`` checks) of a stored run's bundle."""
     try:
         if role == "sender":
-            return sender_bundle(load_state(SenderState, state))
+            return sender_items(load_state(SenderState, state))
         if role == "receiver":
-            return receiver_bundle(load_state(ReceiverState, state))
+            return receiver_items(load_state(ReceiverState, state))
     except (ValueError, TypeError, cbor2.CBORError) as exc:
         raise ValueError(f"the stored {role} state cannot be read: {exc}") from None
     raise ValueError(f"unknown role {role!r}")
 
 
+def bundle_of(holder: str, items: dict[str, bytes | None]) -> dict[str, Any]:
+    """The bundle (JSON value) of ``items``; an item left out is null."""
+    return {"format": FORMAT, "holder": holder, **{k: _b64(items.get(k)) for k in ITEMS}}
+
+
+def sender_items(st: SenderState) -> dict[str, bytes | None]:
+    return {"core": st.core, "token": st.token, "eoo": st.eoo, "m4": st.m4, "m5": st.m5,
+            "m6": st.m6, "refusal": st.refusal, "ttp_answer": st.ttp_answer,
+            "receipt_token": st.receipt_token, "k_r": st.k_r, "k_t": st.k_t, "c": st.c}
+
+
+def receiver_items(st: ReceiverState) -> dict[str, bytes | None]:
+    m3 = M3.decode(st.m3)
+    return {"core": m3.core.encoded, "token": m3.token, "eoo": m3.eoo, "m4": st.m4,
+            "m5": st.m5, "m6": st.m6, "refusal": st.refusal, "ttp_answer": st.ttp_answer,
+            "receipt_token": None, "k_r": st.k_r, "k_t": st.k_t, "c": m3.c}
+
+
 def sender_bundle(st: SenderState) -> dict[str, Any]:
-    items = {"core": st.core, "token": st.token, "eoo": st.eoo, "m4": st.m4, "m5": st.m5,
-             "m6": st.m6, "refusal": st.refusal, "ttp_answer": st.ttp_answer,
-             "receipt_token": st.receipt_token, "k_r": st.k_r, "k_t": st.k_t, "c": st.c}
-    return {"format": FORMAT, "holder": "sender",
-            **{k: _b64(v) for k, v in items.items()}}
+    return bundle_of("sender", sender_items(st))
 
 
 def receiver_bundle(st: ReceiverState) -> dict[str, Any]:
-    m3 = M3.decode(st.m3)
-    items = {"core": m3.core.encoded, "token": m3.token, "eoo": m3.eoo, "m4": st.m4,
-             "m5": st.m5, "m6": st.m6, "refusal": st.refusal, "ttp_answer": st.ttp_answer,
-             "receipt_token": None, "k_r": st.k_r, "k_t": st.k_t, "c": m3.c}
-    return {"format": FORMAT, "holder": "receiver",
-            **{k: _b64(v) for k, v in items.items()}}
+    return bundle_of("receiver", receiver_items(st))
 
 
 # --- reading files ---------------------------------------------------------------------
@@ -253,9 +267,6 @@ def _fields(bundle: object) -> dict[str, bytes | None]:
             out[name] = base64.b64decode(v, validate=True)
         except ValueError:
             raise EvidenceInvalid(name, "not valid base64") from None
-    for required in ("core", "token", "eoo"):
-        if out[required] is None:
-            raise EvidenceInvalid(required, "missing from the bundle")
     return out
 
 
@@ -271,14 +282,24 @@ def _check_presence(it: dict[str, bytes | None], resolved: bool) -> None:
         raise EvidenceInvalid("m5", "m5 answers an m4 that is not in the bundle")
     missing = [name for name in CONTENT if name not in has]
     if ("m6" in has or resolved) and missing:
+        also = "" if missing != ["c"] else (
+            " (a receipt mail may leave a large c out: `tcms tx export TX` at the sender's "
+            "gateway writes the complete bundle)")
         raise EvidenceInvalid("content", "a receipt needs k_r, k_t and c to show what was "
-                              f"received; missing: {', '.join(missing)}")
+                              f"received; missing: {', '.join(missing)}{also}")
 
 
 def verify(bundle: object, trust: Trust) -> Verdict:
     """Check every item of a parsed ``bundle``; return what it proves (the verdict table
     of docs/evidence.md), or raise EvidenceInvalid naming the first failed check."""
-    it = _fields(bundle)
+    return verify_items(_fields(bundle), trust)
+
+
+def verify_items(it: dict[str, bytes | None], trust: Trust) -> Verdict:
+    """``verify`` of a bundle's items, decoded (``stored_items``: no base64 copy of c)."""
+    for required in ("core", "token", "eoo"):
+        if it.get(required) is None:
+            raise EvidenceInvalid(required, "missing from the bundle")
     try:
         return _verify(it, trust)
     except ProtocolError as exc:

@@ -373,7 +373,17 @@ def test_a_20_mb_attachment(orgs: Orgs) -> None:
     parts = [p for p in parse(got).walk() if p.get_filename() == "drawings.bin"]
     assert len(parts) == 1 and parts[0].get_payload(decode=True) == blob
     _, rec = wait_mail(imap, "alice@a.test", subject_starts("Receipt:", "Big drawings"))
-    res = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "big-8.json")
+    # the receipt stays small: its bundle leaves c out and says where the complete one is
+    assert len(rec) < 1024 * 1024
+    tx = query(orgs.a.db_url, "SELECT tx FROM runs WHERE subject = ? AND role = ?",
+               "Big drawings", "sender")[0][0]
+    assert f"tcms tx export {tx}" in text_of(parse(rec))
+    mailed = orgs.verify(attachment(rec, "vnd.tcms.evidence+json"), "big-8-mailed.json")
+    assert mailed.returncode != 0 and "tcms tx export" in mailed.stdout + mailed.stderr
+    # the bundle exported from the sender's store carries c and proves the reception
+    exported = tcms(["tx", "export", str(tx)], orgs.a.env())
+    assert exported.returncode == 0, exported.stderr
+    res = orgs.verify(exported.stdout.encode(), "big-8.json")
     assert res.returncode == 0 and "(received)" in res.stdout, res.stdout + res.stderr
     print(f"20 MB certified exchange, submission to receipt: {time.time() - t0:.1f} s")
 
