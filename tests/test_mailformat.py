@@ -114,3 +114,40 @@ def test_protocol_bytes_survive_real_mtas(stack: MailStack) -> None:
     got = wait_for(stack.imap_port, "bob@b.test", "bob-password", b"TCMS-Message: m3")
     parsed = mailformat.parse(got)
     assert parsed is not None and parsed.data == MSGS["m3"] and parsed.kind == "m3"
+
+
+def _full_or_error(raw: bytes) -> object:
+    try:
+        return mailformat._parse_full(raw)
+    except MailFormatError as exc:
+        return exc
+
+
+def test_the_fast_reading_agrees_with_the_email_package() -> None:
+    """``parse`` reads the mail gateways write without the email package's copies of the
+    whole mail; whatever it returns for any mail is what the email package's reading
+    returns (on a defect it gives way to that reading, which names the defect)."""
+    import random
+
+    rng = random.Random(12)
+    seeds = [mail(k) for k in MSGS] + [mail("m4").replace(b"\r\n", b"\n")]
+    for i in range(600):
+        raw = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(raw))
+            how = rng.randrange(4)
+            if how == 0:
+                raw[at] = rng.randrange(256)
+            elif how == 1:
+                del raw[at:at + rng.randint(1, 80)]
+            elif how == 2:
+                raw[at:at] = rng.choice([b"\r\n", b"\n", b"\r", b"--", b" ", b"\r\n\r\n"])
+            else:  # a line of another mail
+                other = rng.choice(seeds).split(b"\r\n")
+                raw[at:at] = rng.choice(other) + b"\r\n"
+        fast = mailformat._parse_fast(bytes(raw))
+        if fast is not None:
+            assert fast == _full_or_error(bytes(raw)), (i, bytes(raw))
+    for raw in seeds[:-1]:
+        assert mailformat._parse_fast(raw) == mailformat._parse_full(raw) is not None
+    assert mailformat._parse_fast(seeds[-1]) is None  # LF lines: the email package reads it
