@@ -148,6 +148,6 @@ def test_the_fast_reading_agrees_with_the_email_package() -> None:
         fast = mailformat._parse_fast(bytes(raw))
         if fast is not None:
             assert fast == _full_or_error(bytes(raw)), (i, bytes(raw))
-    for raw in seeds[:-1]:
-        assert mailformat._parse_fast(raw) == mailformat._parse_full(raw) is not None
+    for seed in seeds[:-1]:
+        assert mailformat._parse_fast(seed) == mailformat._parse_full(seed) is not None
     assert mailformat._parse_fast(seeds[-1]) is None  # LF lines: the email package reads it
