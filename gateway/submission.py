@@ -259,7 +259,7 @@ class SubmissionHandler:
         if recipients and self._control(recipients[0]) is not None:
             return await self._answer(sender.lower(), recipients)
         headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(
-            content)
+            header_block(content))
         subject = str(headers.get("Subject", ""))
         if has_tag(subject, self.tag):
             refusal = uncertifiable(sender, recipients, subject)
@@ -292,6 +292,19 @@ class SubmissionHandler:
             return f"250 2.0.0 Relayed, but the upstream refused: {reply_text(refused)}"
         log.info("relayed untagged mail from %s to %d recipient(s)", sender, len(recipients))
         return f"250 2.0.0 Relayed: {reply_text(reply)}"
+
+
+# the first blank line, as the email package splits lines (CRLF, CR or LF; atomic groups:
+# the CR and LF of one CRLF are one line break, never two)
+_BLANK_LINE = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
+
+
+def header_block(content: bytes) -> bytes:
+    """The headers of a mail up to its first blank line: what the email package's header
+    parser reads of it, without decoding the whole mail to text (a copy of it, up to four
+    bytes a character for 8-bit mail)."""
+    blank = _BLANK_LINE.search(content)
+    return content if blank is None else content[:blank.end()]
 
 
 def message_id_of(headers: EmailMessage) -> str:

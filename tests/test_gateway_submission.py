@@ -25,7 +25,7 @@ from mailstack import REFUSED_HEADER, REFUSED_RCPT, MailStack, free_port
 from sqlalchemy import select
 from test_mailstack import wait_for
 
-from gateway import submission
+from gateway import context, submission
 from gateway.context import Upstream
 from tcms.store import Store, models
 
@@ -62,6 +62,40 @@ def test_untagged_mail_is_relayed_byte_for_byte(gateway: GatewayProc, stack: Mai
     names = {line.split(":", 1)[0].lower() for line in prefix.split("\r\n")
              if line and not line[0].isspace()}
     assert names == {"return-path", "delivered-to", "received"}  # trace headers only
+
+
+def test_a_big_untagged_mail_is_relayed_byte_for_byte(gateway: GatewayProc,
+                                                     stack: MailStack) -> None:
+    """A mail over BIG_MAIL goes to the MTA in chunks, over a connection closed after it:
+    the same bytes arrive (leading dots too), and the next mail goes through the pool."""
+    lines = [f".{i:07d} " + "x" * 60 for i in range(40_000)]  # about 2.8 MB, dot-stuffed
+    sent = raw_mail("Big", "untagged-big", "\r\n".join(lines) + "\r\n")
+    assert len(sent) > context.BIG_MAIL
+    with gateway.connect() as s:
+        s.login("alice@a.test", "alice-password")
+        s.sendmail("alice@a.test", ["bob@b.test"], sent)
+        s.sendmail("alice@a.test", ["bob@b.test"], raw_mail("Small", "untagged-after-big"))
+    got = wait_for(stack.imap_port, "bob@b.test", "bob-password", b"untagged-big")
+    assert got.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").endswith(sent)
+    wait_for(stack.imap_port, "bob@b.test", "bob-password", b"untagged-after-big")
+
+
+def test_the_header_block_is_what_the_header_parser_reads() -> None:
+    """Certified mail is recognised from its headers alone (not the whole mail decoded to
+    text): cut at the first blank line as the email package splits lines, they parse the
+    same for any mix of CR, LF and CRLF."""
+    import email.parser
+    import email.policy
+    import random
+
+    rng = random.Random(3)
+    parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+    pieces = [b"\r", b"\n", b"\r\n", b"a", b":", b" ", b"Subject", b"X-Y: z", b"\t", b"\xff"]
+    for _ in range(5000):
+        raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        assert parser.parsebytes(submission.header_block(raw)).items() == \
+            parser.parsebytes(raw).items(), raw
+    assert submission.header_block(b"Subject: x\r\n\r\nbody\r\n") == b"Subject: x\r\n\r\n"
 
 
 def test_implicit_tls_and_swaks(gateway: GatewayProc, stack: MailStack) -> None:
