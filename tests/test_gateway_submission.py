@@ -98,6 +98,20 @@ def test_the_header_block_is_what_the_header_parser_reads() -> None:
     assert submission.header_block(b"Subject: x\r\n\r\nbody\r\n") == b"Subject: x\r\n\r\n"
 
 
+def test_line_endings_are_normalised_as_aiosmtplib_does() -> None:
+    """The gateway's stand-in for aiosmtplib's normalisation (no copy of a mail that has
+    CRLF line endings only) gives the same bytes for any mix of CR, LF and CRLF."""
+    import random
+
+    rng = random.Random(5)
+    pieces = [b"\r", b"\n", b"\r\n", b"a", b".", b" ", b"\r\r\n"]
+    for _ in range(5000):
+        raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
+        assert context._normalized(raw) == context._normalize(raw), raw
+    crlf = b"Subject: x\r\n\r\nbody\r\n" * 1000
+    assert context._normalized(crlf) is crlf
+
+
 def test_implicit_tls_and_swaks(gateway: GatewayProc, stack: MailStack) -> None:
     with smtplib.SMTP_SSL("127.0.0.1", gateway.smtps, context=gateway.tls, timeout=30) as s:
         s.login("alice@a.test", "alice-password")
