@@ -35,11 +35,10 @@ from tcms.store import Store
 
 log = logging.getLogger("tcms.gateway")
 KEY_CACHE = 60  # seconds a DC answer about a key is used again without asking
-# A mail larger than this goes to the MTA in CHUNK-sized writes, over a connection that is
-# closed afterwards: written at once, TLS would encrypt it into one buffer as large as the
-# mail (and a copy of that), and OpenSSL keeps that buffer for the life of the connection.
+# A mail larger than this goes to the MTA over a connection that is closed afterwards:
+# asyncio's TLS encrypts what it is given into one memory buffer as large as the mail, and
+# OpenSSL keeps that buffer for the life of the connection (a pooled one: for ever).
 BIG_MAIL = 1024 * 1024
-CHUNK = 256 * 1024
 
 
 class SmtpPool:
@@ -108,19 +107,6 @@ aiosmtplib.protocol.normalize_message_line_endings = _normalized
 aiosmtplib.smtp.normalize_message_line_endings = _normalized  # type: ignore[attr-defined]
 
 
-def _write_in_chunks(protocol: Any) -> None:
-    """Make ``protocol`` (an aiosmtplib connection's, used for one big mail and then
-    closed) hand what it writes to its transport in CHUNK-sized views, without copies."""
-    write = protocol.write
-
-    def chunked(data: bytes) -> None:
-        view = memoryview(data)
-        for at in range(0, len(view), CHUNK):
-            write(view[at:at + CHUNK])
-
-    protocol.write = chunked
-
-
 @dataclass(frozen=True)
 class Upstream:
     """The organisation's real mail servers, and how the gateway speaks TLS to them."""
@@ -151,8 +137,6 @@ class Upstream:
         client = await self.smtp.acquire()
         big = len(data) > BIG_MAIL
         try:
-            if big and client.protocol is not None:
-                _write_in_chunks(client.protocol)
             result: tuple[dict[str, Any], str] = await client.sendmail(sender, recipients,
                                                                        data)
         except aiosmtplib.SMTPResponseException:

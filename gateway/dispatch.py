@@ -50,17 +50,23 @@ async def dispatch(ctx: GatewayContext, row: StoredMessage, now: int) -> None:
     if dest == "mailbox":
         await to_mailbox(ctx, row, now)
         return
+    if dest == "peer":  # the run's names only: its state holds c, as big as the mail
+        names = await ctx.store.run_names(row.cid, row.role)
+        if names is None:
+            log.error("outbox #%d belongs to no exchange; dropped", row.id)
+            await ctx.store.outbox_done(row.id, now)
+            return
+        await to_peer(ctx, names, row)
+        await ctx.store.outbox_done(row.id, now)
+        metrics.MAILS_OUT.labels("peer", row.kind).inc()
+        log.info("exchange %s: %s sent to %s", names[0], row.kind, names[2])
+        return
     rec = await _run_of(ctx, row)
     if rec is None:
         log.error("outbox #%d belongs to no exchange; dropped", row.id)
         await ctx.store.outbox_done(row.id, now)
         return
-    if dest == "peer":
-        await to_peer(ctx, rec, row)
-        await ctx.store.outbox_done(row.id, now)
-        metrics.MAILS_OUT.labels("peer", row.kind).inc()
-        log.info("exchange %s: %s sent to %s", rec.tx, row.kind, rec.peer)
-    elif dest == "tss":
+    if dest == "tss":
         await to_tss(ctx, rec, row, now)
     elif dest == "ttp":
         await to_ttp(ctx, rec, row, now)
@@ -69,14 +75,17 @@ async def dispatch(ctx: GatewayContext, row: StoredMessage, now: int) -> None:
         await ctx.store.outbox_done(row.id, now)
 
 
-async def to_peer(ctx: GatewayContext, rec: RunRecord, row: StoredMessage) -> None:
+async def to_peer(ctx: GatewayContext, names: tuple[str, str, str, str],
+                  row: StoredMessage) -> None:
     """A protocol message to the peer's gateway: from this gateway's protocol address to
-    the one the DC publishes for the peer's domain; the users are named inside it."""
-    domain = rec.owner.rsplit("@", 1)[-1]
+    the one the DC publishes for the peer's domain; the users are named inside it.
+    ``names``: the run's tx, owner, peer and subject (Store.run_names)."""
+    tx, owner, peer, subject = names
+    domain = owner.rsplit("@", 1)[-1]
     ours = ctx.protocol_address(domain)
-    theirs = await ctx.protocol_address_of(rec.peer)
+    theirs = await ctx.protocol_address_of(peer)
     mail = mailformat.build(row.data, sender=ours, recipient=theirs,
-                            tx=rec.tx, domain=domain, description=rec.subject)
+                            tx=tx, domain=domain, description=subject)
     try:
         await ctx.upstream.send_mail(mail, ours, [theirs])
     except aiosmtplib.SMTPResponseException as exc:

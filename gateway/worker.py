@@ -345,6 +345,9 @@ class Worker:
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                         started += 1
+                    # an item is its queue's alone: held here, the last one (a 25 MB mail)
+                    # would stay in memory until the lane next claims something
+                    item, items = None, []
                 if started and len(tasks) < CONCURRENCY:
                     continue  # there may be more waiting
                 waiter = asyncio.ensure_future(wake.wait())

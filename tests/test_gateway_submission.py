@@ -66,7 +66,7 @@ def test_untagged_mail_is_relayed_byte_for_byte(gateway: GatewayProc, stack: Mai
 
 def test_a_big_untagged_mail_is_relayed_byte_for_byte(gateway: GatewayProc,
                                                      stack: MailStack) -> None:
-    """A mail over BIG_MAIL goes to the MTA in chunks, over a connection closed after it:
+    """A mail over BIG_MAIL goes to the MTA over a connection closed after it:
     the same bytes arrive (leading dots too), and the next mail goes through the pool."""
     lines = [f".{i:07d} " + "x" * 60 for i in range(40_000)]  # about 2.8 MB, dot-stuffed
     sent = raw_mail("Big", "untagged-big", "\r\n".join(lines) + "\r\n")

@@ -165,6 +165,14 @@ class Store:
                 m.runs.c.cid == cid, m.runs.c.role == role))).mappings().first()
         return RunRecord(**row) if row else None
 
+    async def run_names(self, cid: bytes, role: str) -> tuple[str, str, str, str] | None:
+        """(tx, owner, peer, subject) of a run, without reading its state (which holds c)."""
+        t = m.runs
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.c.tx, t.c.owner, t.c.peer, t.c.subject).where(
+                t.c.cid == cid, t.c.role == role))).first()
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]), str(row[3]))
+
     async def find_runs(self, tx_prefix: str) -> list[RunRecord]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(m.runs).where(
