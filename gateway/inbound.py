@@ -90,6 +90,8 @@ async def take_m3(ctx: GatewayContext, data: bytes, now: int) -> Outcome:
             return done(f"exchange {existing.tx}: a repeat of its m3")
         return rejected("m3.cid: the exchange belongs to another user")
     sender = await _sender_party(ctx, sender_name)
+    cid = m3.cid
+    del m3  # it holds c, as big as the mail: the machine decodes data again
     machine, actions = Receiver.from_m3(me, ctx.trust, data, now,
                                         lambda n: sender if n == sender_name else None)
     tx = hdr.tx.hex()
@@ -97,7 +99,7 @@ async def take_m3(ctx: GatewayContext, data: bytes, now: int) -> Outcome:
         log.warning("exchange %s: m3 from %s for %s rejected: %s", tx, sender_name, owner,
                     machine.state.reason)
         await ctx.store.audit("receiver", "m3.rejected", machine.state.reason[:500], now=now,
-                              cid=m3.cid)
+                              cid=cid)
         return rejected(machine.state.reason)
     rec = record(machine, "receiver", owner, sender_name)
     try:
