@@ -87,7 +87,8 @@ class SmtpPool:
             client.close()
 
 
-_normalize = aiosmtplib.protocol.normalize_message_line_endings
+_NORMALIZE = "normalize_message_line_endings"
+_normalize: Callable[[bytes], bytes] | None = getattr(aiosmtplib.protocol, _NORMALIZE, None)
 
 
 def _normalized(message: bytes) -> bytes:
@@ -99,12 +100,15 @@ def _normalized(message: bytes) -> bytes:
     if (message.endswith(b"\r\n") and message.count(b"\r") == crlf
             and message.count(b"\n") == crlf):
         return message
+    assert _normalize is not None
     return _normalize(message)
 
 
 # the same bytes either way (tests/test_gateway_submission.py); aiosmtplib calls it by name
-aiosmtplib.protocol.normalize_message_line_endings = _normalized
-aiosmtplib.smtp.normalize_message_line_endings = _normalized  # type: ignore[attr-defined]
+# from these modules.  Another aiosmtplib without it is used as it is (more memory only).
+for _module in (aiosmtplib.protocol, aiosmtplib.smtp):
+    if _normalize is not None and getattr(_module, _NORMALIZE, None) is _normalize:
+        setattr(_module, _NORMALIZE, _normalized)
 
 
 @dataclass(frozen=True)
