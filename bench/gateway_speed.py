@@ -16,8 +16,8 @@
 
 Each part ends with a `RESULT` line: `relay_ratio=…` (relay), `exchanges_per_s=…
 floor_per_s=… ratio=… p50_notice_s=… p50_receipt_s=…` (exchanges), `rss_ratio_sender=…
-rss_ratio_recipient=… big_mail_s=…` (memory: each gateway's peak RSS above idle over the
-mail's size).
+rss_ratio_recipient=… big_mail_s=… big_mail_time_ratio=…` (memory: each gateway's peak RSS
+above idle over the mail's size; the exchange's time over the MTA's for the mail four times).
 """
 
 from __future__ import annotations
@@ -367,6 +367,32 @@ def vm_hwm(pid: int) -> int:
     return 0
 
 
+def big_mail(payload: bytes, to: str, subject: str) -> bytes:
+    """A mail from alice with ``payload`` attached (base64)."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "alice@a.test", to, subject
+    msg.set_content("big\n")
+    msg.add_attachment(payload, maintype="application", subtype="octet-stream",
+                       filename="big.bin")
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+def mta_carries(orgs: Orgs, raw: bytes, times: int) -> float:
+    """Seconds for the MTA to carry ``raw`` ``times`` times, one after the other: each
+    submitted to Postfix and waited for until Dovecot has it (what a certified exchange
+    asks of the mail stack: the submission, m3, the original, the receipt)."""
+    t0 = time.time()
+    for n in range(times):
+        with smtplib.SMTP("127.0.0.1", orgs.stack.smtp_port, timeout=300) as s:
+            s.sendmail("alice@a.test", ["carol@b.test"], raw)
+        deadline = time.time() + 300
+        while _saved_count(orgs, "MTA carry") <= n:
+            if time.time() > deadline:
+                raise SystemExit("the MTA did not deliver the big mail")
+            time.sleep(0.05)
+    return time.time() - t0
+
+
 def memory_bench(orgs: Orgs) -> None:
     # fresh processes, so the high-water mark is this exchange's
     for gw in (orgs.a, orgs.b):
@@ -374,12 +400,9 @@ def memory_bench(orgs: Orgs) -> None:
         gw.start()
     assert orgs.a.proc and orgs.b.proc
     idle = vm_hwm(orgs.a.proc.pid), vm_hwm(orgs.b.proc.pid)
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = "alice@a.test", "bob@b.test", "[certified] 25MB"
-    msg.set_content("big\n")
-    msg.add_attachment(os.urandom(25 * 1024 * 1024 * 3 // 4), maintype="application",
-                       subtype="octet-stream", filename="big.bin")
-    raw = msg.as_bytes(policy=email.policy.SMTP)
+    payload = os.urandom(25 * 1024 * 1024 * 3 // 4)
+    carried = mta_carries(orgs, big_mail(payload, "carol@b.test", "MTA carry"), 4)
+    raw = big_mail(payload, "bob@b.test", "[certified] 25MB")
     t0 = time.time()
     with orgs.a.smtp("alice@a.test") as s:
         s.sendmail("alice@a.test", ["bob@b.test"], raw)
@@ -392,13 +415,16 @@ def memory_bench(orgs: Orgs) -> None:
     mb = len(raw) / 2**20
     ratio = [(p - i) / mb for p, i in zip(peak, idle, strict=True)]
     print(f"\n== one {len(raw) / 1e6:.1f} MB certified mail (attachment, base64) ==")
-    print(f"  submission -> receipt {took:.1f} s")
+    print(f"  submission -> receipt {took:.1f} s; the MTA carries the same mail four times "
+          f"(Postfix -> LMTP -> Dovecot, one after the other) in {carried:.1f} s: "
+          f"x{took / carried:.2f} (goal <= 3)")
     print(f"  peak RSS sender's gateway   {peak[0]:5d} MB (idle {idle[0]} MB, "
           f"x{ratio[0]:.1f} the mail above idle; goal < 4)")
     print(f"  peak RSS recipient's gateway {peak[1]:4d} MB (idle {idle[1]} MB, "
           f"x{ratio[1]:.1f} the mail above idle; goal < 4)")
     print(f"RESULT rss_ratio_sender={ratio[0]:.2f} rss_ratio_recipient={ratio[1]:.2f} "
-          f"big_mail_s={took:.1f} mail_mb={mb:.1f} peak_sender_mb={peak[0]} "
+          f"big_mail_s={took:.1f} big_mail_time_ratio={took / carried:.2f} "
+          f"mta_4_carries_s={carried:.1f} mail_mb={mb:.1f} peak_sender_mb={peak[0]} "
           f"peak_recipient_mb={peak[1]}")
 
 
