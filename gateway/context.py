@@ -20,7 +20,7 @@ import httpx
 
 from dc.client import DirectoryClient
 from dc.records import DirectoryError
-from gateway import signingcert
+from gateway import signingcert, smtpdata  # noqa: F401 - smtpdata installs itself in aiosmtplib
 from gateway.imap import MasterLogin
 from gateway.notices import Writer
 from gateway.queue import Queues
@@ -85,30 +85,6 @@ class SmtpPool:
             self._idle.append((client, time.monotonic()))
         else:
             client.close()
-
-
-_NORMALIZE = "normalize_message_line_endings"
-_normalize: Callable[[bytes], bytes] | None = getattr(aiosmtplib.protocol, _NORMALIZE, None)
-
-
-def _normalized(message: bytes) -> bytes:
-    """aiosmtplib's ``normalize_message_line_endings`` (lone CR and LF to CRLF, a CRLF at
-    the end), which it runs twice per mail (for SIZE, then for DATA), but without its
-    copy of a mail that has only CRLF line endings already: a regular expression
-    substitution that builds one piece per line, about six times a big mail's size."""
-    crlf = message.count(b"\r\n")
-    if (message.endswith(b"\r\n") and message.count(b"\r") == crlf
-            and message.count(b"\n") == crlf):
-        return message
-    assert _normalize is not None
-    return _normalize(message)
-
-
-# the same bytes either way (tests/test_gateway_submission.py); aiosmtplib calls it by name
-# from these modules.  Another aiosmtplib without it is used as it is (more memory only).
-for _module in (aiosmtplib.protocol, aiosmtplib.smtp):
-    if _normalize is not None and getattr(_module, _NORMALIZE, None) is _normalize:
-        setattr(_module, _NORMALIZE, _normalized)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from email.header import Header
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import pytest
 from conftest import DATA_KEYS, stored_values
 from gateways import USERS, GatewayProc, Orgs
@@ -97,23 +96,6 @@ def test_the_header_block_is_what_the_header_parser_reads() -> None:
         assert parser.parsebytes(submission.header_block(raw)).items() == \
             parser.parsebytes(raw).items(), raw
     assert submission.header_block(b"Subject: x\r\n\r\nbody\r\n") == b"Subject: x\r\n\r\n"
-
-
-def test_line_endings_are_normalised_as_aiosmtplib_does() -> None:
-    """The gateway's stand-in for aiosmtplib's normalisation (no copy of a mail that has
-    CRLF line endings only) gives the same bytes for any mix of CR, LF and CRLF."""
-    import random
-
-    original = context._normalize
-    assert original is not None  # this aiosmtplib has it, and the gateway took its place
-    assert aiosmtplib.smtp.normalize_message_line_endings is context._normalized  # type: ignore[attr-defined]
-    rng = random.Random(5)
-    pieces = [b"\r", b"\n", b"\r\n", b"a", b".", b" ", b"\r\r\n"]
-    for _ in range(5000):
-        raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
-        assert context._normalized(raw) == original(raw), raw
-    crlf = b"Subject: x\r\n\r\nbody\r\n" * 1000
-    assert context._normalized(crlf) is crlf
 
 
 def test_implicit_tls_and_swaks(gateway: GatewayProc, stack: MailStack) -> None:
