@@ -25,11 +25,13 @@ from tcms.protocol.messages import M3
 from tcms.protocol.receiver import ReceiverState
 from tcms.protocol.state import load_state
 from tcms.store import RunRecord, StoredMessage
-from tcms.web import CBOR
+from tcms.web import CBOR, read_answer
 
 log = logging.getLogger("tcms.gateway.outbox")
 LEASE = 30  # seconds a claimed message is ours before another worker may retry it
 MAX_TSS_ATTEMPTS = 8
+# the most of a TSS's or TTP's answer read: a reply with its certificates is a few KB
+MAX_ANSWER = 1024 * 1024
 
 
 class Retry(Exception):
@@ -79,10 +81,17 @@ async def to_peer(ctx: GatewayContext, rec: RunRecord, row: StoredMessage) -> No
 
 
 async def _post(ctx: GatewayContext, url: str, data: bytes, media: str) -> httpx.Response:
+    """The service's answer, read up to MAX_ANSWER bytes: a larger one is a Retry, as a
+    service that cannot be reached is."""
     try:
-        return await ctx.http.post(url, content=data, headers={"Content-Type": media})
+        async with ctx.http.stream("POST", url, content=data,
+                                   headers={"Content-Type": media}) as r:
+            body = await read_answer(r, MAX_ANSWER)
     except httpx.HTTPError as exc:
         raise Retry(f"{url}: {exc!r}") from None
+    if body is None:
+        raise Retry(f"{url}: answered {r.status_code} with more than {MAX_ANSWER} bytes")
+    return httpx.Response(r.status_code, headers=r.headers, content=body)
 
 
 async def to_tss(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: int) -> None:
@@ -110,11 +119,12 @@ def answered(peer: str, r: httpx.Response) -> str:
     said = f"{peer} answered {r.status_code}"
     try:
         body = json.loads(r.content[:4096])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
         return said
     if not isinstance(body, dict) or not isinstance(body.get("error"), str):
         return said
-    named = f"{body['error']}: {body.get('reason', '')}" if body.get("reason") else body["error"]
+    reason = body.get("reason")
+    named = f"{body['error']}: {reason}" if isinstance(reason, str) and reason else body["error"]
     text = "".join(c if c.isprintable() else " " for c in str(named))[:200]
     return f"{said} ({text})"
 

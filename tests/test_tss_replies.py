@@ -101,7 +101,39 @@ async def test_the_gateway_fails_the_time_stamp_once(tmp_path: Path, reply: byte
      "TSS answered 400"),  # too long to read: the status alone
     (400, b'{"error": "x\\r\\nInjected: 1", "reason": "' + b"r" * 300 + b'"}',
      "TSS answered 400 (x  Injected: 1: " + "r" * 184 + ")"),
+    # nested deeper than Python's recursion limit, within the 4 KB read: RecursionError
+    (400, b'{"error": "x", "reason": ' + b"[" * 1900 + b"]" * 1900 + b"}", "TSS answered 400"),
+    (400, b'{"error": "x", "reason": ' + b"[" * 900 + b"]" * 900 + b"}", "TSS answered 400 (x)"),
+    (400, b'{"error": "x", "reason": {"a": 1}}', "TSS answered 400 (x)"),
 ])
 def test_a_refusal_is_told_with_its_check_bounded_and_printable(
         status: int, body: bytes, said: str) -> None:
     assert dispatch.answered("TSS", httpx.Response(status, content=body)) == said
+
+
+async def test_an_answer_larger_than_any_reply_is_not_held(tmp_path: Path) -> None:
+    """A TSS answering m1 with megabytes: the gateway reads up to MAX_ANSWER, no more, and
+    tries again later (as with a TSS it cannot reach) instead of taking it as a reply."""
+    store = Store(f"sqlite:///{tmp_path / 'gw.db'}", data_keys=DATA_KEYS)
+    await store.upgrade()
+    keystore = Keystore(tmp_path / "keys", b"passphrase")
+    keystore.save(ALICE)
+    huge = b"\x30" * (dispatch.MAX_ANSWER * 4)
+    try:
+        with serve(lambda *_: (200, "application/timestamp-reply", huge)) as tss:
+            sender, actions = Sender.start(ALICE, TRUST, BOB.party, b"m0",
+                                           Description("t", 2, "<x>"), DEADLINES, tss=tss.url)
+            await store.save_run(record(sender, "sender", ALICE.name, BOB.name), now=T0,
+                                 outbox=outbox(actions, ALICE.name, BOB.name))
+            async with httpx.AsyncClient() as http:
+                ctx = GatewayContext(Settings(tss=TssConfig(url=tss.url)), store, keystore,
+                                     ALICE, TRUST, dc=None, upstream=None,  # type: ignore[arg-type]
+                                     imap=None, http=http,  # type: ignore[arg-type]
+                                     queues=Queues(store), writer=writer())
+                (row,) = await store.claim_outbox(T0 + 1, dispatch.LEASE)
+                with pytest.raises(dispatch.Retry, match="more than"):
+                    await dispatch.dispatch(ctx, row, T0 + 1)
+        run = await store.get_run(sender.cid, "sender")
+        assert run is not None and run.phase == sender.phase  # not taken as a reply
+    finally:
+        await store.close()
