@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -47,10 +48,10 @@ class Workers:
         proc = subprocess.Popen(  # noqa: S603 - this interpreter, this module
             [sys.executable, "-m", "gateway.workers", str(self._write)],
             stdin=subprocess.PIPE, pass_fds=(self._write,), preexec_fn=_die_with_parent)
-        assert proc.stdin is not None
-        # the settings as this process has them (secrets included): through a pipe
-        proc.stdin.write(self.settings.model_dump_json().encode())
-        proc.stdin.close()
+        # the settings as this process has them (secrets included): through a pipe, from a
+        # thread, since they may be more than the pipe holds until the worker reads them
+        threading.Thread(target=_hand_over, args=(proc, self.settings.model_dump_json()),
+                         name=f"settings for worker {proc.pid}", daemon=True).start()
         return proc
 
     def _kicked(self) -> None:
@@ -98,6 +99,17 @@ async def start(settings: Settings, on_submit: Callable[[], None]) -> Workers | 
     workers = Workers(settings, on_submit)
     await workers.start()
     return workers
+
+
+def _hand_over(proc: subprocess.Popen[bytes], settings: str) -> None:
+    """Write the settings to a new worker; one that dies first is started again by the
+    watcher."""
+    assert proc.stdin is not None
+    try:
+        with proc.stdin:
+            proc.stdin.write(settings.encode())
+    except OSError as exc:
+        log.warning("submission worker %d did not take its settings: %r", proc.pid, exc)
 
 
 def _die_with_parent() -> None:

@@ -1,0 +1,41 @@
+"""`[gateway] workers` without mail servers: how the first process hands a worker its
+settings (through a pipe) and starts another when one dies (gateway/workers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mailstack import PATIENCE
+
+from gateway.workers import Workers
+from tcms.config import GatewayConfig, Settings
+from tcms.mailconfig import MailConfig
+
+
+async def test_a_worker_that_dies_before_reading_its_settings_is_started_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings larger than a pipe holds (a language per user), and a worker that dies
+    before it reads them: the first process neither fails (BrokenPipeError) nor stops
+    starting workers; the settings are written from a thread, not the event loop."""
+    dies = tmp_path / "python"
+    dies.write_text("#!/bin/sh\nexit 3\n")
+    dies.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(dies))
+    languages = {f"user{i}@example.org": "it" for i in range(12000)}
+    settings = Settings(gateway=GatewayConfig(workers=2), mail=MailConfig(languages=languages))
+    assert len(settings.model_dump_json()) > 256 * 1024  # more than a pipe's buffer
+    workers = Workers(settings, lambda: None)
+    await workers.start()
+    try:
+        first = workers.procs[0]
+        deadline = time.monotonic() + PATIENCE
+        while workers.procs[0] is first:
+            assert time.monotonic() < deadline, "no other worker was started"
+            await asyncio.sleep(0.1)
+        assert first.returncode == 3
+    finally:
+        await workers.stop()
