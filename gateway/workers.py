@@ -74,7 +74,10 @@ class Workers:
                 if proc.poll() is not None:
                     log.warning("submission worker %d exited (%s): starting another",
                                 proc.pid, proc.returncode)
-                    self.procs[i] = self._spawn()
+                    try:
+                        self.procs[i] = self._spawn()
+                    except OSError as exc:  # out of processes, say: the next round tries
+                        log.error("cannot start a submission worker: %r", exc)
 
     async def stop(self) -> None:
         if self._task is not None:

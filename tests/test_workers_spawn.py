@@ -39,3 +39,29 @@ async def test_a_worker_that_dies_before_reading_its_settings_is_started_again(
         assert first.returncode == 3
     finally:
         await workers.stop()
+
+
+async def test_a_worker_that_cannot_be_started_is_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A failed start (no such program here; fork failing when out of processes) is
+    logged and tried again at the next round, not the end of the watcher."""
+    dies = tmp_path / "python"
+    dies.write_text("#!/bin/sh\nexit 3\n")
+    dies.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(dies))
+    workers = Workers(Settings(gateway=GatewayConfig(workers=2)), lambda: None)
+    await workers.start()
+    try:
+        first = workers.procs[0]
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "missing"))
+        deadline = time.monotonic() + PATIENCE
+        while "cannot start a submission worker" not in caplog.text:
+            assert time.monotonic() < deadline, "the watcher did not try again"
+            await asyncio.sleep(0.1)
+        monkeypatch.setattr(sys, "executable", str(dies))
+        while workers.procs[0] is first:
+            assert time.monotonic() < deadline, "no other worker was started"
+            await asyncio.sleep(0.1)
+    finally:
+        await workers.stop()
