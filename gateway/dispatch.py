@@ -91,7 +91,10 @@ async def _post(ctx: GatewayContext, url: str, data: bytes, media: str) -> httpx
         raise Retry(f"{url}: {exc!r}") from None
     if body is None:
         raise Retry(f"{url}: answered {r.status_code} with more than {MAX_ANSWER} bytes")
-    return httpx.Response(r.status_code, headers=r.headers, content=body)
+    # the body as read (decoded already): its Content-Encoding must not be applied again
+    media_type = r.headers.get("content-type")
+    return httpx.Response(r.status_code, content=body,
+                          headers={"Content-Type": media_type} if media_type else None)
 
 
 async def to_tss(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: int) -> None:

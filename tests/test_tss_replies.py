@@ -6,7 +6,9 @@ time stamp (the user is told) instead of a retry loop."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -137,3 +139,23 @@ async def test_an_answer_larger_than_any_reply_is_not_held(tmp_path: Path) -> No
         assert run is not None and run.phase == sender.phase  # not taken as a reply
     finally:
         await store.close()
+
+
+async def test_a_compressed_answer_is_read_decoded_and_bounded_as_decoded() -> None:
+    """Content-Encoding: the answer is the decoded bytes (taken once, not decoded twice),
+    and a small compressed answer that decodes to more than MAX_ANSWER is not held."""
+    plain = b'{"error": "m1.sig", "reason": "bad signature"}'
+    bomb = gzip.compress(bytes(dispatch.MAX_ANSWER * 8))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = gzip.compress(plain) if request.url.path == "/small" else bomb
+        return httpx.Response(400, content=body, headers={
+            "Content-Encoding": "gzip", "Content-Type": "application/json"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        ctx = SimpleNamespace(http=http)
+        r = await dispatch._post(ctx, "http://tss/small", b"q", "application/cbor")  # type: ignore[arg-type]
+        assert r.status_code == 400 and r.content == plain
+        assert dispatch.answered("TSS", r) == "TSS answered 400 (m1.sig: bad signature)"
+        with pytest.raises(dispatch.Retry, match="more than"):
+            await dispatch._post(ctx, "http://tss/bomb", b"q", "application/cbor")  # type: ignore[arg-type]
