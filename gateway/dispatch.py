@@ -147,7 +147,8 @@ async def to_ttp(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: i
         raise Retry(f"TTP answered {r.status_code}")
     if r.status_code != 200:
         # the TTP refused the request (named check); the machine asks again on its timer
-        log.warning("exchange %s: the TTP refused %s: %s", rec.tx, row.kind, r.text[:300])
+        log.warning("exchange %s: the TTP refused %s: %s", rec.tx, row.kind,
+                    answered("TTP", r))
         await ctx.store.outbox_done(row.id, now)
         return
     log.info("exchange %s: the TTP answered the %s request", rec.tx, row.kind)

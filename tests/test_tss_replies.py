@@ -159,3 +159,26 @@ async def test_a_compressed_answer_is_read_decoded_and_bounded_as_decoded() -> N
         assert dispatch.answered("TSS", r) == "TSS answered 400 (m1.sig: bad signature)"
         with pytest.raises(dispatch.Retry, match="more than"):
             await dispatch._post(ctx, "http://tss/bomb", b"q", "application/cbor")  # type: ignore[arg-type]
+
+
+async def test_a_ttp_refusal_is_logged_bounded_and_printable(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """What a refusing TTP says reaches the log as answered() words it: one line, bounded
+    (its text could forge log lines)."""
+    body = b"refused\r\n2026-12-07 INFO tcms.gateway: a forged line" + b"x" * 500
+    done: list[int] = []
+
+    async def outbox_done(row_id: int, now: int) -> None:
+        done.append(row_id)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(
+            lambda _: httpx.Response(400, content=body))) as http:
+        ctx = SimpleNamespace(settings=Settings(), http=http,
+                              store=SimpleNamespace(outbox_done=outbox_done))
+        rec = SimpleNamespace(tx="ab" * 16)
+        row = SimpleNamespace(kind="abort", data=b"request", id=7)
+        await dispatch.to_ttp(ctx, rec, row, T0)  # type: ignore[arg-type]
+    assert done == [7]
+    (line,) = [r.getMessage() for r in caplog.records if "refused abort" in r.getMessage()]
+    assert "\n" not in line and "\r" not in line and len(line) < 400
+    assert line.endswith("the TTP refused abort: TTP answered 400")
