@@ -46,8 +46,8 @@ class Workers:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(  # noqa: S603 - this interpreter, this module
-            [sys.executable, "-m", "gateway.workers", str(self._write)],
-            stdin=subprocess.PIPE, pass_fds=(self._write,), preexec_fn=_die_with_parent)
+            [sys.executable, "-m", "gateway.workers", str(self._write), str(os.getpid())],
+            stdin=subprocess.PIPE, pass_fds=(self._write,))
         # the settings as this process has them (secrets included): through a pipe, from a
         # thread, since they may be more than the pipe holds until the worker reads them
         threading.Thread(target=_hand_over, args=(proc, self.settings.model_dump_json()),
@@ -115,8 +115,13 @@ def _hand_over(proc: subprocess.Popen[bytes], settings: str) -> None:
         log.warning("submission worker %d did not take its settings: %r", proc.pid, exc)
 
 
-def _die_with_parent() -> None:
+def die_with_parent(parent: int) -> None:
+    """SIGTERM when the first process dies: asked for by the worker itself, not between
+    fork and exec (preexec_fn, not safe in a process with threads, and it keeps Python
+    from starting the worker with vfork); a parent gone already ends it at once."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        sys.exit(0)
 
 
 async def serve(settings: Settings, kick_fd: int) -> None:
@@ -152,6 +157,7 @@ async def serve(settings: Settings, kick_fd: int) -> None:
 
 
 def main() -> None:
+    die_with_parent(int(sys.argv[2]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
                         f"[worker {os.getpid()}]: %(message)s")
     settings = Settings.model_validate_json(sys.stdin.buffer.read())

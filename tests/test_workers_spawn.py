@@ -4,6 +4,9 @@ settings (through a pipe) and starts another when one dies (gateway/workers.py).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -65,3 +68,36 @@ async def test_a_worker_that_cannot_be_started_is_tried_again(
             await asyncio.sleep(0.1)
     finally:
         await workers.stop()
+
+
+def test_a_worker_dies_with_the_first_process(tmp_path: Path) -> None:
+    """A worker whose first process is killed (SIGKILL: nothing runs to stop it) ends too,
+    even while it still waits for its settings."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import os, subprocess, sys\n"
+         "r, w = os.pipe()\n"
+         "p = subprocess.Popen([sys.executable, '-m', 'gateway.workers', str(w),"
+         " str(os.getpid())], pass_fds=(w,))\n"
+         "print(p.pid, flush=True)\n"
+         "p.wait()\n"],
+        # the worker reads its settings from this pipe, which the test holds open
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=tmp_path)
+    assert parent.stdout is not None and parent.stdin is not None
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + PATIENCE
+        while _alive(worker):
+            assert time.monotonic() < deadline, "the worker outlived its first process"
+            time.sleep(0.1)
+    finally:
+        parent.stdin.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
