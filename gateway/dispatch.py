@@ -27,7 +27,7 @@ from tcms.protocol.messages import M3
 from tcms.protocol.receiver import ReceiverState
 from tcms.protocol.state import load_state
 from tcms.store import RunRecord, StoredMessage
-from tcms.web import CBOR
+from tcms.web import CBOR, read_answer
 
 log = logging.getLogger("tcms.gateway.outbox")
 LEASE = 30  # seconds a claimed message is ours before another worker may retry it
@@ -35,6 +35,8 @@ MAX_TSS_ATTEMPTS = 8
 # A mailed evidence bundle carries c up to this size; a larger c is left out (the mail
 # stays readable and small), and `tcms tx export` writes the complete bundle from the store.
 MAILED_C_LIMIT = 1024 * 1024
+# the most of a TSS's or TTP's answer read: a reply with its certificates is a few KB
+MAX_ANSWER = 1024 * 1024
 
 
 class Retry(Exception):
@@ -93,10 +95,20 @@ async def to_peer(ctx: GatewayContext, names: tuple[str, str, str, str],
 
 
 async def _post(ctx: GatewayContext, url: str, data: bytes, media: str) -> httpx.Response:
+    """The service's answer, read up to MAX_ANSWER bytes: a larger one is a Retry, as a
+    service that cannot be reached is."""
     try:
-        return await ctx.http.post(url, content=data, headers={"Content-Type": media})
+        async with ctx.http.stream("POST", url, content=data,
+                                   headers={"Content-Type": media}) as r:
+            body = await read_answer(r, MAX_ANSWER)
     except httpx.HTTPError as exc:
         raise Retry(f"{url}: {exc!r}") from None
+    if body is None:
+        raise Retry(f"{url}: answered {r.status_code} with more than {MAX_ANSWER} bytes")
+    # the body as read (decoded already): its Content-Encoding must not be applied again
+    media_type = r.headers.get("content-type")
+    return httpx.Response(r.status_code, content=body,
+                          headers={"Content-Type": media_type} if media_type else None)
 
 
 async def to_tss(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: int) -> None:
@@ -124,11 +136,12 @@ def answered(peer: str, r: httpx.Response) -> str:
     said = f"{peer} answered {r.status_code}"
     try:
         body = json.loads(r.content[:4096])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
         return said
     if not isinstance(body, dict) or not isinstance(body.get("error"), str):
         return said
-    named = f"{body['error']}: {body.get('reason', '')}" if body.get("reason") else body["error"]
+    reason = body.get("reason")
+    named = f"{body['error']}: {reason}" if isinstance(reason, str) and reason else body["error"]
     text = "".join(c if c.isprintable() else " " for c in str(named))[:200]
     return f"{said} ({text})"
 
@@ -148,7 +161,8 @@ async def to_ttp(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: i
         raise Retry(f"TTP answered {r.status_code}")
     if r.status_code != 200:
         # the TTP refused the request (named check); the machine asks again on its timer
-        log.warning("exchange %s: the TTP refused %s: %s", rec.tx, row.kind, r.text[:300])
+        log.warning("exchange %s: the TTP refused %s: %s", rec.tx, row.kind,
+                    answered("TTP", r))
         await ctx.store.outbox_done(row.id, now)
         return
     log.info("exchange %s: the TTP answered the %s request", rec.tx, row.kind)

@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -45,12 +46,12 @@ class Workers:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(  # noqa: S603 - this interpreter, this module
-            [sys.executable, "-m", "gateway.workers", str(self._write)],
-            stdin=subprocess.PIPE, pass_fds=(self._write,), preexec_fn=_die_with_parent)
-        assert proc.stdin is not None
-        # the settings as this process has them (secrets included): through a pipe
-        proc.stdin.write(self.settings.model_dump_json().encode())
-        proc.stdin.close()
+            [sys.executable, "-m", "gateway.workers", str(self._write), str(os.getpid())],
+            stdin=subprocess.PIPE, pass_fds=(self._write,))
+        # the settings as this process has them (secrets included): through a pipe, from a
+        # thread, since they may be more than the pipe holds until the worker reads them
+        threading.Thread(target=_hand_over, args=(proc, self.settings.model_dump_json()),
+                         name=f"settings for worker {proc.pid}", daemon=True).start()
         return proc
 
     def _kicked(self) -> None:
@@ -73,7 +74,10 @@ class Workers:
                 if proc.poll() is not None:
                     log.warning("submission worker %d exited (%s): starting another",
                                 proc.pid, proc.returncode)
-                    self.procs[i] = self._spawn()
+                    try:
+                        self.procs[i] = self._spawn()
+                    except OSError as exc:  # out of processes, say: the next round tries
+                        log.error("cannot start a submission worker: %r", exc)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -100,8 +104,24 @@ async def start(settings: Settings, on_submit: Callable[[], None]) -> Workers | 
     return workers
 
 
-def _die_with_parent() -> None:
+def _hand_over(proc: subprocess.Popen[bytes], settings: str) -> None:
+    """Write the settings to a new worker; one that dies first is started again by the
+    watcher."""
+    assert proc.stdin is not None
+    try:
+        with proc.stdin:
+            proc.stdin.write(settings.encode())
+    except OSError as exc:
+        log.warning("submission worker %d did not take its settings: %r", proc.pid, exc)
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGTERM when the first process dies: asked for by the worker itself, not between
+    fork and exec (preexec_fn, not safe in a process with threads, and it keeps Python
+    from starting the worker with vfork); a parent gone already ends it at once."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        sys.exit(0)
 
 
 async def serve(settings: Settings, kick_fd: int) -> None:
@@ -137,6 +157,7 @@ async def serve(settings: Settings, kick_fd: int) -> None:
 
 
 def main() -> None:
+    die_with_parent(int(sys.argv[2]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
                         f"[worker {os.getpid()}]: %(message)s")
     settings = Settings.model_validate_json(sys.stdin.buffer.read())

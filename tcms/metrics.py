@@ -98,13 +98,15 @@ Reader = Callable[[], Awaitable[Families]]
 
 class SqlGauges(Collector):
     """Gauges whose values a scrape reads from SQL first (``refresh``), then serves.  A
-    failed read keeps the previous values and sets ``tcms_metrics_sql_up{source}`` to 0."""
+    failed read keeps the previous values and sets ``tcms_metrics_sql_up{source}`` to 0.
+    Concurrent scrapes share one read."""
 
     def __init__(self, source: str, read: Reader,
                  registry: CollectorRegistry | None = REGISTRY) -> None:
         self.source = source
         self.read = read
         self._families: Families = []
+        self._reading: asyncio.Future[None] | None = None
         if registry is not None:
             registry.register(self)
 
@@ -115,6 +117,13 @@ class SqlGauges(Collector):
         return list(self._families)
 
     async def refresh(self) -> None:
+        """Read the gauges; a scrape that comes during a read waits for that one (however
+        many scrapes come at once, one read and one connection at a time)."""
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._refresh())
+        await asyncio.shield(self._reading)
+
+    async def _refresh(self) -> None:
         try:
             self._families = await asyncio.wait_for(self.read(), REFRESH_TIMEOUT)
         except asyncio.CancelledError:

@@ -4,12 +4,13 @@ and exchanges on SQLite and PostgreSQL; the services' requests are counted by ro
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import httpx
 import pytest
 from conftest import TSA
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics as gateway_metrics
@@ -91,6 +92,37 @@ async def test_a_failed_sql_read_keeps_the_last_values(tmp_path: object) -> None
     assert REGISTRY.get_sample_value("tcms_metrics_sql_up", {"source": "test-failing"}) == 0
     assert REGISTRY.get_sample_value("tcms_metrics_sql_errors_total",
                                      {"source": "test-failing"}) == 1
+
+
+async def test_concurrent_scrapes_share_one_sql_read() -> None:
+    """Scrapes that come while the SQL gauges are being read wait for that read instead of
+    starting their own: a flood of scrapes costs one read (one connection) at a time."""
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def read() -> metrics.Families:
+        calls.append(1)
+        await release.wait()
+        return [metrics.gauge("tcms_test_shared", "a test", [], [((), float(len(calls)))])]
+
+    g = metrics.SqlGauges("test-shared", read, registry=None)
+    app = metrics.create_app([g.refresh], registry=CollectorRegistry())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://m") as client:
+        first = asyncio.create_task(client.get("/metrics"))
+        while not calls:  # the first scrape is reading
+            await asyncio.sleep(0)
+        others = [asyncio.create_task(client.get("/metrics")) for _ in range(20)]
+        for _ in range(10):  # loop steps, not time: each scrape has begun its refresh
+            await asyncio.sleep(0)
+        release.set()
+        answers = await asyncio.gather(first, *others)
+    assert all(r.status_code == 200 for r in answers)
+    assert len(calls) == 1
+    assert [s.value for f in g.collect() for s in f.samples] == [1.0]
+    # once it is done, the next scrape reads again
+    await g.refresh()
+    assert len(calls) == 2
 
 
 async def test_the_tss_counts_tokens_and_requests_by_route(tmp_path: object) -> None:

@@ -1,10 +1,14 @@
 """The fast reader of the usual TimeStampReq form (tss/request.py) against asn1crypto's full
 parse: on valid requests of every shape and on mutated ones, it either answers exactly as
-the full parse does or leaves the request to it, and never accepts what that refuses."""
+the full parse does or leaves the request to it, and never accepts what that refuses; and
+the plain-ASGI path of POST /tsa holds no more than a query and reads the headers FastAPI
+reads."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
+from typing import Any
 
 from asn1crypto import tsp
 from conftest import TSA
@@ -12,7 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcms import der
+from tcms.store import Store
 from tcms.timestamp import make_request
+from tss.api import MAX_QUERY
+from tss.api import create_app as tss_app
 from tss.authority import POLICY_OID, RequestRejected
 from tss.request import read_common
 
@@ -84,3 +91,56 @@ def test_mutated_requests_agree(base: bytes, at: int, value: int, cut: int) -> N
     fast = read_common(data, POLICY_DER)
     if fast is not None:
         assert fast == full_parse(data), data.hex()
+
+
+# --- the plain-ASGI path of POST /tsa (tss/api.py TssApp): bounded, and equal to FastAPI's ---
+
+
+async def _post_tsa(app: Any, headers: list[tuple[bytes, bytes]],
+                    chunks: list[bytes]) -> tuple[int, int]:
+    """(status, bytes the app took) for a POST /tsa whose body the server hands over in
+    ``chunks`` (as one that honours Transfer-Encoding over Content-Length would)."""
+    taken = [0]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if taken[0] >= len(chunks):
+            return {"type": "http.disconnect"}
+        taken[0] += 1
+        return {"type": "http.request", "body": chunks[taken[0] - 1],
+                "more_body": taken[0] < len(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/tsa", "raw_path": b"/tsa",
+             "root_path": "", "query_string": b"", "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return int(start["status"]), sum(len(c) for c in chunks[:taken[0]])
+
+
+async def test_the_short_path_holds_no_more_than_a_query(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'tss.db'}")
+    await store.upgrade()
+    app = tss_app(store, TSA)
+    query = [(b"content-type", b"application/timestamp-query")]
+    flood = [b"\x30" * 4096] * 1000  # 4 MB offered, in 4 KB chunks
+    try:
+        # chunked with a small Content-Length beside it (h11 passes both; the chunks count)
+        status, taken = await _post_tsa(app, [*query, (b"content-length", b"100"),
+                                              (b"transfer-encoding", b"chunked")], flood)
+        assert status == 413 and taken <= MAX_QUERY + 4096
+        # a server that hands over more than the declared length
+        status, taken = await _post_tsa(app, [*query, (b"content-length", b"100")], flood)
+        assert status in (400, 413) and taken <= MAX_QUERY + 4096
+        # two Content-Types: the short path reads the header FastAPI reads (the first)
+        tsq, _ = make_request(b"\x01" * 32)
+        length = (b"content-length", str(len(tsq)).encode())
+        two = [(b"content-type", b"application/json"), *query, length]
+        assert (await _post_tsa(app, two, [tsq]))[0] == 415
+        assert (await _post_tsa(app, [*query, length], [tsq]))[0] == 200
+    finally:
+        await store.close()

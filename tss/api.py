@@ -12,10 +12,11 @@ written a 503 (and no token).  Every token is in the log, durably, before it is 
 (tss/commit.py writes them in groups); serial numbers come from the log, so they are
 unique and increasing across restarts.
 
-A well-formed ``POST /tsa`` (its content type, a declared length within bounds) takes a
-short path in plain ASGI (``TssApp``), with no middleware, routing, validation or
-response objects; every other request, refusals included, goes through the FastAPI routes below,
-which say the same for the same input.
+A well-formed ``POST /tsa`` (one content type, one declared length within bounds, no
+Transfer-Encoding) takes a short path in plain ASGI (``TssApp``), with no middleware,
+routing, validation or response objects, and holds no more than that length whatever the
+server hands over; every other request, refusals included, goes through the FastAPI routes
+below, which say the same for the same input.
 """
 
 from __future__ import annotations
@@ -74,31 +75,49 @@ class TssApp(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/tsa" or scope["method"] != "POST":
             return await super().__call__(scope, receive, send)
-        ctype = length = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                ctype = value
-            elif name == b"content-length":
-                length = value
+        ctype, length = _framing(scope["headers"])
         if ctype is None or ctype.split(b";")[0].strip().lower() != _QUERY \
                 or length is None or not length.isdigit() or not 0 < int(length) <= MAX_QUERY:
             return await super().__call__(scope, receive, send)
-        body = b""
-        while True:  # the server holds the body to its declared length
+        body = bytearray()
+        while True:  # never more than the declared length, whatever the server hands over
             message = await receive()
             if message["type"] != "http.request":
                 return  # the client went away
             body += message.get("body", b"")
+            if len(body) > int(length):
+                await error(413, "body.size", f"body longer than its Content-Length "
+                            f"{int(length)}")(scope, receive, send)
+                return
             if not message.get("more_body", False):
                 break
         try:
-            reply = await self.stamper.reply(body)
+            reply = await self.stamper.reply(bytes(body))
         except LogUnavailable as exc:
             await _log_unavailable(exc)(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", _REPLY), (b"content-length", str(len(reply)).encode())]})
         await send({"type": "http.response.body", "body": reply})
+
+
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+    """(Content-Type, Content-Length) of a request the short path may take: one of each
+    and no Transfer-Encoding, else (None, None) and FastAPI reads it (the first of two
+    headers, a chunked body bounded as it arrives)."""
+    ctype = length = None
+    for name, value in headers:
+        if name == b"content-type":
+            if ctype is not None:
+                return None, None
+            ctype = value
+        elif name == b"content-length":
+            if length is not None:
+                return None, None
+            length = value
+        elif name == b"transfer-encoding":
+            return None, None
+    return ctype, length
 
 
 def _log_unavailable(exc: LogUnavailable) -> JSONResponse:
