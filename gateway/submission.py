@@ -43,7 +43,6 @@ import aioimaplib
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
-from gateway import metrics
 from gateway.context import Upstream
 from gateway.subject import has_tag, subject_error
 from tcms.identity import party_name_error
@@ -136,7 +135,7 @@ async def imap_login_ok(up: Upstream, user: str, password: str) -> bool:
 class SubmissionHandler:
     def __init__(self, store: Store, upstream: Upstream, tag: str, *,
                  on_login: Callable[[str], Awaitable[object]] | None = None,
-                 on_submit: Callable[[], None] | None = None,
+                 on_submit: Callable[[str], None] | None = None,
                  answer: Answer | None = None, domains: tuple[str, ...] = (),
                  max_recipients: int = MAX_RECIPIENTS) -> None:
         self.store = store
@@ -246,9 +245,8 @@ class SubmissionHandler:
                 return f"550 5.7.1 Cannot {verb} {tx}: {reply_text(outcome)}"
             results.append(f"{verb}ed {tx}")
             log.info("%s %sed certified mail %s by mail", user, verb, tx)
-            metrics.MAILS_IN.labels("answer").inc()
-        if self.on_submit is not None:
-            self.on_submit()
+            if self.on_submit is not None:
+                self.on_submit("answer")
         return "250 2.0.0 " + ", ".join(results)
 
     async def handle_DATA(self, server: SMTP, session: Session,
@@ -271,9 +269,8 @@ class SubmissionHandler:
                 recipients=recipients, subject=subject, raw=content, now=int(time.time()))
             log.info("certified submission #%d from %s to %d recipient(s) stored", sid, sender,
                      len(recipients))
-            metrics.MAILS_IN.labels("submission").inc()
             if self.on_submit is not None:
-                self.on_submit()
+                self.on_submit("submission")
             return f"250 2.0.0 Queued for certification as #{sid}"
         try:
             errors, reply = await self.upstream.send_mail(content, sender, recipients)

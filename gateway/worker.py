@@ -186,8 +186,11 @@ class Worker:
     def kick_inbound(self) -> None:
         self.kick("inbound")
 
-    def kick_submissions(self) -> None:
-        """A submission was stored (or a notice answered by mail: its m4 is in the outbox)."""
+    def kick_submissions(self, kind: str = "submission") -> None:
+        """The submission proxy (of this process or a worker process) took a mail of
+        ``kind``: a certified submission, stored, or an answer to a notice by mail (its m4
+        is in the outbox).  Counted, and the lanes look at once."""
+        metrics.MAILS_IN.labels(kind).inc()
         self.kick("submissions", "outbox")
 
     async def answers_filed(self, user: str, folder: str) -> None:

@@ -31,12 +31,14 @@ from tcms.protocol.events import Event
 
 log = logging.getLogger("tcms.gateway.workers")
 PR_SET_PDEATHSIG = 1
+# what a worker tells the first process through the pipe, a byte per mail it took
+KINDS = {b"s": "submission", b"a": "answer"}
 
 
 class Workers:
     """The extra processes of one gateway, and the pipe through which they kick it."""
 
-    def __init__(self, settings: Settings, on_submit: Callable[[], None]) -> None:
+    def __init__(self, settings: Settings, on_submit: Callable[[str], None]) -> None:
         self.settings, self.on_submit = settings, on_submit
         self.count = settings.gateway.workers - 1
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -55,10 +57,17 @@ class Workers:
         return proc
 
     def _kicked(self) -> None:
+        """Bytes from the workers: one per mail they took (``KINDS``), told to this process
+        (its metrics count them; its worker looks for the work)."""
+        got = b""
         with contextlib.suppress(BlockingIOError):
-            while os.read(self._read, 4096):
-                pass
-        self.on_submit()
+            while data := os.read(self._read, 4096):
+                got += data
+                if len(got) > 65536:
+                    break  # the rest at the next wake-up
+        for code, kind in KINDS.items():
+            for _ in range(got.count(code)):
+                self.on_submit(kind)
 
     async def start(self) -> None:
         asyncio.get_running_loop().add_reader(self._read, self._kicked)
@@ -95,7 +104,7 @@ class Workers:
         os.close(self._write)
 
 
-async def start(settings: Settings, on_submit: Callable[[], None]) -> Workers | None:
+async def start(settings: Settings, on_submit: Callable[[str], None]) -> Workers | None:
     """Start ``[gateway] workers`` - 1 more processes, if any."""
     if settings.gateway.workers <= 1:
         return None
@@ -130,9 +139,11 @@ async def serve(settings: Settings, kick_fd: int) -> None:
     ctx = context.create(settings)
     os.set_blocking(kick_fd, False)
 
-    def kick() -> None:
-        with contextlib.suppress(BlockingIOError):  # a kick is waiting already
-            os.write(kick_fd, b"k")
+    codes = {kind: code for code, kind in KINDS.items()}
+
+    def kick(kind: str) -> None:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: the first process
+            os.write(kick_fd, codes[kind])          # is kicked already (one count lost)
 
     async def answer_by_mail(user: str, tx: str, event: Event) -> str:
         return await answer(ctx, user, tx, event, int(time.time()))

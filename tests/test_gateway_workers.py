@@ -4,13 +4,16 @@ every guarantee of the first: untagged mail relayed byte for byte after the upst
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from gateways import GatewayProc, Orgs, subject_starts, wait_mail
+from mailstack import PATIENCE
 from test_gateway_submission import raw_mail
 from test_mailstack import wait_for
+from test_ops_e2e import scrape, value
 
 pytestmark = pytest.mark.slow
 
@@ -64,5 +67,12 @@ def test_certified_mail_taken_by_a_worker_goes_through(two_workers: GatewayProc,
             break
     else:
         pytest.fail("no certified mail went through the second process")
+    # the first process's metrics count what the worker took too (told through its pipe)
+    stored = len(lines(gw, "certified submission #"))
+    deadline = time.monotonic() + PATIENCE
+    while value(scrape(gw.metrics), "tcms_gateway_mails_in_total", kind="submission") < stored:
+        assert time.monotonic() < deadline, "the worker's submissions were never counted"
+        time.sleep(0.1)
+    assert value(scrape(gw.metrics), "tcms_gateway_mails_in_total", kind="submission") == stored
     wait_mail(orgs.proxy, "bob@b.test", subject_starts("Certified mail from",
                                                        subject.split("] ", 1)[1]))

@@ -31,7 +31,7 @@ async def test_a_worker_that_dies_before_reading_its_settings_is_started_again(
     languages = {f"user{i}@example.org": "it" for i in range(12000)}
     settings = Settings(gateway=GatewayConfig(workers=2), mail=MailConfig(languages=languages))
     assert len(settings.model_dump_json()) > 256 * 1024  # more than a pipe's buffer
-    workers = Workers(settings, lambda: None)
+    workers = Workers(settings, lambda _kind: None)
     await workers.start()
     try:
         first = workers.procs[0]
@@ -53,7 +53,7 @@ async def test_a_worker_that_cannot_be_started_is_tried_again(
     dies.write_text("#!/bin/sh\nexit 3\n")
     dies.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(dies))
-    workers = Workers(Settings(gateway=GatewayConfig(workers=2)), lambda: None)
+    workers = Workers(Settings(gateway=GatewayConfig(workers=2)), lambda _kind: None)
     await workers.start()
     try:
         first = workers.procs[0]
@@ -101,3 +101,23 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state not in ("Z", "X")
+
+
+async def test_what_a_worker_took_is_told_to_the_first_process() -> None:
+    """A worker writes a byte per mail it took; the first process is told each one, by
+    kind (its metrics count them and its worker looks for the work)."""
+    told: list[str] = []
+    workers = Workers(Settings(), told.append)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(workers._read, workers._kicked)
+    try:
+        os.write(workers._write, b"s" * 3 + b"a" + b"s" + b"?")  # an unknown byte: ignored
+        deadline = time.monotonic() + PATIENCE
+        while len(told) < 5:
+            assert time.monotonic() < deadline, told
+            await asyncio.sleep(0.01)
+    finally:
+        loop.remove_reader(workers._read)
+        os.close(workers._read)
+        os.close(workers._write)
+    assert sorted(told) == ["answer"] + ["submission"] * 4
