@@ -57,7 +57,7 @@ postgres-ready: $(STAMP)  ## the PostgreSQL server of the tests answers (TCMS_TE
 TEST_WORKERS ?= 3
 PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
-test: $(STAMP) test-packages postgres-ready  ## lint, type-check, every test (about 14 min on 2 cores)
+test: $(STAMP) test-packages postgres-ready  ## lint, type-check, every test (about 8 min on 2 cores)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	TCMS_PROPERTY_EXAMPLES=200 TCMS_RACES=100 $(BIN)/pytest -q $(PARALLEL) --durations=15
