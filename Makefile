@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export TCMS_TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
 .PHONY: setup demo demo-inprocess mail-packages test-packages postgres-ready test test-fast \
-        soak lint typecheck bench clean
+        soak lint typecheck clean
 
 # Debian packages, as command:package (a path for a file that must exist): the mail stack
 # of the demo and the end-to-end tests (tests/mailstack.py), then what the tests add:

@@ -27,6 +27,7 @@ from tcms.protocol.messages import M3
 from tcms.protocol.receiver import ReceiverState
 from tcms.protocol.state import load_state
 from tcms.store import RunRecord, StoredMessage
+from tcms.text import printable
 from tcms.web import CBOR, read_answer
 
 log = logging.getLogger("tcms.gateway.outbox")
@@ -142,8 +143,7 @@ def answered(peer: str, r: httpx.Response) -> str:
         return said
     reason = body.get("reason")
     named = f"{body['error']}: {reason}" if isinstance(reason, str) and reason else body["error"]
-    text = "".join(c if c.isprintable() else " " for c in str(named))[:200]
-    return f"{said} ({text})"
+    return f"{said} ({printable(named)})"
 
 
 async def to_ttp(ctx: GatewayContext, rec: RunRecord, row: StoredMessage, now: int) -> None:

@@ -389,7 +389,7 @@ def _verify(it: dict[str, bytes | None], trust: Trust) -> Verdict:
         elif isinstance(answer, Resolved):
             verdict.event_at = answer.t
             how = "delivered" if answer.kind == "delivered" else "made available to the recipient"
-            got = f"{who}: the TTP certifies it {how} at {checks.utc(answer.t)}"
+            got = f"{who}: the TTP certifies it was {how} at {checks.utc(answer.t)}"
         else:
             got = f"{who} (acknowledged by m6; its time is not stamped)"
         verdict.statements = [sent, got]

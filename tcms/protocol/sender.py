@@ -262,8 +262,8 @@ class Sender(RoleMachine[SenderState]):
             checks.check_m4(self.core, st.eoo, M4.decode(answer.m4))
             self._set(phase="done", ttp_answer=data, m4=answer.m4,
                       reason=f"TTP affidavit: {answer.kind}")
-            return [Notify("receipt", f"the TTP certifies that the mail was {answer.kind} "
-                           f"to {rcpt}")]
+            how = answer.kind.replace("-", " ")  # delivered, made available
+            return [Notify("receipt", f"the TTP certifies that the mail was {how} to {rcpt}")]
         if isinstance(answer, BadEscrow):
             self._set(phase="failed", ttp_answer=data, reason=f"bad escrow: {answer.reason}")
             return [Notify("failed", f"the TTP found the escrow invalid: {answer.reason}")]
