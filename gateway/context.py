@@ -35,9 +35,9 @@ from tcms.store import Store
 
 log = logging.getLogger("tcms.gateway")
 KEY_CACHE = 60  # seconds a DC answer about a key is used again without asking
-# A mail larger than this goes to the MTA over a connection that is closed afterwards:
-# asyncio's TLS encrypts what it is given into one memory buffer as large as the mail, and
-# OpenSSL keeps that buffer for the life of the connection (a pooled one: for ever).
+# A mail larger than this goes to the MTA over a connection that is closed afterwards, so
+# that no buffer its TLS layer grew for the mail lives on in the pool (DATA itself is
+# written in pieces under flow control: gateway/smtpdata.py).
 BIG_MAIL = 1024 * 1024
 
 

@@ -108,6 +108,12 @@ def parse(raw: bytes) -> ProtocolMail | None:
     return fast if fast is not None else _parse_full(raw)
 
 
+def crlf_only(raw: bytes) -> bool:
+    """Whether every line break in ``raw`` is a CRLF (no bare CR, no bare LF)."""
+    crlf = raw.count(b"\r\n")
+    return raw.count(b"\r") == crlf and raw.count(b"\n") == crlf
+
+
 _HEAD_END = re.compile(rb"\r\n\r\n")
 _CHUNK = 1 << 20
 
@@ -145,7 +151,7 @@ def _parse_fast(raw: bytes) -> ProtocolMail | None:
     the protocol part is decoded from ``raw`` itself.  None for any other mail or any
     defect: ``_parse_full`` then reads it and names the defect."""
     try:
-        if raw.count(b"\r") != raw.count(b"\r\n") or raw.count(b"\n") != raw.count(b"\r\n"):
+        if not crlf_only(raw):
             return None  # a bare CR or LF: the email package's line rules apply
         head = _HEAD_END.search(raw)
         if head is None:

@@ -27,6 +27,8 @@ import aiosmtplib.smtp
 from aiosmtplib import SMTPDataError, SMTPServerDisconnected
 from aiosmtplib.protocol import SMTPProtocol
 
+from gateway.mailformat import crlf_only
+
 CHUNK = 256 * 1024
 PERIOD = re.compile(rb"(?m)^\.")  # a line that starts with a dot (RFC 5321 4.5.2)
 _NORMALIZE = "normalize_message_line_endings"
@@ -36,9 +38,7 @@ _execute_data: Callable[..., Any] | None = getattr(SMTPProtocol, "execute_data_c
 
 def normalized(message: bytes) -> bytes:
     """aiosmtplib's normalisation, without a copy of a mail that needs none."""
-    crlf = message.count(b"\r\n")
-    if (message.endswith(b"\r\n") and message.count(b"\r") == crlf
-            and message.count(b"\n") == crlf):
+    if message.endswith(b"\r\n") and crlf_only(message):
         return message
     assert _normalize is not None
     return _normalize(message)

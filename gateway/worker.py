@@ -186,7 +186,7 @@ class Worker:
     def kick_inbound(self) -> None:
         self.kick("inbound")
 
-    def kick_submissions(self, kind: str = "submission") -> None:
+    def kick_submissions(self, kind: str) -> None:
         """The submission proxy (of this process or a worker process) took a mail of
         ``kind``: a certified submission, stored, or an answer to a notice by mail (its m4
         is in the outbox).  Counted, and the lanes look at once."""
