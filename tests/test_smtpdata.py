@@ -4,7 +4,9 @@ mail with leading dots through the real Postfix: tests/test_gateway_submission.p
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import AsyncIterator
 
 import aiosmtplib
 import aiosmtplib.protocol
@@ -61,6 +63,23 @@ class Keep:
         return "250 2.0.0 Kept"
 
 
+@contextlib.asynccontextmanager
+async def client_of(handler: Keep) -> AsyncIterator[aiosmtplib.SMTP]:
+    """An aiosmtplib client connected to a real SMTP server (aiosmtpd) with ``handler``."""
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, data_size_limit=0)
+    controller.start()
+    try:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        controller.stop()
+
+
 @pytest.mark.parametrize("size", [smtpdata.CHUNK // 2, 3 * smtpdata.CHUNK + 17])
 async def test_a_mail_reaches_an_smtp_server_byte_for_byte(size: int) -> None:
     """Small (aiosmtplib's own DATA) and large (in pieces, with lines that start with a
@@ -71,18 +90,8 @@ async def test_a_mail_reaches_an_smtp_server_byte_for_byte(size: int) -> None:
         lines.append(rng.choice([b".", b"..", b"", b"x"]) + b"y" * rng.randint(0, 200) + b"\r\n")
     mail = b"".join(lines)
     keep = Keep()
-    port = free_port()
-    controller = Controller(keep, hostname="127.0.0.1", port=port, data_size_limit=0)
-    controller.start()
-    try:
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
-        await client.connect()
-        try:
-            refused, answer = await client.sendmail("a@a.test", ["b@b.test"], mail)
-        finally:
-            client.close()
-    finally:
-        controller.stop()
+    async with client_of(keep) as client:
+        refused, answer = await client.sendmail("a@a.test", ["b@b.test"], mail)
     assert (refused, answer) == ({}, "2.0.0 Kept")
     assert keep.got == [mail]  # aiosmtpd undoes the dot-stuffing: the very bytes sent
 
@@ -93,20 +102,9 @@ async def test_a_refusal_after_data_is_an_smtp_error() -> None:
                               envelope: Envelope) -> str:
             return "554 5.6.0 Not this one"
 
-    port = free_port()
-    controller = Controller(Refuse(), hostname="127.0.0.1", port=port, data_size_limit=0)
-    controller.start()
-    try:
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
-        await client.connect()
-        try:
-            with pytest.raises(aiosmtplib.SMTPDataError) as err:
-                await client.sendmail("a@a.test", ["b@b.test"],
-                                      b"Subject: x\r\n\r\n"
-                                      + (b"z" * 76 + b"\r\n") * (smtpdata.CHUNK // 30))
-            assert err.value.code == 554
-            assert (await client.noop())[0] == 250  # the session goes on
-        finally:
-            client.close()
-    finally:
-        controller.stop()
+    async with client_of(Refuse()) as client:
+        with pytest.raises(aiosmtplib.SMTPDataError) as err:
+            await client.sendmail("a@a.test", ["b@b.test"], b"Subject: x\r\n\r\n"
+                                  + (b"z" * 76 + b"\r\n") * (smtpdata.CHUNK // 30))
+        assert err.value.code == 554
+        assert (await client.noop())[0] == 250  # the session goes on
