@@ -121,6 +121,7 @@ def _headers(block: bytes) -> Message | None:
 
 
 MAX_PARTS = 4  # gateways write two; a mail of more is read by the email package
+MAX_HEAD = 64 * 1024  # gateways write a few hundred bytes; a larger block too
 
 
 def _leaf_parts(raw: bytes, start: int, boundary: str) -> list[tuple[Message, int, int]] | None:
@@ -139,7 +140,7 @@ def _leaf_parts(raw: bytes, start: int, boundary: str) -> list[tuple[Message, in
     parts = []
     for this, after in itertools.pairwise(marks):
         begin, end = this.end() + 1, after.start() - 2  # the CRLF before a delimiter is its own
-        head = _HEAD_END.search(raw, begin, end)
+        head = _HEAD_END.search(raw, begin, min(end, begin + MAX_HEAD))
         if end < begin or raw[end:end + 2] != b"\r\n" or head is None:
             return None
         headers = _headers(raw[begin:head.start() + 2])
@@ -159,7 +160,7 @@ def _parse_fast(raw: bytes) -> ProtocolMail | None:
     try:
         if raw.count(b"\r") != raw.count(b"\r\n") or raw.count(b"\n") != raw.count(b"\r\n"):
             return None  # a bare CR or LF: the email package's line rules apply
-        head = _HEAD_END.search(raw)
+        head = _HEAD_END.search(raw, 0, MAX_HEAD)
         if head is None:
             return None
         msg = _headers(raw[:head.start() + 2])
