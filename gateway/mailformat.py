@@ -83,7 +83,10 @@ def build(data: bytes, *, sender: str, recipient: str, tx: str, domain: str,
 def is_protocol_mail(raw: bytes) -> bool:
     """A cheap look at the headers: is this TCMS protocol mail (to hide from users)?"""
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    return any(line.lower().startswith(b"tcms-message:") for line in head.splitlines())
+    return _TCMS_LINE.search(head) is not None  # not a list of its lines
+
+
+_TCMS_LINE = re.compile(rb"(?:\A|[\r\n])tcms-message:", re.IGNORECASE)  # a line's start
 
 
 _HINT = re.compile(rb"^tcms-(message|transaction):[ \t]*([A-Za-z0-9]{1,40})[ \t]*\r?$",

@@ -201,3 +201,28 @@ def test_the_fast_reading_gives_way_on_a_big_header_block(where: str) -> None:
     assert mailformat._parse_fast(big) is None
     pm = mailformat.parse(big)
     assert pm is not None and pm.data == MSGS["m4"]
+
+
+def test_telling_protocol_mail_costs_a_few_copies_of_it() -> None:
+    """Found by an attacker's pass: is_protocol_mail made a list of the header lines (a
+    40 MB mail of short lines without a blank line: 510 MB); the same answer without it."""
+    import random
+    import tracemalloc
+
+    def by_lines(raw: bytes) -> bool:  # the reading it had
+        head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        return any(line.lower().startswith(b"tcms-message:") for line in head.splitlines())
+
+    rng = random.Random(3)
+    pieces = [b"\r", b"\n", b"\r\n", b"TCMS-Message:", b"tcms-MESSAGE: m4", b"X", b" "]
+    for _ in range(5000):
+        raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert mailformat.is_protocol_mail(raw) == by_lines(raw), raw
+    raw = b"ab\r\n" * 1_000_000 + b"TCMS-Message: m4\r\n"
+    tracemalloc.start()
+    try:
+        assert mailformat.is_protocol_mail(raw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(raw)
