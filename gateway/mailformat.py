@@ -83,7 +83,10 @@ def build(data: bytes, *, sender: str, recipient: str, tx: str, domain: str,
 def is_protocol_mail(raw: bytes) -> bool:
     """A cheap look at the headers: is this TCMS protocol mail (to hide from users)?"""
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    return any(line.lower().startswith(b"tcms-message:") for line in head.splitlines())
+    return _TCMS_LINE.search(head) is not None  # not a list of its lines
+
+
+_TCMS_LINE = re.compile(rb"(?:\A|[\r\n])tcms-message:", re.IGNORECASE)  # a line's start
 
 
 _HINT = re.compile(rb"^tcms-(message|transaction):[ \t]*([A-Za-z0-9]{1,40})[ \t]*\r?$",
@@ -118,8 +121,16 @@ _HEAD_END = re.compile(rb"\r\n\r\n")
 _CHUNK = 1 << 20
 
 
-def _headers(block: bytes) -> Message:
-    return BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+def _headers(block: bytes) -> Message | None:
+    """The headers of ``block`` (a header block without its blank line), or None where the
+    email package reads part of it as body (a "From " line at its end; mail gateways do
+    not write) and so would read a different body."""
+    msg = BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+    return None if msg.get_payload() else msg
+
+
+MAX_PARTS = 4  # gateways write two; a mail of more is read by the email package
+MAX_HEAD = 64 * 1024  # gateways write a few hundred bytes; a larger block too
 
 
 def _leaf_parts(raw: bytes, start: int, boundary: str) -> list[tuple[Message, int, int]] | None:
@@ -128,17 +139,22 @@ def _leaf_parts(raw: bytes, start: int, boundary: str) -> list[tuple[Message, in
     CRLF-delimited leaf parts closed by the final delimiter."""
     delimiter = re.compile(rb"^--" + re.escape(boundary.encode("ascii")) + rb"(--)?[ \t]*\r$",
                            re.MULTILINE)
-    marks = list(delimiter.finditer(raw, start))
-    if len(marks) < 2 or marks[-1].group(1) is None or any(m.group(1) for m in marks[:-1]):
+    marks: list[re.Match[bytes]] = []
+    for mark in delimiter.finditer(raw, start):
+        marks.append(mark)
+        if mark.group(1) or len(marks) > MAX_PARTS:
+            break
+    if len(marks) < 2 or marks[-1].group(1) is None or delimiter.search(raw, marks[-1].end()):
         return None
     parts = []
     for this, after in itertools.pairwise(marks):
         begin, end = this.end() + 1, after.start() - 2  # the CRLF before a delimiter is its own
-        head = _HEAD_END.search(raw, begin, end)
+        head = _HEAD_END.search(raw, begin, min(end, begin + MAX_HEAD))
         if end < begin or raw[end:end + 2] != b"\r\n" or head is None:
             return None
         headers = _headers(raw[begin:head.start() + 2])
-        if headers.defects or headers.get_content_maintype() in ("multipart", "message"):
+        if (headers is None or headers.defects
+                or headers.get_content_maintype() in ("multipart", "message")):
             return None
         parts.append((headers, head.end(), end))
     return parts
@@ -153,10 +169,12 @@ def _parse_fast(raw: bytes) -> ProtocolMail | None:
     try:
         if not crlf_only(raw):
             return None  # a bare CR or LF: the email package's line rules apply
-        head = _HEAD_END.search(raw)
+        head = _HEAD_END.search(raw, 0, MAX_HEAD)
         if head is None:
             return None
         msg = _headers(raw[:head.start() + 2])
+        if msg is None:
+            return None
         boundary = msg.get_boundary()
         if msg.defects or msg.get_content_type() != "multipart/mixed" or not boundary:
             return None

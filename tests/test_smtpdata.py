@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import aiosmtplib
@@ -41,6 +42,22 @@ def test_line_endings_are_normalised_as_aiosmtplib_does() -> None:
         assert smtpdata.normalized(raw) == original(raw), raw
     crlf = b"Subject: x\r\n\r\nbody\r\n" * 1000
     assert smtpdata.normalized(crlf) is crlf  # no copy
+
+
+@pytest.mark.parametrize("raw", [b"a\r\n" * 1_000_000 + b"no CRLF at the end",
+                                 b"ab\n" * 1_000_000, b"ab\r" * 1_000_000])
+def test_normalising_a_mail_costs_a_few_copies_of_it(raw: bytes) -> None:
+    """Found by an attacker's pass: a mail ending without CRLF, or with lone CRs or LFs,
+    went through aiosmtplib's regular expression, which builds a piece per line (a mail
+    of 30 MB ending without CRLF: 1.8 GB, twice per mail)."""
+    tracemalloc.start()
+    try:
+        got = smtpdata.normalized(raw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == smtpdata._normalize(raw)  # type: ignore[misc]
+    assert peak < 4 * len(got)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
