@@ -40,6 +40,7 @@ from tcms.protocol.events import (
     TimestampFailed,
     TimestampReply,
 )
+from tcms.protocol.machine import PayloadMissing
 from tcms.protocol.messages import M3, M5, Core, Description, MessageError
 from tcms.protocol.receiver import Receiver
 from tcms.protocol.sender import Sender
@@ -188,6 +189,35 @@ def test_state_survives_dump_and_load() -> None:
     m5 = one(receive(s2, m4, T0 + 11), "m5")
     r2 = Receiver.load(BOB, TRUST, run.receiver.dump())
     assert delivered(receive(r2, m5, T0 + 12)) == [M0]
+
+
+def test_the_state_kept_apart_from_c_behaves_as_the_whole() -> None:
+    """A store keeps c (the payload) apart: ``stored`` leaves it out, ``load`` takes it
+    back; with it, the machine acts as one loaded from ``dump``."""
+    s, acts = Sender.start(ALICE, TRUST, BOB.party, M0, Description("t", len(M0), "<x>"),
+                           DEADLINES)
+    c = s.payload
+    assert len(c) > len(M0) and c not in s.stored() and c in s.dump()
+    assert not Sender.needs_payload("stamping") and not Sender.needs_payload("await-m4")
+    # loaded without c, S sends m3 with c left out: the mailer puts the run's c back
+    bare = Sender.load(ALICE, TRUST, s.stored())
+    m3_bare = M3.decode(one(bare.handle(TimestampReply(stamp(one(acts, "m1"), T0)), T0),
+                            "m3"))
+    assert m3_bare.c == b"" and bare.payload == b""
+    m3 = replace(m3_bare, c=c).encode()
+    r, _ = Receiver.from_m3(BOB, TRUST, m3, T0 + 1, lambda n: ALICE.party)
+    assert r.phase == "pending" and r.payload == c and c not in r.stored()
+    # the receiver's steps before m5 need no c; m5 does
+    assert not Receiver.needs_payload("pending") and Receiver.needs_payload("await-m5")
+    r = Receiver.load(BOB, TRUST, r.stored())
+    m4 = one(r.handle(Accept(), T0 + 2), "m4")
+    m5 = one(receive(Sender.load(ALICE, TRUST, bare.stored()), m4, T0 + 3), "m5")
+    waiting = r.stored()
+    with pytest.raises(PayloadMissing):  # never a verdict on c: the caller forgot it
+        receive(Receiver.load(BOB, TRUST, waiting), m5, T0 + 4)
+    r = Receiver.load(BOB, TRUST, waiting, c)
+    assert delivered(receive(r, m5, T0 + 4)) == [M0] and r.phase == "done"
+    assert Receiver.load(BOB, TRUST, r.stored(), c).m0() == M0
 
 
 # --- duplicates, replays, swaps -----------------------------------------------------------

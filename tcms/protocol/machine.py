@@ -36,21 +36,53 @@ class ExchangeState:
 StateT = TypeVar("StateT", bound=ExchangeState)
 
 
+class PayloadMissing(RuntimeError):
+    """A step needs c, and the machine was loaded without it: the caller's error (load it
+    with its payload in the phases ``needs_payload`` names).  Never a protocol verdict."""
+
+
 class RoleMachine(Generic[StateT]):
+    """A role's machine.  Its payload is c, the encrypted mail, as large as the mail: a
+    store keeps it apart from the state (``stored``) and hands it back to ``load`` only
+    in the phases whose steps read it (``needs_payload``)."""
+
     STATE: ClassVar[type[Any]]
     TERMINAL: ClassVar[tuple[str, ...]]
+    PAYLOAD_PHASES: ClassVar[tuple[str, ...]]  # the phases whose steps read c
 
-    def __init__(self, me: Identity, trust: Trust, state: StateT) -> None:
+    def __init__(self, me: Identity, trust: Trust, state: StateT,
+                 payload: bytes | None = None) -> None:
+        """``payload``: c, for a state stored without it (a role's subclass takes it)."""
         self.me = me
         self.trust = trust
         self.state = state
 
     def dump(self) -> bytes:
+        """The whole state, c included."""
         return dump_state(self.state)
 
+    def stored(self) -> bytes:
+        """The state without c (kept apart: ``payload``)."""
+        return dump_state(self._without_payload())
+
+    @property
+    def payload(self) -> bytes:
+        """c as this machine holds it: b"" when loaded without it."""
+        raise NotImplementedError
+
+    def _without_payload(self) -> StateT:
+        raise NotImplementedError
+
     @classmethod
-    def load(cls, me: Identity, trust: Trust, data: bytes) -> Self:
-        return cls(me, trust, load_state(cls.STATE, data))
+    def needs_payload(cls, phase: str) -> bool:
+        return phase in cls.PAYLOAD_PHASES
+
+    @classmethod
+    def load(cls, me: Identity, trust: Trust, data: bytes,
+             payload: bytes | None = None) -> Self:
+        """The machine of a stored state (``dump`` or ``stored``), with ``payload`` as its
+        c if given (a state from ``dump`` holds c itself)."""
+        return cls(me, trust, load_state(cls.STATE, data), payload)
 
     @property
     def phase(self) -> str:

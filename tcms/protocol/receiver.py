@@ -15,7 +15,7 @@ open c (R holds the proof).  ``failed``: the TTP rejected R's request.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tcms.identity import Identity, Party
 from tcms.protocol import checks
@@ -32,7 +32,7 @@ from tcms.protocol.events import (
     Send,
     Tick,
 )
-from tcms.protocol.machine import RETRY_SECONDS, ExchangeState, RoleMachine
+from tcms.protocol.machine import RETRY_SECONDS, ExchangeState, PayloadMissing, RoleMachine
 from tcms.protocol.messages import M3, M5, Core, message_type
 from tcms.protocol.ttpmessages import (
     Aborted,
@@ -55,10 +55,29 @@ class ReceiverState(ExchangeState):
 class Receiver(RoleMachine[ReceiverState]):
     STATE = ReceiverState
     TERMINAL = ("done", "refused", "expired", "aborted", "rejected", "cheated", "failed")
+    PAYLOAD_PHASES = ("await-m5", "resolving")  # m5 or the TTP's release opens c
 
-    def __init__(self, me: Identity, trust: Trust, state: ReceiverState) -> None:
+    def __init__(self, me: Identity, trust: Trust, state: ReceiverState,
+                 payload: bytes | None = None) -> None:
         super().__init__(me, trust, state)
-        self.msg = M3.decode(state.m3)
+        msg = M3.decode(state.m3)
+        self.msg = msg if payload is None else replace(msg, c=payload)
+
+    @property
+    def payload(self) -> bytes:
+        return self.msg.c
+
+    def _without_payload(self) -> ReceiverState:
+        return replace(self.state, m3=self.m3_without_payload())
+
+    def m3_without_payload(self) -> bytes:
+        """m3 as received, with c left out (a store keeps c apart)."""
+        return replace(self.msg, c=b"").encode()
+
+    def _c(self) -> bytes:
+        if not self.msg.c:
+            raise PayloadMissing("receiver: c is needed and was not loaded")
+        return self.msg.c
 
     @classmethod
     def from_m3(cls, me: Identity, trust: Trust, data: bytes, now: int,
@@ -109,7 +128,7 @@ class Receiver(RoleMachine[ReceiverState]):
         """The original mail (phase ``done`` only)."""
         st = self.state
         assert st.k_r is not None and st.k_t is not None
-        return checks.decrypt_payload(self.core, self.msg.c, st.k_r, st.k_t)
+        return checks.decrypt_payload(self.core, self._c(), st.k_r, st.k_t)
 
     # -- transitions ----------------------------------------------------------------------
 
@@ -165,7 +184,7 @@ class Receiver(RoleMachine[ReceiverState]):
         st = self.state
         assert st.k_r is not None
         try:
-            m0 = checks.decrypt_payload(self.core, self.msg.c, st.k_r, k_t)
+            m0 = checks.decrypt_payload(self.core, self._c(), st.k_r, k_t)
         except ProtocolError as exc:
             # both shares match their commitments yet c does not open: S cheated
             self._set(**{**changes, "phase": "cheated", "k_t": k_t,

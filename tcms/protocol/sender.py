@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tcms.crypto import h, sign
 from tcms.identity import Identity, Party
@@ -75,12 +75,21 @@ class SenderState(ExchangeState):
 class Sender(RoleMachine[SenderState]):
     STATE = SenderState
     TERMINAL = ("done", "aborted", "failed")
+    PAYLOAD_PHASES = ()  # S never reads c again: see ``m3``
 
-    def __init__(self, me: Identity, trust: Trust, state: SenderState) -> None:
-        super().__init__(me, trust, state)
+    def __init__(self, me: Identity, trust: Trust, state: SenderState,
+                 payload: bytes | None = None) -> None:
+        super().__init__(me, trust, state if payload is None else replace(state, c=payload))
         self.core = Core.decode(state.core)
 
     # -- creation and persistence -------------------------------------------------------
+
+    @property
+    def payload(self) -> bytes:
+        return self.state.c
+
+    def _without_payload(self) -> SenderState:
+        return replace(self.state, c=b"")
 
     @classmethod
     def start(
@@ -128,6 +137,9 @@ class Sender(RoleMachine[SenderState]):
             ("aborting", "resolving") else None)
 
     def m3(self) -> M3:
+        """m3 with the c this machine holds: a machine loaded without its payload sends
+        m3 with c left out (empty), and whoever mails it puts the run's c back in
+        (gateway/dispatch.py), so that S never reads c after ``start``."""
         assert self.state.token is not None and self.state.eoo is not None
         return M3(self.core, self.state.c, self.state.e_r, self.state.e_t, self.state.token,
                   self.state.eoo)
