@@ -87,8 +87,18 @@ async def to_peer(ctx: GatewayContext, names: tuple[str, str, str, str],
     domain = owner.rsplit("@", 1)[-1]
     ours = ctx.protocol_address(domain)
     theirs = await ctx.protocol_address_of(peer)
-    mail = mailformat.build(row.data, sender=ours, recipient=theirs,
+    data = row.data
+    if row.kind == "m3":  # queued with c left out (gateway/runs.py): put it back
+        m3 = M3.decode(data)
+        if not m3.c:
+            c = await ctx.store.get_payload(row.cid, row.role)
+            if c is None:
+                raise Retry(f"exchange {tx}: the sender's c is missing")
+            data = dataclasses.replace(m3, c=c).encode()
+            del c
+    mail = mailformat.build(data, sender=ours, recipient=theirs,
                             tx=tx, domain=domain, description=subject)
+    del data
     try:
         await ctx.upstream.send_mail(mail, ours, [theirs])
     except aiosmtplib.SMTPResponseException as exc:
@@ -245,11 +255,16 @@ async def render(ctx: GatewayContext, box: Mailbox, row: StoredMessage,
             if st.k_r is None or st.k_t is None:
                 log.error("exchange %s: nothing to deliver yet", rec.tx)
                 return None
-            m0 = checks.decrypt_payload(m3.core, m3.c, st.k_r, st.k_t)
+            c = m3.c or await ctx.store.get_payload(rec.cid, rec.role)
+            if not c:
+                raise Retry(f"exchange {rec.tx}: the receiver's c is missing")
+            m0 = checks.decrypt_payload(m3.core, c, st.k_r, st.k_t)
+            del c, m3
             return notices.delivered(m0, tx=rec.tx, stamped=checks.utc(st.sent_at),
                                      delivered_at=checks.utc(rec.updated_at), how=st.reason,
                                      delivery_id=delivery_id)
-    items = evidence.stored_items(rec.role, rec.state)
+    items = evidence.stored_items(rec.role, rec.state,
+                                  await ctx.store.get_payload(rec.cid, rec.role))
     mailed, note = mailed_bundle(rec.role, items, rec.tx)
     if kind == "receipt":
         try:

@@ -104,7 +104,7 @@ async def take_m3(ctx: GatewayContext, data: bytes, now: int) -> Outcome:
     rec = record(machine, "receiver", owner, sender_name)
     try:
         await ctx.store.save_run(rec, now=now, outbox=outbox(actions, owner, sender_name),
-                                 received=[("m3", data)],
+                                 received=[("m3", machine.m3_without_payload())],
                                  audit=[("receiver", f"phase.{machine.phase}", "")])
     except ConcurrentUpdate:
         return done(f"exchange {tx}: a repeat of its m3")

@@ -11,7 +11,7 @@ outbox message, protocol mail not yet handled or quarantined).
 - ``ciphertext``: the protocol messages sent and received (the ``messages`` log) and the
   protocol mail the intake kept (``inbound``, handled or rejected) are deleted;
 - ``evidence`` (default 30 months): the exchange itself is deleted: its runs (the state
-  every evidence bundle and `tcms tx export` is built from), stored bundles, remaining
+  and c every evidence bundle and `tcms tx export` is built from), stored bundles, remaining
   messages, and its submission once none of its exchanges is left;
 - ``audit`` (default 0: for ever): audit entries older than the period are deleted from
   the head of the chain, and an entry ``retention.audit`` appended in the same
@@ -131,6 +131,7 @@ async def _evidence(conn: AsyncConnection, cutoff: int, report: Report) -> None:
         report.counts["messages"] += int(res.rowcount or 0)
         res = await conn.execute(delete(m.evidence).where(m.evidence.c.cid.in_(cids)))
         report.counts["evidence"] += int(res.rowcount or 0)
+        await conn.execute(delete(m.payloads).where(m.payloads.c.cid.in_(cids)))
         res = await conn.execute(delete(r).where(r.c.cid.in_(cids)))
         report.counts["runs"] += int(res.rowcount or 0)
         report.counts["exchanges"] += len(cids)

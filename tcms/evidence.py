@@ -107,22 +107,23 @@ def from_receiver(receiver: Receiver) -> dict[str, Any]:
     return receiver_bundle(receiver.state)
 
 
-def from_stored(role: str, state: bytes) -> dict[str, Any]:
+def from_stored(role: str, state: bytes, c: bytes | None = None) -> dict[str, Any]:
     """The bundle of a stored run (no private key needed: it only reads the state);
     ValueError naming the role if the stored state cannot be read."""
-    return bundle_of(role, stored_items(role, state))
+    return bundle_of(role, stored_items(role, state, c))
 
 
-def stored_items(role: str, state: bytes) -> dict[str, bytes | None]:
-    """The items (decoded: what ``verify_items`` checks) of a stored run's bundle."""
+def stored_items(role: str, state: bytes, c: bytes | None = None) -> dict[str, bytes | None]:
+    """The items (decoded: what ``verify_items`` checks) of a stored run's bundle; ``c``
+    the run's payload, for a state stored without it."""
+    if role not in HOLDERS:
+        raise ValueError(f"unknown role {role!r}")
     try:
-        if role == "sender":
-            return sender_items(load_state(SenderState, state))
-        if role == "receiver":
-            return receiver_items(load_state(ReceiverState, state))
+        items = (sender_items(load_state(SenderState, state)) if role == "sender"
+                 else receiver_items(load_state(ReceiverState, state)))
     except (ValueError, TypeError, cbor2.CBORError) as exc:
         raise ValueError(f"the stored {role} state cannot be read: {exc}") from None
-    raise ValueError(f"unknown role {role!r}")
+    return items if c is None else {**items, "c": c}
 
 
 def bundle_of(holder: str, items: dict[str, bytes | None]) -> dict[str, Any]:
@@ -133,14 +134,14 @@ def bundle_of(holder: str, items: dict[str, bytes | None]) -> dict[str, Any]:
 def sender_items(st: SenderState) -> dict[str, bytes | None]:
     return {"core": st.core, "token": st.token, "eoo": st.eoo, "m4": st.m4, "m5": st.m5,
             "m6": st.m6, "refusal": st.refusal, "ttp_answer": st.ttp_answer,
-            "receipt_token": st.receipt_token, "k_r": st.k_r, "k_t": st.k_t, "c": st.c}
+            "receipt_token": st.receipt_token, "k_r": st.k_r, "k_t": st.k_t, "c": st.c or None}
 
 
 def receiver_items(st: ReceiverState) -> dict[str, bytes | None]:
     m3 = M3.decode(st.m3)
     return {"core": m3.core.encoded, "token": m3.token, "eoo": m3.eoo, "m4": st.m4,
             "m5": st.m5, "m6": st.m6, "refusal": st.refusal, "ttp_answer": st.ttp_answer,
-            "receipt_token": None, "k_r": st.k_r, "k_t": st.k_t, "c": m3.c}
+            "receipt_token": None, "k_r": st.k_r, "k_t": st.k_t, "c": m3.c or None}
 
 
 def sender_bundle(st: SenderState) -> dict[str, Any]:

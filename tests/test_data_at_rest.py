@@ -106,7 +106,7 @@ def mail(marker: str) -> bytes:
 
 async def store_rows(db_url: str, keys_dir: Path, marker: str) -> dict[str, bytes]:
     """What a gateway stores for one exchange: the submission, the sender's run (both key
-    shares, c) with its outbox (m3, holding c), and its evidence.  Returns the secrets."""
+    shares; c in table payloads) with its outbox (m3, holding c), and its evidence.  Returns the secrets."""
     store = Store(db_url, data_keys=datakeys.load(keys_dir, PASSPHRASE.encode()))
     try:
         await store.upgrade()
@@ -155,8 +155,9 @@ def test_rotate_reencrypt_and_retire_through_tcms(tmp_path: Path, db_url: str) -
     # new rows are sealed under the new key, old ones still open
     newer = asyncio.run(store_rows(db_url, keys, f"second-{uuid.uuid4().hex}"))
     usage = tcms(["db", "key-usage"], env).stdout
-    runs = usage.split("runs.state")[1].split("\n")[0]
-    assert f"1 under {first}" in runs and f"1 under {second} (current)" in runs, usage
+    for column in ("runs.state", "payloads.data"):
+        line = usage.split(column)[1].split("\n")[0]
+        assert f"1 under {first}" in line and f"1 under {second} (current)" in line, usage
     subs = usage.split("submissions.raw")[1].split("\n")[0]
     assert "1 in clear" in subs and f"1 under {first}" in subs, usage
 
@@ -174,7 +175,9 @@ def test_rotate_reencrypt_and_retire_through_tcms(tmp_path: Path, db_url: str) -
     assert refused.returncode == 1 and "still seals" in refused.stderr, refused.stderr
     again = tcms(["db", "reencrypt"], env)
     assert again.returncode == 0, again.stderr
-    assert "5 value(s) sealed again" in again.stdout, again.stdout  # 3 + evidence + clear
+    # submission, state, m3, c (payloads), evidence, and the mail kept in clear
+    assert "6 value(s) sealed again" in again.stdout, again.stdout
+    assert "payloads.data: 1" in again.stdout, again.stdout
     assert "in clear" not in again.stdout and f"under {first}" not in again.stdout
     assert_nowhere(dump_of(db_url), {**secrets, "the legacy mail": legacy.encode(),
                                      **{f"new {k}": v for k, v in newer.items()}})

@@ -242,7 +242,10 @@ def _sent_m3(gw: GatewayProc) -> tuple[bytes, str] | None:
                 if r.role == "sender" and r.subject == "Replay target":
                     for msg in await store.messages_of(r.cid):
                         if msg.kind == "m3" and msg.sent_at is not None:
-                            return bytes(msg.data), r.tx
+                            # queued with c left out; c is the run's payload
+                            c = await store.get_payload(r.cid, "sender")
+                            assert c and not M3.decode(msg.data).c
+                            return dataclasses.replace(M3.decode(msg.data), c=c).encode(), r.tx
             return None
         finally:
             await store.close()

@@ -41,7 +41,7 @@ async def exchange(store: Store, run: Run, *, final: bool, at: int, raw: bytes =
     s = run.sender
     rec = RunRecord(s.cid, "sender", s.core.header.tx.hex(), "alice@a.test", "bob@b.test",
                     "s", "done" if final else "await-m4", final, None if final else at + 10,
-                    s.dump(), submission_id=sid)
+                    s.stored(), submission_id=sid, payload=s.payload)  # c apart, as a gateway
     out = [OutMessage("peer", "m3", run.m3, "alice@a.test", "bob@b.test")]
     if pending_mail:
         out.append(OutMessage("mailbox", "receipt", b"", "alice@a.test", "bob@b.test"))
@@ -85,8 +85,10 @@ async def test_each_period_removes_its_part_and_never_an_unfinished_exchange(
     going = await exchange(store, start_run(), final=False, at=T0)
     half = await exchange(store, start_run(), final=True, at=T0, receiver_too=True)
     waiting = await exchange(store, start_run(), final=True, at=T0, pending_mail=True)
-    bundles = {r.cid: evidence.from_stored("sender", r.state)
+    bundles = {r.cid: evidence.from_stored("sender", r.state,
+                                           await store.get_payload(r.cid, "sender"))
                for r in (done, going, half, waiting)}
+    assert all(b["c"] for b in bundles.values())
     q = Queues(store)
     for status in ("done", "rejected", "quarantined", "new"):
         iid = await q.add_inbound(mail_from="x@b.test", rcpt=["tcms-gateway@a.test"],
@@ -121,11 +123,13 @@ async def test_each_period_removes_its_part_and_never_an_unfinished_exchange(
     report = await purge(store, POLICY, T0 + 30 * MONTH + 1)
     assert report.counts["exchanges"] == 1 and report.counts["submissions"] == 1
     assert await store.get_run(done.cid, "sender") is None
+    assert await store.get_payload(done.cid, "sender") is None  # c went with its run
     assert await submission(store, done.submission_id) is None
     for kept in (going, half, waiting):  # not final, or its last mail unwritten: kept whole
         rec = await store.get_run(kept.cid, "sender")
         assert rec is not None
-        assert evidence.from_stored("sender", rec.state) == bundles[kept.cid]
+        assert evidence.from_stored("sender", rec.state, await store.get_payload(
+            kept.cid, "sender")) == bundles[kept.cid]
     # once the receipt is written, the exchange can go too
     async with store.transaction() as conn:
         await conn.execute(update(m.messages).where(m.messages.c.cid == waiting.cid)
@@ -198,7 +202,8 @@ def test_tx_purge_and_export_through_the_command(tmp_path: Path) -> None:
     assert gone.returncode != 0 and "no exchange" in gone.stderr
     kept = tcms("tx", "export", new)
     assert kept.returncode == 0, kept.stderr
-    assert json.loads(kept.stdout)["holder"] == "sender"
+    exported = json.loads(kept.stdout)
+    assert exported["holder"] == "sender" and exported["c"]  # c from table payloads
     bad = tcms("tx", "purge", "--now", "yesterday")
     assert bad.returncode == 2 and "ISO 8601" in bad.stderr
     # a --now past any date is purged against and said as such, not a traceback

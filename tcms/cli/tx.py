@@ -68,5 +68,7 @@ def tx_export(ctx: click.Context, tx_id: str, role: str | None, output: Any) -> 
                                                              if role else ""))
     if len(runs) > 1:
         raise click.ClickException("both sides are stored here: choose --role")
-    output.write(evidence.dumps(evidence.from_stored(runs[0].role, runs[0].state)) + "\n")
+    run = runs[0]
+    c = with_store(ctx, lambda s: s.get_payload(run.cid, run.role))
+    output.write(evidence.dumps(evidence.from_stored(run.role, run.state, c)) + "\n")
 

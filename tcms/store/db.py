@@ -142,6 +142,9 @@ class Store:
             if res.rowcount != 1:
                 raise ConcurrentUpdate(f"run {run.tx}/{run.role} changed concurrently")
             created = run.created_at
+        if run.payload is not None:
+            await conn.execute(insert(m.payloads), dict(
+                cid=run.cid, role=run.role, size=len(run.payload), data=run.payload))
         for kind, data in received:
             await conn.execute(insert(m.messages), dict(
                 cid=run.cid, role=run.role, direction="in", kind=kind, data=data, at=now))
@@ -150,7 +153,7 @@ class Store:
             await self.append_audit(conn, now, actor, ev, run.cid.hex(), detail)
         return RunRecord(**{**run.__dict__, "version": run.version + 1,
                             "created_at": created, "updated_at": now, "attempts": 0,
-                            "next_attempt": None, "last_error": None})
+                            "next_attempt": None, "last_error": None, "payload": None})
 
     async def _queue(self, conn: AsyncConnection, cid: bytes, role: str,
                      outbox: Sequence[OutMessage], now: int) -> None:
@@ -164,6 +167,22 @@ class Store:
             row = (await conn.execute(select(m.runs).where(
                 m.runs.c.cid == cid, m.runs.c.role == role))).mappings().first()
         return RunRecord(**row) if row else None
+
+    async def get_payload(self, cid: bytes, role: str) -> bytes | None:
+        """A run's c, None if it has no payload row (stored before that table: its state
+        holds c)."""
+        t = m.payloads
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.c.data).where(
+                t.c.cid == cid, t.c.role == role))).first()
+        return None if row is None else bytes(row[0])
+
+    async def payload_size(self, cid: bytes, role: str) -> int | None:
+        t = m.payloads
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.c.size).where(
+                t.c.cid == cid, t.c.role == role))).first()
+        return None if row is None else int(row[0])
 
     async def run_names(self, cid: bytes, role: str) -> tuple[str, str, str, str] | None:
         """(tx, owner, peer, subject) of a run, without reading its state (which holds c)."""

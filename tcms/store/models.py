@@ -113,7 +113,7 @@ runs = Table(
     Column("phase", String(16), nullable=False),
     Column("terminal", Boolean, nullable=False, default=False),
     Column("deadline", BigInteger, nullable=True),
-    Column("state", EncryptedBinary("runs.state"), nullable=False),  # key shares, c, m0
+    Column("state", EncryptedBinary("runs.state"), nullable=False),  # key shares (c: payloads)
     Column("version", Integer, nullable=False, default=1),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
@@ -124,6 +124,17 @@ runs = Table(
     Column("last_error", Text, nullable=True),
     Column("quarantined", Boolean, nullable=False, server_default=false()),
     Index("ix_runs_due", "terminal", "deadline"),
+)
+
+# A run's payload: c, the encrypted mail, written once with the run (a run stored before
+# this table keeps c in its state).  Deleted with the run.
+payloads = Table(
+    "payloads",
+    metadata,
+    Column("cid", LargeBinary(32), primary_key=True),
+    Column("role", String(8), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("data", EncryptedBinary("payloads.data"), nullable=False),
 )
 
 # Every protocol message sent or received; outgoing ones form a transactional outbox.
