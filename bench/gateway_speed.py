@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import email.policy
 import os
 import re
@@ -393,7 +394,58 @@ def mta_carries(orgs: Orgs, raw: bytes, times: int) -> float:
     return time.time() - t0
 
 
-def memory_bench(orgs: Orgs) -> None:
+class RssTrace:
+    """Both gateways' RSS sampled every 20 ms in a thread; ``report`` prints each log line
+    of the exchange with the highest RSS of each process since the line before (what step
+    the memory goes to)."""
+
+    def __init__(self, orgs: Orgs) -> None:
+        assert orgs.a.proc and orgs.b.proc
+        self.gws = (orgs.a, orgs.b)
+        self.marks = [len(gw.log_text()) for gw in self.gws]
+        self.samples: list[tuple[float, int, int]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _rss(self, gw: GatewayProc) -> int:
+        assert gw.proc is not None
+        for line in Path(f"/proc/{gw.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+        return 0
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.02):
+            self.samples.append((time.time(), *map(self._rss, self.gws)))  # type: ignore[arg-type]
+
+    def __enter__(self) -> RssTrace:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def report(self, t0: float) -> None:
+        lines = []
+        for n, (gw, mark) in enumerate(zip(self.gws, self.marks, strict=True)):
+            for line in gw.log_text()[mark:].splitlines():
+                try:
+                    at = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+                    lines.append((at + int(line[20:23]) / 1000, n, line[24:150]))
+                except ValueError:
+                    continue
+        lines.sort()
+        print("\n== RSS (MB) of each gateway, highest since the line before ==")
+        prev = t0
+        for at, n, text in lines:
+            seen = [s for s in self.samples if prev <= s[0] <= at] or [(at, 0, 0)]
+            print(f"  {at - t0:6.2f}s  a={max(s[1] for s in seen):4d} "
+                  f"b={max(s[2] for s in seen):4d}  {'ab'[n]}: {text}")
+            prev = at
+
+
+def memory_bench(orgs: Orgs, trace: bool = False) -> None:
     # fresh processes, so the high-water mark is this exchange's
     for gw in (orgs.a, orgs.b):
         gw.stop()
@@ -403,14 +455,18 @@ def memory_bench(orgs: Orgs) -> None:
     payload = os.urandom(25 * 1024 * 1024 * 3 // 4)
     carried = mta_carries(orgs, big_mail(payload, "carol@b.test", "MTA carry"), 4)
     raw = big_mail(payload, "bob@b.test", "[certified] 25MB")
+    tracer = RssTrace(orgs) if trace else None
     t0 = time.time()
-    with orgs.a.smtp("alice@a.test") as s:
-        s.sendmail("alice@a.test", ["bob@b.test"], raw)
-    uid, _ = wait_mail(orgs.proxy, "bob@b.test", subject_starts("Certified mail from", "25MB"),
-                       timeout=300)
-    move(orgs.proxy, "bob@b.test", uid, "Certified.Accept")
-    wait_mail(orgs.proxy, "alice@a.test", subject_starts("Receipt:", "25MB"), timeout=300)
-    took = time.time() - t0
+    with tracer or contextlib.nullcontext():
+        with orgs.a.smtp("alice@a.test") as s:
+            s.sendmail("alice@a.test", ["bob@b.test"], raw)
+        uid, _ = wait_mail(orgs.proxy, "bob@b.test",
+                           subject_starts("Certified mail from", "25MB"), timeout=300)
+        move(orgs.proxy, "bob@b.test", uid, "Certified.Accept")
+        wait_mail(orgs.proxy, "alice@a.test", subject_starts("Receipt:", "25MB"), timeout=300)
+        took = time.time() - t0
+    if tracer:
+        tracer.report(t0)
     peak = vm_hwm(orgs.a.proc.pid), vm_hwm(orgs.b.proc.pid)
     mb = len(raw) / 2**20
     ratio = [(p - i) / mb for p, i in zip(peak, idle, strict=True)]
@@ -437,6 +493,8 @@ def main() -> None:
     ap.add_argument("--exchanges", type=int, default=60, help="certified exchanges")
     ap.add_argument("--floor-mails", type=int, default=400,
                     help="mails (and APPENDs) to measure the mail stack's floor")
+    ap.add_argument("--trace", action="store_true",
+                    help="memory part: print each gateway log line with the RSS of both")
     ap.add_argument("--only", choices=["relay", "exchanges", "memory"], action="append",
                     help="run only these parts (default: all)")
     args = ap.parse_args()
@@ -452,7 +510,7 @@ def main() -> None:
         if "relay" in parts:
             relay_bench(orgs, args.messages, args.rounds, args.workers)
         if "memory" in parts:
-            memory_bench(orgs)
+            memory_bench(orgs, args.trace)
         if "exchanges" in parts:
             exchange_bench(orgs, args.exchanges, args.floor_mails)
     finally:
