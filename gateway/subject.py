@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import functools
 import re
 import unicodedata
 from email.header import Header
@@ -37,6 +38,24 @@ def subject_error(subject: str) -> str | None:
 def has_tag(subject: str, tag: str) -> bool:
     """Whether a decoded Subject carries ``tag`` (in any case)."""
     return re.search(re.escape(tag), subject, re.IGNORECASE) is not None
+
+
+def may_carry_tag(block: bytes, tag: str) -> bool:
+    """Whether the Subject in a header block may carry ``tag``, told without parsing the
+    headers (too many for the email package to parse in time): False only where it surely
+    does not.  Its decoding could make the tag of an RFC 2047 encoded-word or of 8-bit
+    bytes (then: True); of ASCII, only the tag itself, in any case, folded or not."""
+    if not tag.isascii() or not block.isascii() or b"=?" in block:
+        return True
+    return _spelled(tag).search(block) is not None
+
+
+@functools.lru_cache(maxsize=8)
+def _spelled(tag: str) -> re.Pattern[bytes]:
+    """The ASCII ``tag`` in a header block: any case, a line break (which unfolding
+    removes; two would be a blank line) between any two of its characters."""
+    return re.compile(rb"(?:\r\n|\r|\n)?".join(re.escape(c.encode()) for c in tag),
+                      re.IGNORECASE)
 
 
 def is_tagged(content: bytes, tag: str) -> bool:

@@ -11,7 +11,14 @@ from conftest import ALICE, BOB
 from signing import text_of, writer
 
 from gateway import notices
-from gateway.subject import is_tagged, strip_tag, subject_error, subject_of, without_tag
+from gateway.subject import (
+    is_tagged,
+    may_carry_tag,
+    strip_tag,
+    subject_error,
+    subject_of,
+    without_tag,
+)
 from tcms.evidence import Verdict
 
 TAG = "[certified]"
@@ -28,6 +35,32 @@ def test_the_tag_is_found_in_any_case_and_encoding(subject: str) -> None:
 @pytest.mark.parametrize("subject", ["Contract", "[certify] x", "certified", ""])
 def test_untagged_subjects(subject: str) -> None:
     assert not is_tagged(f"Subject: {subject}\r\n\r\nbody".encode(), TAG)
+
+
+@pytest.mark.parametrize("tag", [
+    TAG, "[secure mail]", "\u0417\u0410\u0412\u0415\u0420\u0415\u041d\u041e",  # not ASCII
+])
+def test_a_header_block_that_may_carry_the_tag_is_told_without_parsing_it(tag: str) -> None:
+    """What a submitted mail's header block too large to parse is judged by: whenever
+    its Subject carries the tag as the email package reads it (any case, folded, RFC 2047,
+    8-bit), it may; and a block without the tag in any form surely does not."""
+    import random
+
+    rng = random.Random(5)
+    pieces = [b"Subject: ", b"Subject:", b"X-Y: ", tag[:3].encode(), tag[3:].encode(),
+              tag.upper().encode(), tag.encode(), b"\r\n", b"\n", b"\r", b" ", b"\t", b"a",
+              b"=?utf-8?q?", b"?=", b"=5B", "\u0131".encode(), b"\xff", b"[", b"]"]
+    told = 0
+    for _ in range(20000):
+        block = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) + b"\r\n\r\n"
+        if is_tagged(block, tag):
+            assert may_carry_tag(block, tag), block
+        elif not may_carry_tag(block, tag):
+            told += 1
+    # it does not just say "maybe" (but always does for a tag not in ASCII)
+    assert told > 1000 if tag.isascii() else told == 0
+    assert may_carry_tag(b"Subject: [Certi\r\n fied] x\r\n\r\n", "[certi fied]")
+    assert not may_carry_tag(b"Subject: a\r\n" + b"X-Filler: [certified\r\n" * 1000, "[secret]")
 
 
 @pytest.mark.parametrize("subject", ["[certified] Vertrag über Grüße 契約", "tab\tinside", ""])

@@ -170,11 +170,13 @@ def test_a_from_line_ending_the_protocol_parts_headers_is_read_as_the_email_pack
 def test_the_fast_reading_gives_way_on_many_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Gateways write two parts: a mail of many tiny parts (each a header parse, about
     15 us, plus a match object kept for every delimiter: 12 s and 470 MB for 40 MB) goes
-    to the email package's reading after a few, not after reading them all first."""
+    to the email package's reading after a few, not after reading them all first (and
+    that reading takes as many as its bound allows)."""
     raw = mail("m4")
     boundary = b"--" + str(email.message_from_bytes(raw).get_boundary()).encode()
     at = raw.index(boundary)
-    evil = raw[:at] + (boundary + b"\r\nX: y\r\n\r\nz\r\n") * 1000 + raw[at:]
+    many = mailformat.MAX_FULL_PARTS - 3  # with the mail's own three: within the bound
+    evil = raw[:at] + (boundary + b"\r\nX: y\r\n\r\nz\r\n") * many + raw[at:]
     seen: list[bytes] = []
     real = mailformat._headers
 
@@ -226,3 +228,82 @@ def test_telling_protocol_mail_costs_a_few_copies_of_it() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 3 * len(raw)
+
+
+def _beyond(where: str) -> tuple[bytes, str]:
+    """A protocol mail just past one of the full reading's bounds, and the defect named."""
+    raw = mail("m4")
+    if where == "mail header":  # header lines without a blank line
+        head = raw[:raw.index(b"\r\n\r\n") + 2]
+        filler = b"X-Filler: y\r\n" * (mailformat.MAX_FULL_HEAD // 13 + 1)
+        return head + filler, f"header block larger than {mailformat.MAX_FULL_HEAD} bytes"
+    if where == "part header":
+        at = raw.index(b"\r\n\r\n", raw.rindex(b"application/vnd.tcms")) + 2
+        filler = b"X-Filler: y\r\n" * (mailformat.MAX_FULL_HEAD // 13 + 1)
+        return (raw[:at] + filler + raw[at:],
+                f"MIME part header blocks larger than {mailformat.MAX_FULL_HEAD} bytes")
+    if where == "short lines":  # bare LFs: the full reading; each line a few objects
+        at = raw.index(b"\r\n\r\n", raw.index(b"text/plain")) + 4
+        return (raw[:at] + b"\n" * 2 * mailformat.MAX_FULL_LINES + raw[at:],
+                f"more than {mailformat.MAX_FULL_LINES} lines")
+    if where in ("message/rfc822", "multipart/digest"):  # a mail in the mail, whose
+        # headers (no bound follows them) could be 40 MB of lines: 6 s, 780 MB
+        old = b"text/plain" if where == "message/rfc822" else b"multipart/mixed"
+        return raw.replace(old, where.encode(), 1), "a message/* or multipart/digest part"
+    boundary = b"--" + str(email.message_from_bytes(raw).get_boundary()).encode()
+    at = raw.index(boundary)
+    parts = (boundary + b"\r\nX: y\r\n\r\nz\r\n") * (mailformat.MAX_FULL_PARTS - 2)
+    if where == "dash lines":  # not delimiters, but the email package may take them for some
+        parts = b"\r\n".join([b"--x"] * mailformat.MAX_FULL_PARTS) + b"\r\n"
+        at = raw.index(b"\r\n\r\n", raw.index(b"text/plain")) + 4
+    return (raw[:at] + parts + raw[at:],
+            f"more than {mailformat.MAX_FULL_PARTS} MIME parts")
+
+
+@pytest.mark.parametrize("where", ["mail header", "part header", "parts", "dash lines",
+                                   "short lines", "message/rfc822", "multipart/digest"])
+def test_mail_beyond_the_full_readings_bounds_is_refused_before_the_email_package(
+        where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by an attacker's pass: the full reading ran the email package on any mail
+    the fast one declined (40 MB of tiny parts: 11 s; of header lines without a blank
+    line, in the mail or in a part: 5.5 s and 780 MB).  Past generous bounds the mail is
+    refused naming the defect, without the email package (so is a mail in the mail, whose
+    headers the bounds do not follow); the fast reading declines it
+    too, so both readings still agree."""
+    evil, why = _beyond(where)
+    assert mailformat._parse_fast(evil) is None
+
+    def unused(raw: bytes, **kw: object) -> None:
+        raise AssertionError("the email package read the whole mail")
+
+    monkeypatch.setattr(mailformat, "message_from_bytes", unused)
+    with pytest.raises(MailFormatError) as exc:
+        mailformat.parse(evil)
+    assert str(exc.value).startswith(why), exc.value
+
+
+def test_mail_as_an_mta_carries_it_is_within_the_bounds() -> None:
+    """A gateway's mail with what MTAs add (trace headers: a few KiB; Postfix keeps at
+    most 100 KiB of headers) and a few lines of "--" in its text is read as before."""
+    raw = mail("m3")
+    trace = b"".join(b"Received: from relay%d.a.test by mx.b.test with ESMTPS id %d;\r\n"
+                     b"\tMon, 7 Dec 2026 11:00:00 +0000\r\n" % (i, i) for i in range(1000))
+    at = raw.index(b"\r\n\r\n", raw.index(b"text/plain")) + 4
+    carried = trace + raw[:at] + b"--\r\n-- \r\n--- a footer ---\r\n" + raw[at:]
+    assert 64 * 1024 < carried.index(b"\r\n\r\n") < mailformat.MAX_FULL_HEAD
+    pm = mailformat.parse(carried)
+    assert pm is not None and pm.kind == "m3" and pm.data == MSGS["m3"]
+
+
+def test_a_refused_mail_is_an_inbound_rejection_naming_the_defect() -> None:
+    """The worker records the outcome as the inbound item's (``rejected``, the reason)
+    and goes on with the next item; nothing is retried."""
+    import asyncio
+    from typing import cast
+
+    from gateway import inbound
+    from gateway.context import GatewayContext
+
+    evil, why = _beyond("parts")
+    outcome = asyncio.run(inbound.handle(cast(GatewayContext, None), evil, 1_800_000_000))
+    assert outcome.status == "rejected" and outcome.detail.startswith(f"mail.format: {why}")
