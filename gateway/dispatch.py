@@ -87,22 +87,29 @@ async def to_peer(ctx: GatewayContext, names: tuple[str, str, str, str],
     domain = owner.rsplit("@", 1)[-1]
     ours = ctx.protocol_address(domain)
     theirs = await ctx.protocol_address_of(peer)
-    data = row.data
-    if row.kind == "m3":  # queued with c left out (gateway/runs.py): put it back
-        m3 = M3.decode(data)
-        if not m3.c:
-            c = await ctx.store.get_payload(row.cid, row.role)
-            if c is None:
-                raise Retry(f"exchange {tx}: the sender's c is missing")
-            data = dataclasses.replace(m3, c=c).encode()
-            del c
-    mail = mailformat.build(data, sender=ours, recipient=theirs,
-                            tx=tx, domain=domain, description=subject)
-    del data
+    mail = await _mail_of(ctx, row, sender=ours, recipient=theirs, tx=tx, domain=domain,
+                          description=subject)
     try:
         await ctx.upstream.send_mail(mail, ours, [theirs])
     except aiosmtplib.SMTPResponseException as exc:
         raise Retry(f"upstream SMTP answered {exc.code} {exc.message}") from None
+
+
+async def _mail_of(ctx: GatewayContext, row: StoredMessage, **frame: str) -> bytes:
+    """The mail of an outbox message to the peer.  An m3 queued with c left out
+    (gateway/runs.py) gets the run's c written into its mail a stored piece at a time."""
+    if row.kind != "m3" or M3.decode(row.data).c:
+        return mailformat.build(row.data, **frame)
+    size = await ctx.store.payload_size(row.cid, row.role)
+    if size is None:
+        raise Retry(f"exchange {frame['tx']}: the sender's c is missing")
+    before, after = M3.decode(row.data).encoded_around_c(size)
+    writer = mailformat.MailWriter("m3", len(before) + size + len(after), **frame)
+    writer.write(before)
+    async for piece in ctx.store.payload_pieces(row.cid, row.role, size):
+        writer.write(piece)
+    writer.write(after)
+    return writer.finish()  # type: ignore[return-value]  # a bytearray, not copied again
 
 
 async def _post(ctx: GatewayContext, url: str, data: bytes, media: str) -> httpx.Response:

@@ -19,6 +19,7 @@ import binascii
 import email.policy
 import email.utils
 import itertools
+import os
 import re
 from dataclasses import dataclass
 from email import message_from_bytes
@@ -71,24 +72,82 @@ def build(data: bytes, *, sender: str, recipient: str, tx: str, domain: str,
         kind = KINDS[message_type(data)]
     except (MessageError, KeyError):
         raise MailFormatError("not a protocol message that travels by mail") from None
-    msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"] = sender
-    msg["To"] = recipient
-    msg["Subject"] = f"[TCMS] certified mail protocol ({kind})"
-    msg["Date"] = email.utils.formatdate(localtime=False)
-    msg["Message-ID"] = email.utils.make_msgid(idstring=f"tcms-{kind}", domain=domain)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["TCMS-Message"] = kind
-    msg["TCMS-Transaction"] = tx
-    text = (f"This message carries {EXPLAIN[kind]}.\n"
-            + (f"About: {description}\n" if description else "")
-            + "\nYour organisation's TCMS gateway processes it automatically; you do not need"
-              " to open it.\nTCMS gives sender and recipient signed, time-stamped evidence"
-              " of certified mail.\n")
-    msg.set_content(text)
-    msg.add_attachment(data, maintype=MEDIA_MAIN, subtype=MEDIA_SUB,
-                       filename=f"tcms-{kind}.cbor")
-    return msg.as_bytes()
+    writer = MailWriter(kind, len(data), sender=sender, recipient=recipient, tx=tx,
+                        domain=domain, description=description)
+    writer.write(data)
+    return bytes(writer.finish())
+
+
+LINE_BYTES = 57  # base64 lines of 76 characters, as the email package writes them
+
+
+class MailWriter:
+    """The mail ``build`` writes, for a message of ``size`` bytes given a piece at a time
+    (``write``), into one buffer of the mail's exact size: a large m3 is never in memory
+    whole besides its mail.  The email package writes the headers and the text part; the
+    base64 lines of the message are written by hand where it put those of a random
+    placeholder."""
+
+    def __init__(self, kind: str, size: int, *, sender: str, recipient: str, tx: str,
+                 domain: str, description: str = "") -> None:
+        if kind not in EXPLAIN:
+            raise MailFormatError(f"not a protocol message that travels by mail: {kind}")
+        msg = EmailMessage(policy=email.policy.SMTP)
+        msg["From"] = sender
+        msg["To"] = recipient
+        msg["Subject"] = f"[TCMS] certified mail protocol ({kind})"
+        msg["Date"] = email.utils.formatdate(localtime=False)
+        msg["Message-ID"] = email.utils.make_msgid(idstring=f"tcms-{kind}", domain=domain)
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["TCMS-Message"] = kind
+        msg["TCMS-Transaction"] = tx
+        text = (f"This message carries {EXPLAIN[kind]}.\n"
+                + (f"About: {description}\n" if description else "")
+                + "\nYour organisation's TCMS gateway processes it automatically; you do"
+                  " not need to open it.\nTCMS gives sender and recipient signed,"
+                  " time-stamped evidence of certified mail.\n")
+        msg.set_content(text)
+        placeholder = os.urandom(LINE_BYTES)  # one line no text can hold by chance
+        msg.add_attachment(placeholder, maintype=MEDIA_MAIN, subtype=MEDIA_SUB,
+                           filename=f"tcms-{kind}.cbor")
+        framed = msg.as_bytes()
+        line = binascii.b2a_base64(placeholder, newline=False) + b"\r\n"
+        at = framed.rfind(line)  # the last: the attachment is the last part
+        if at < 0:
+            raise MailFormatError("the mail's frame has no place for the message")
+        full, rest = divmod(size, LINE_BYTES)
+        lines = full * (4 * LINE_BYTES // 3 + 2) + (4 * -(-rest // 3) + 2 if rest else 0)
+        self.mail = bytearray(at + lines + len(framed) - at - len(line))
+        self.mail[:at] = framed[:at]
+        self.mail[at + lines:] = framed[at + len(line):]
+        self.pos, self.end = at, at + lines
+        self.carry = b""
+
+    def write(self, piece: bytes) -> None:
+        """The next ``piece`` of the message: its whole lines go into the mail."""
+        data = self.carry + piece if self.carry else piece
+        whole = len(data) - len(data) % LINE_BYTES
+        self._lines(data[:whole])
+        self.carry = bytes(data[whole:])
+
+    def _lines(self, data: bytes) -> None:
+        if not data:
+            return
+        enc = binascii.b2a_base64(data, newline=False)
+        width = 4 * -(-len(data) // 3) if len(data) < LINE_BYTES else 76
+        out = b"\r\n".join([enc[i:i + width] for i in range(0, len(enc), width)]) + b"\r\n"
+        if self.pos + len(out) > self.end:
+            raise MailFormatError("the message is longer than its mail was made for")
+        self.mail[self.pos:self.pos + len(out)] = out
+        self.pos += len(out)
+
+    def finish(self) -> bytearray:
+        """The mail (MailFormatError if the pieces written were not ``size`` bytes)."""
+        self._lines(self.carry)
+        self.carry = b""
+        if self.pos != self.end:
+            raise MailFormatError("the message is shorter than its mail was made for")
+        return self.mail
 
 
 def is_protocol_mail(raw: bytes) -> bool:

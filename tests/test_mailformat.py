@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.base64mime
 import os
 import smtplib
 from collections.abc import Iterator
@@ -53,6 +54,38 @@ def test_a_20_mb_payload_round_trips() -> None:
                            domain="a.test")
     got = mailformat.parse(raw)
     assert got is not None and got.data == blob
+
+
+@pytest.mark.parametrize("size", [1, 56, 57, 58, 113, 114, 3000, 200_001])
+def test_a_message_written_a_piece_at_a_time_is_the_email_packages_base64(size: int) -> None:
+    """MailWriter: any cut of the message into pieces gives the base64 lines the email
+    package writes (76 characters, CRLF), in a mail both readings read back."""
+    data = codec.encode(["TCMS1/M4", os.urandom(32), os.urandom(size)])
+    cuts = sorted(int.from_bytes(os.urandom(4), "big") % len(data) for _ in range(5))
+    writer = mailformat.MailWriter("m4", len(data), sender="a@a.test", recipient="b@b.test",
+                                   tx=TX, domain="a.test", description="Contract")
+    for start, stop in zip([0, *cuts], [*cuts, len(data)], strict=True):
+        writer.write(data[start:stop])
+    raw = bytes(writer.finish())
+    lines = email.base64mime.body_encode(data, eol="\r\n").encode()
+    assert lines in raw and raw.count(lines) == 1
+    for read in (mailformat.parse, mailformat._parse_full):
+        got = read(raw)
+        assert got is not None and got.data == data and got.kind == "m4" and got.tx == TX
+
+
+def test_a_message_of_another_size_than_announced_is_refused() -> None:
+    def writer() -> mailformat.MailWriter:
+        return mailformat.MailWriter("m4", 100, sender="a@a.test", recipient="b@b.test",
+                                     tx=TX, domain="a.test")
+
+    short = writer()
+    short.write(os.urandom(99))
+    with pytest.raises(MailFormatError, match="shorter"):
+        short.finish()
+    long = writer()
+    with pytest.raises(MailFormatError, match="longer"):
+        long.write(os.urandom(171))
 
 
 def test_ordinary_mail_is_not_protocol_mail() -> None:

@@ -215,6 +215,9 @@ def test_the_state_kept_apart_from_c_behaves_as_the_whole() -> None:
     waiting = r.stored()
     with pytest.raises(PayloadMissing):  # never a verdict on c: the caller forgot it
         receive(Receiver.load(BOB, TRUST, waiting), m5, T0 + 4)
+    # an m3 without c is never taken: c is what the exchange is about
+    bare_r, acts = Receiver.from_m3(BOB, TRUST, m3_bare.encode(), T0 + 1, lambda n: ALICE.party)
+    assert bare_r.phase == "rejected" and "m3.c" in ignored(acts)
     r = Receiver.load(BOB, TRUST, waiting, c)
     assert delivered(receive(r, m5, T0 + 4)) == [M0] and r.phase == "done"
     assert Receiver.load(BOB, TRUST, r.stored(), c).m0() == M0

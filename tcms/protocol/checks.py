@@ -121,6 +121,8 @@ def sign_eoo(me: Identity, core: Core, token: bytes) -> bytes:
 
 
 def check_core_hashes(m3: M3) -> None:
+    if not m3.c:  # never a real c (it holds a header and a tag); stores keep c apart
+        raise ProtocolError("m3.c", "c is empty")
     if not ct_equal(h(m3.c), m3.core.h_c):
         raise ProtocolError("m3.c", "H(c) does not match the core")
     if not ct_equal(h(m3.e_r), m3.core.h_er):

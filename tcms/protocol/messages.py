@@ -9,7 +9,7 @@ docs/protocol.md and pinned by known-answer tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Self
 
@@ -212,6 +212,16 @@ class M3:
         return codec.encode([tag("M3"), self.core.to_value(), self.c, self.e_r, self.e_t,
                              self.token, self.eoo])
 
+    def encoded_around_c(self, size: int) -> tuple[bytes, bytes]:
+        """The encoding of this m3 with a c of ``size`` bytes, but c: (before, after), so
+        that before + c + after is ``replace(self, c=c).encode()`` (a large c is written
+        where it goes without a copy of it)."""
+        bare = replace(self, c=b"").encode()
+        at = len(codec.encode([tag("M3"), self.core.to_value()]))
+        if bare[at] != 0x40:  # the empty byte string c is
+            raise MessageError("m3: c is not where the encoding puts it")
+        return bare[:at] + _bytes_head(size), bare[at + 1:]
+
     @classmethod
     def decode(cls, data: bytes) -> M3:
         f = decode_array(data, "M3", 7)
@@ -221,6 +231,16 @@ class M3:
     @property
     def cid(self) -> bytes:
         return self.core.cid
+
+
+def _bytes_head(size: int) -> bytes:
+    """The head of a CBOR byte string of ``size`` bytes (major type 2, shortest form)."""
+    if size < 24:
+        return bytes([0x40 + size])
+    for extra, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if size < 1 << (8 * width):
+            return bytes([0x40 + extra]) + size.to_bytes(width, "big")
+    raise MessageError("a byte string too long for CBOR")
 
 
 @dataclass(frozen=True)

@@ -143,8 +143,7 @@ class Store:
                 raise ConcurrentUpdate(f"run {run.tx}/{run.role} changed concurrently")
             created = run.created_at
         if run.payload is not None:
-            await conn.execute(insert(m.payloads), dict(
-                cid=run.cid, role=run.role, size=len(run.payload), data=run.payload))
+            await self._write_payload(conn, run.cid, run.role, run.payload)
         for kind, data in received:
             await conn.execute(insert(m.messages), dict(
                 cid=run.cid, role=run.role, direction="in", kind=kind, data=data, at=now))
@@ -154,6 +153,14 @@ class Store:
         return RunRecord(**{**run.__dict__, "version": run.version + 1,
                             "created_at": created, "updated_at": now, "attempts": 0,
                             "next_attempt": None, "last_error": None, "payload": None})
+
+    async def _write_payload(self, conn: AsyncConnection, cid: bytes, role: str,
+                             payload: bytes) -> None:
+        """c in pieces, one statement each: a piece at a time is sealed and sent."""
+        view, size = memoryview(payload), len(payload)
+        for seq, at in enumerate(range(0, max(size, 1), m.PAYLOAD_CHUNK)):
+            await conn.execute(insert(m.payloads), dict(
+                cid=cid, role=role, seq=seq, size=size, data=view[at:at + m.PAYLOAD_CHUNK]))
 
     async def _queue(self, conn: AsyncConnection, cid: bytes, role: str,
                      outbox: Sequence[OutMessage], now: int) -> None:
@@ -169,20 +176,37 @@ class Store:
         return RunRecord(**row) if row else None
 
     async def get_payload(self, cid: bytes, role: str) -> bytes | None:
-        """A run's c, None if it has no payload row (stored before that table: its state
-        holds c)."""
-        t = m.payloads
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(t.c.data).where(
-                t.c.cid == cid, t.c.role == role))).first()
-        return None if row is None else bytes(row[0])
+        """A run's c, None if it has none stored apart (a run stored before table
+        payloads: its state holds c)."""
+        size = await self.payload_size(cid, role)
+        if size is None:
+            return None
+        pieces = [piece async for piece in self.payload_pieces(cid, role, size)]
+        return b"".join(pieces)
 
     async def payload_size(self, cid: bytes, role: str) -> int | None:
         t = m.payloads
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(t.c.size).where(
-                t.c.cid == cid, t.c.role == role))).first()
+                t.c.cid == cid, t.c.role == role, t.c.seq == 0))).first()
         return None if row is None else int(row[0])
+
+    async def payload_pieces(self, cid: bytes, role: str, size: int) -> AsyncIterator[bytes]:
+        """A run's c (of ``size`` bytes: ``payload_size``), a piece at a time: one read
+        each, so that a piece only is in memory at once (ValueError if pieces are missing).
+        """
+        t = m.payloads
+        got = 0
+        for seq in range(-(-size // m.PAYLOAD_CHUNK)):
+            async with self.engine.connect() as conn:
+                piece = (await conn.execute(select(t.c.data).where(
+                    t.c.cid == cid, t.c.role == role, t.c.seq == seq))).scalar()
+            if piece is None:
+                raise ValueError(f"piece {seq} of a stored c is missing")
+            got += len(piece)
+            yield bytes(piece)
+        if got != size:
+            raise ValueError(f"a stored c has {got} bytes in its pieces, not {size}")
 
     async def run_names(self, cid: bytes, role: str) -> tuple[str, str, str, str] | None:
         """(tx, owner, peer, subject) of a run, without reading its state (which holds c)."""

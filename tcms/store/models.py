@@ -126,13 +126,17 @@ runs = Table(
     Index("ix_runs_due", "terminal", "deadline"),
 )
 
-# A run's payload: c, the encrypted mail, written once with the run (a run stored before
-# this table keeps c in its state).  Deleted with the run.
+# A run's payload: c, the encrypted mail, written once with the run in pieces of
+# PAYLOAD_CHUNK bytes (``seq`` 0, 1, ...), each sealed on its own, so that no write or read
+# holds more than one piece besides c (a run stored before this table keeps c in its
+# state).  ``size``: the whole c's length, on every piece.  Deleted with the run.
+PAYLOAD_CHUNK = 1024 * 1024
 payloads = Table(
     "payloads",
     metadata,
     Column("cid", LargeBinary(32), primary_key=True),
     Column("role", String(8), primary_key=True),
+    Column("seq", Integer, primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("data", EncryptedBinary("payloads.data"), nullable=False),
 )

@@ -1,5 +1,6 @@
 """A run's payload (c, the encrypted mail, as large as the mail) in a table of its own,
-written once: a protocol step loads and saves the run's small state without it.  Runs
+written once in sealed pieces: a protocol step loads and saves the run's small state
+without it.  Runs
 stored before keep c in their state (the machines read it from there).
 
 Revision ID: 0006
@@ -22,6 +23,7 @@ def upgrade() -> None:
         "payloads",
         sa.Column("cid", sa.LargeBinary(32), primary_key=True),
         sa.Column("role", sa.String(8), primary_key=True),
+        sa.Column("seq", sa.Integer, primary_key=True),
         sa.Column("size", sa.BigInteger, nullable=False),
         sa.Column("data", sa.LargeBinary, nullable=False),
     )
