@@ -103,10 +103,16 @@ class DataKeys:
         self._reloaded = 0.0
 
     def seal(self, plain: bytes, column: str) -> bytes:
+        """header, nonce, ciphertext and tag, written into one buffer (a large value is
+        not copied once more to put them together)."""
         header = HEADER.pack(MARK, VERSION, self.current)
         nonce = os.urandom(NONCE)
-        return header + nonce + self._aead[self.current].encrypt(
-            nonce, plain, _associated(header, column))
+        start = HEADER.size + NONCE
+        sealed = bytearray(start + len(plain) + TAG)
+        sealed[:start] = header + nonce
+        self._aead[self.current].encrypt_into(nonce, plain, _associated(header, column),
+                                              memoryview(sealed)[start:])
+        return sealed  # type: ignore[return-value]  # bytes-like, for the database driver
 
     def open(self, value: bytes, column: str) -> bytes:
         kid = key_id_of(value)
@@ -114,8 +120,8 @@ class DataKeys:
             return value
         aead = self._aead.get(kid) or self._reload(kid)
         header, nonce = value[:HEADER.size], value[HEADER.size:HEADER.size + NONCE]
-        try:
-            return aead.decrypt(nonce, value[HEADER.size + NONCE:],
+        try:  # the ciphertext as a view: a large value is not copied before it is opened
+            return aead.decrypt(nonce, memoryview(value)[HEADER.size + NONCE:],
                                 _associated(header, column))
         except InvalidTag:
             raise DataKeyMismatch(
