@@ -54,6 +54,19 @@ def _normalise(value: object) -> Value:
     raise CodecError(f"type not allowed in signed data: {type(value).__name__}")
 
 
+BIG = 64 * 1024  # a byte string this long is checked where it is, not encoded again
+
+
+def bytes_head(size: int) -> bytes:
+    """The head of a byte string of ``size`` bytes (major type 2, shortest form)."""
+    if size < 24:
+        return bytes([0x40 + size])
+    for extra, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if size < 1 << (8 * width):
+            return bytes([0x40 + extra]) + size.to_bytes(width, "big")
+    raise CodecError("a byte string too long for CBOR")
+
+
 def decode(data: bytes) -> Value:
     """Decode exactly one canonical item; raise CodecError for anything else."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -64,9 +77,36 @@ def decode(data: bytes) -> Value:
     except Exception as exc:  # cbor2 raises several types for malformed input
         raise CodecError(f"malformed CBOR: {exc}") from None
     value = _normalise(value)
-    if encode(value) != data:
+    if not _encodes_as(value, data):
         raise CodecError("not canonical CBOR (or trailing bytes)")
     return value
+
+
+def _encodes_as(value: Value, data: bytes) -> bool:
+    """``encode(value) == data``, without encoding again the large byte strings an array
+    holds (m3's c, the payload's m0: as large as a mail): each is compared by its head,
+    where the encoding of the items before it ends (then the bytes that follow the head
+    are the ones the value was decoded from)."""
+    if not isinstance(value, list) or not any(
+            isinstance(v, bytes) and len(v) >= BIG for v in value):
+        return encode(value) == data
+    view = memoryview(data)
+    nones = encode([None] * len(value))
+    pos = len(nones) - len(value)  # the array's head: the same for any items
+    if view[:pos] != nones[:pos]:
+        return False
+    for item in value:
+        if isinstance(item, bytes) and len(item) >= BIG:
+            head = bytes_head(len(item))
+            if view[pos:pos + len(head)] != head:
+                return False
+            pos += len(head) + len(item)
+        else:
+            enc = encode(item)
+            if view[pos:pos + len(enc)] != enc:
+                return False
+            pos += len(enc)
+    return pos == len(data)
 
 
 def decode_array(data: bytes, tag: str, length: int) -> list[Value]:

@@ -69,3 +69,38 @@ def test_deep_nesting_rejected() -> None:
         v = [v]
     with pytest.raises(codec.CodecError, match="too deep"):
         codec.encode(v)
+
+
+BIGS = st.binary(max_size=300).map(lambda b: b + bytes(codec.BIG))  # small to draw
+
+
+@given(st.lists(values, max_size=4), BIGS, st.integers(0, 4), st.binary(max_size=3))
+def test_a_large_byte_string_is_checked_where_it_is(items: list[codec.Value], big: bytes,
+                                                    at: int, junk: bytes) -> None:
+    """An array holding a byte string of BIG bytes or more is checked without encoding
+    that string again: it decodes exactly as before, and any byte added, removed or
+    changed outside the string's content is refused, as before."""
+    value: list[codec.Value] = [*items[:at], big, *items[at:]]
+    data = codec.encode(value)
+    assert codec.decode(data) == value
+    assert codec.decode_array(codec.encode(["T", big, 1]), "T", 3)[1] == big
+    for bad in (data + (junk or b"\x00"), data[:-1]):
+        with pytest.raises(codec.CodecError):
+            codec.decode(bad)
+    # the string's head in a longer form than needed (the same length, 8 bytes wide)
+    head = codec.bytes_head(len(big))
+    start = data.index(head + big)
+    longer = data[:start] + b"\x5b" + len(big).to_bytes(8, "big") + data[start + len(head):]
+    with pytest.raises(codec.CodecError, match="not canonical"):
+        codec.decode(longer)
+    # an integer after it in a longer form than needed
+    loose = codec.encode([*value, 5])[:-1] + bytes.fromhex("1805")
+    with pytest.raises(codec.CodecError, match="not canonical"):
+        codec.decode(loose)
+
+
+def test_bytes_head_is_the_encoders() -> None:
+    for size in (0, 1, 23, 24, 255, 256, 65535, 65536, 2**20):
+        assert codec.bytes_head(size) + bytes(size) == codec.encode(bytes(size))
+    assert codec.bytes_head(2**32 - 1) == b"\x5a" + (2**32 - 1).to_bytes(4, "big")
+    assert codec.bytes_head(2**32) == b"\x5b" + (2**32).to_bytes(8, "big")

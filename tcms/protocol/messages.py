@@ -220,7 +220,7 @@ class M3:
         at = len(codec.encode([tag("M3"), self.core.to_value()]))
         if bare[at] != 0x40:  # the empty byte string c is
             raise MessageError("m3: c is not where the encoding puts it")
-        return bare[:at] + _bytes_head(size), bare[at + 1:]
+        return bare[:at] + codec.bytes_head(size), bare[at + 1:]
 
     @classmethod
     def decode(cls, data: bytes) -> M3:
@@ -231,16 +231,6 @@ class M3:
     @property
     def cid(self) -> bytes:
         return self.core.cid
-
-
-def _bytes_head(size: int) -> bytes:
-    """The head of a CBOR byte string of ``size`` bytes (major type 2, shortest form)."""
-    if size < 24:
-        return bytes([0x40 + size])
-    for extra, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if size < 1 << (8 * width):
-            return bytes([0x40 + extra]) + size.to_bytes(width, "big")
-    raise MessageError("a byte string too long for CBOR")
 
 
 @dataclass(frozen=True)
