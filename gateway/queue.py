@@ -48,23 +48,25 @@ def backoff(attempts: int) -> int:
 
 @dataclass(frozen=True)
 class InboundItem:
+    """A claimed protocol mail (the mail itself: ``Queues.mail_of``)."""
+
     id: int
     received_at: int
     mail_from: str
     rcpt: list[str]
     peer: str
-    raw: bytes
     attempts: int
 
 
 @dataclass(frozen=True)
 class SubmissionItem:
+    """A claimed submission (the mail itself: ``Queues.mail_of``)."""
+
     id: int
     message_id: str
     sender: str
     recipients: list[str]
     subject: str
-    raw: bytes
     created_at: int
     attempts: int
 
@@ -95,6 +97,8 @@ class Queues:
                      limit: int) -> list[Any]:
         """Claim up to ``limit`` pending rows in one transaction: pick them (PostgreSQL:
         locked, skipping rows another worker is claiming), then update exactly those.
+        Their mail (``raw``) is not read: each is read when its item is handled
+        (``mail_of``), so that a batch of large mails is never in memory at once.
         (One UPDATE ... WHERE id IN (SELECT ... LIMIT n) is not enough: PostgreSQL may run
         the subquery more than once and claim more than n.)"""
         pick = (select(key).where(pending, _free(t, now)).order_by(key).limit(limit)
@@ -107,14 +111,21 @@ class Queues:
                 update(t).where(key.in_(keys), pending, _free(t, now))
                 .values(attempts=t.c.attempts + 1, next_attempt=now + self.lease,
                         claimed_by=self.instance)
-                .returning(*t.c))).mappings().all()
+                .returning(*(c for c in t.c if c.name != "raw")))).mappings().all()
         return sorted(rows, key=lambda r: r[key.name])
+
+    async def mail_of(self, kind: str, key: int) -> bytes:
+        """The mail of a claimed ``inbound`` or ``submission`` item (b"" once emptied)."""
+        t = {"inbound": m.inbound, "submission": m.submissions}[kind]
+        async with self.store.engine.connect() as conn:
+            raw = (await conn.execute(select(t.c.raw).where(t.c.id == key))).scalar()
+        return b"" if raw is None else bytes(raw)
 
     async def claim_inbound(self, now: int, limit: int = 32) -> list[InboundItem]:
         t = m.inbound
         rows = await self._claim(t, t.c.id, t.c.status == "new", now, limit)
         return [InboundItem(int(r["id"]), int(r["received_at"]), str(r["mail_from"]),
-                            list(json.loads(r["rcpt"])), str(r["peer"]), bytes(r["raw"]),
+                            list(json.loads(r["rcpt"])), str(r["peer"]),
                             int(r["attempts"])) for r in rows]
 
     async def claim_submissions(self, now: int, limit: int = 16) -> list[SubmissionItem]:
@@ -122,7 +133,7 @@ class Queues:
         rows = await self._claim(t, t.c.id, t.c.status == "new", now, limit)
         return [SubmissionItem(int(r["id"]), str(r["message_id"]), str(r["sender"]),
                                [str(x) for x in json.loads(r["recipients"])],
-                               str(r["subject"]), bytes(r["raw"]), int(r["created_at"]),
+                               str(r["subject"]), int(r["created_at"]),
                                int(r["attempts"])) for r in rows]
 
     async def claim_answer_checks(self, now: int, limit: int = 16) -> list[AnswerCheck]:

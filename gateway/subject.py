@@ -68,11 +68,12 @@ def without_tag(subject: str, tag: str) -> str:
     return " ".join(stripped.split())
 
 
-def _split_head(raw: bytes) -> tuple[bytes, bytes, bytes]:
+def _split_head(raw: bytes) -> tuple[bytes, bytes, memoryview]:
+    """Header block, blank line, and the body as a view (not a copy of a large mail)."""
     m = _HEADER_END.search(raw)
     if m is None:
-        return raw, b"", b""
-    return raw[: m.start()], raw[m.start(): m.end()], raw[m.end():]
+        return raw, b"", memoryview(b"")
+    return raw[: m.start()], raw[m.start(): m.end()], memoryview(raw)[m.end():]
 
 
 def strip_tag(raw: bytes, tag: str) -> bytes:

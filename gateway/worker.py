@@ -72,8 +72,10 @@ async def start_submission(ctx: GatewayContext, sub: SubmissionItem, now: int) -
     saying so.  Raises (to be retried) only when the DC cannot be asked."""
     sender = normalise_name(sub.sender)
     me = await ctx.enroll(sender)
-    m0 = strip_tag(sub.raw, ctx.tag)
-    subject = one_line(without_tag(subject_of(sub.raw), ctx.tag))
+    raw = await ctx.queues.mail_of("submission", sub.id)
+    m0 = strip_tag(raw, ctx.tag)
+    subject = one_line(without_tag(subject_of(raw), ctx.tag))
+    del raw  # m0 is a copy: one mail fewer in memory while it is encrypted
     desc = Description(subject, len(m0), one_line(sub.message_id))
     runs: list[tuple[RunRecord, list[OutMessage]]] = []
     refused: list[OutMessage] = []
@@ -246,13 +248,14 @@ class Worker:
 
         async def inbound_item(item: InboundItem) -> None:
             async def work() -> None:
-                outcome = await inbound.handle(ctx, item.raw, self.clock())
+                raw = await ctx.queues.mail_of("inbound", item.id)
+                outcome = await inbound.handle(ctx, raw, self.clock())
                 if outcome.status == "rejected":
                     log.warning("inbound #%d from %s rejected: %s", item.id, item.mail_from,
                                 outcome.detail)
                 await ctx.queues.finish("inbound", item.id, self.clock(),
                                         status=outcome.status, detail=outcome.detail,
-                                        hints=mailformat.hints(item.raw))
+                                        hints=mailformat.hints(raw))
             await self.isolated("inbound", item.id, item.attempts, work)
 
         async def submission(sub: SubmissionItem) -> None:
