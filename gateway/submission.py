@@ -46,8 +46,7 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
 from gateway.context import Upstream
-from gateway.mailformat import BLANK_LINE
-from gateway.subject import has_tag, may_carry_tag, subject_error
+from gateway.subject import has_tag, header_block, may_carry_tag, subject_error
 from tcms.identity import party_name_error
 from tcms.protocol.events import Accept, Event, Refuse
 from tcms.store import Store
@@ -308,14 +307,6 @@ class SubmissionHandler:
             return f"250 2.0.0 Relayed, but the upstream refused: {reply_text(refused)}"
         log.info("relayed untagged mail from %s to %d recipient(s)", sender, len(recipients))
         return f"250 2.0.0 Relayed: {reply_text(reply)}"
-
-
-def header_block(content: bytes) -> bytes:
-    """The headers of a mail up to its first blank line: what the email package's header
-    parser reads of it, without decoding the whole mail to text (a copy of it, up to four
-    bytes a character for 8-bit mail)."""
-    blank = BLANK_LINE.search(content)  # the first, as the email package splits lines
-    return content if blank is None else content[:blank.end()]
 
 
 def message_id_of(headers: EmailMessage) -> str:
