@@ -31,7 +31,7 @@ class CryptoError(Exception):
     """A signature, key wrap or commitment did not verify."""
 
 
-def h(data: bytes) -> bytes:
+def h(data: bytes | bytearray | memoryview) -> bytes:
     """H = SHA-256."""
     return hashlib.sha256(data).digest()
 

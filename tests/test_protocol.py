@@ -41,7 +41,15 @@ from tcms.protocol.events import (
     TimestampReply,
 )
 from tcms.protocol.machine import PayloadMissing
-from tcms.protocol.messages import M3, M5, Core, Description, MessageError
+from tcms.protocol.messages import (
+    M3,
+    M5,
+    Core,
+    Description,
+    MessageError,
+    parse_plaintext,
+    plaintext,
+)
 from tcms.protocol.receiver import Receiver
 from tcms.protocol.sender import Sender
 from tcms.protocol.ttpmessages import AbortRequest, BadEscrow, Resolved, decode_ttp_answer
@@ -451,3 +459,43 @@ def test_a_cheating_sender_whose_c_does_not_open_ends_in_cheated_with_the_proof(
     assert [type(a) for a in actions] == [Notify]  # no m6: nothing was received
     again = Receiver.load(BOB, TRUST, r.dump())  # the proof survives a restart
     assert again.phase == "cheated" and again.state.m5 == m5
+
+
+def _old_parse(data: bytes, sender: str, recipient: str) -> bytes:
+    """parse_plaintext as it read every payload before it read m0 where it lies."""
+    f = codec.decode_array(data, "TCMS1/PAYLOAD", 5)
+    m0 = f[1]
+    if not isinstance(m0, bytes) or h(m0) != f[2] or f[3] != sender or f[4] != recipient:
+        raise MessageError("payload")
+    return m0
+
+
+def test_m0_read_where_it_lies_is_the_decoders_reading() -> None:
+    """parse_plaintext takes m0 from the payload without decoding it whole: for any
+    payload, mutated or not, it gives the m0 the decoder gives, or refuses as it does."""
+    import random
+
+    rng = random.Random(7)
+    at = len(codec.encode(["TCMS1/PAYLOAD"]))  # where m0's head is
+    for n in (0, 1, 23, 24, 255, 256, 65535, 65536, 70_001):
+        m0 = rng.randbytes(n)
+        good = plaintext(m0, "alice@a.test", "bob@b.test")
+        longer = b"\x5b" + n.to_bytes(8, "big")  # m0's head in a longer form than needed
+        variants: list[bytes | bytearray] = [good, good + b"\0", good[:-1], bytearray(good),
+                    good.replace(b"bob@b.test", b"bob@b.tesT"),
+                    good[:at] + longer + good[at + len(codec.bytes_head(n)):]]
+        for _ in range(40):
+            bad = bytearray(good)
+            bad[rng.randrange(len(bad))] ^= 1 << rng.randrange(8)
+            variants.append(bytes(bad))
+        for data in variants:
+            try:
+                want: bytes | None = _old_parse(bytes(data), "alice@a.test", "bob@b.test")
+            except (MessageError, codec.CodecError):
+                want = None
+            try:
+                got: bytes | None = parse_plaintext(data, "alice@a.test", "bob@b.test")
+            except (MessageError, codec.CodecError):
+                got = None
+            assert got == want, (n, bytes(data)[:40])
+        assert parse_plaintext(good, "alice@a.test", "bob@b.test") == m0

@@ -281,7 +281,10 @@ def decrypt_payload(core: Core, c: bytes, k_r: bytes, k_t: bytes) -> bytes:
         raise ProtocolError("c", "H(c) does not match the core")
     k = derive_message_key(k_r, k_t, hdr.tx)
     try:
-        data = ciphers.get(hdr.cipher).decrypt(k, c, hdr.digest)
+        cipher = ciphers.get(hdr.cipher)
+        # into one buffer where the cipher offers it (TSRG): m0 is then its only copy
+        opened = getattr(cipher, "decrypt_buffer", cipher.decrypt)
+        data: bytes | bytearray = opened(k, c, hdr.digest)
         return parse_plaintext(data, hdr.sender.name, hdr.recipient.name)
     except ciphers.DecryptionError as exc:
         raise ProtocolError("c.decrypt", str(exc)) from None

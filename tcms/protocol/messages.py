@@ -290,12 +290,38 @@ def plaintext(m0: bytes, sender: str, recipient: str) -> bytes:
     return tagged("PAYLOAD", m0, h(m0), sender, recipient)
 
 
-def parse_plaintext(data: bytes, sender: str, recipient: str) -> bytes:
-    """Return m0 if ``data`` is a payload naming this S and R whose hash matches."""
-    f = decode_array(data, "PAYLOAD", 5)
+def parse_plaintext(data: bytes | bytearray, sender: str, recipient: str) -> bytes:
+    """Return m0 if ``data`` is a payload naming this S and R whose hash matches.  m0 is
+    read where it lies (as large as the mail: one copy, the one returned); a payload not
+    laid out exactly as ``plaintext`` writes it is read by the decoder, which names what
+    is wrong."""
+    m0 = _payload_m0(memoryview(data), sender, recipient)
+    if m0 is not None:
+        return m0
+    f = decode_array(bytes(data), "PAYLOAD", 5)
     m0 = as_bytes(f[1], "m0")
     if h(m0) != f[2]:
         raise MessageError("payload: h(m0) does not match m0")
     if f[3] != sender or f[4] != recipient:
         raise MessageError("payload: ID_S / ID_R do not match the header")
     return m0
+
+
+def _payload_m0(view: memoryview, sender: str, recipient: str) -> bytes | None:
+    """m0, if ``view`` is byte for byte ``plaintext(m0, sender, recipient)``; else None."""
+    head = tagged("PAYLOAD", b"", b"", sender, recipient)
+    at = len(tagged("PAYLOAD"))  # the array's head and the tag: the same for 1 or 5 items
+    if len(view) <= at or view[:at] != head[:at] or view[at] >> 5 != 2:
+        return None
+    extra = view[at] & 31
+    width = 0 if extra < 24 else 1 << (extra - 24) if extra < 28 else -1
+    if width < 0 or len(view) < at + 1 + width:
+        return None
+    size = extra if width == 0 else int.from_bytes(view[at + 1:at + 1 + width], "big")
+    start = at + 1 + width
+    if view[at:start] != codec.bytes_head(size):
+        return None  # not the shortest form
+    m0 = view[start:start + size]
+    if len(m0) != size or view[start + size:] != codec.encode([h(m0), sender, recipient])[1:]:
+        return None  # h(m0), ID_S and ID_R, each as plaintext writes it, and nothing more
+    return bytes(m0)
