@@ -50,12 +50,34 @@ def rejected(detail: str) -> Outcome:
 
 
 async def handle(ctx: GatewayContext, raw: bytes, now: int) -> Outcome:
+    pm = read(raw)
+    return pm if isinstance(pm, Outcome) else await take(ctx, pm, now)
+
+
+async def handle_stored(ctx: GatewayContext, key: int,
+                        now: int) -> tuple[Outcome, tuple[str, str]]:
+    """``handle`` of the protocol mail the intake stored as ``key``, and the (kind, tx)
+    its headers claim; the mail is let go once its message is read from it (an m3 holds
+    c: the mail and the message would be in memory twice while the exchange starts)."""
+    raw = await ctx.queues.mail_of("inbound", key)
+    hints = mailformat.hints(raw)
+    pm = read(raw)
+    del raw
+    return (pm if isinstance(pm, Outcome) else await take(ctx, pm, now)), hints
+
+
+def read(raw: bytes) -> mailformat.ProtocolMail | Outcome:
+    """The protocol message ``raw`` carries, or why it is rejected."""
     try:
         pm = mailformat.parse(raw)
     except mailformat.MailFormatError as exc:
         return rejected(f"mail.format: {exc}")
     if pm is None:
         return rejected("mail.format: not a TCMS protocol mail (no TCMS-Message header)")
+    return pm
+
+
+async def take(ctx: GatewayContext, pm: mailformat.ProtocolMail, now: int) -> Outcome:
     if pm.kind == "m3":
         return await take_m3(ctx, pm.data, now)
     return await take_step(ctx, pm.kind, pm.data, now)

@@ -30,12 +30,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, delete, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Table,
+    cast,
+    delete,
+    exists,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from gateway import queueview
 from gateway.queueview import ROWS, Entry, int_key, run_key
-from tcms.store import Store
+from tcms.store import Store, pieces
 from tcms.store import models as m
 
 ERROR_LIMIT = 1000  # characters of an error kept in last_error
@@ -81,6 +92,13 @@ def _free(t: Table, now: int) -> ColumnElement[bool]:
     return t.c.next_attempt.is_(None) | (t.c.next_attempt <= now)
 
 
+def mail_kept(t: Table) -> ColumnElement[bool]:
+    """Whether a row of ``submissions`` or ``inbound`` still holds its mail: in table
+    pieces, or in its own column (stored before that table)."""
+    owner = literal(pieces.of_row(t.name, 0)[:-1], String) + cast(t.c.id, String)
+    return (t.c.raw != b"") | exists().where(m.pieces.c.owner == owner, m.pieces.c.seq == 0)
+
+
 class Queues:
     """Claiming, finishing and failing units of work; the administrator's view of them."""
 
@@ -115,8 +133,12 @@ class Queues:
         return sorted(rows, key=lambda r: r[key.name])
 
     async def mail_of(self, kind: str, key: int) -> bytes:
-        """The mail of a claimed ``inbound`` or ``submission`` item (b"" once emptied)."""
+        """The mail of a claimed ``inbound`` or ``submission`` item (b"" once emptied):
+        from table pieces, or from the row itself if it was stored before that table."""
         t = {"inbound": m.inbound, "submission": m.submissions}[kind]
+        kept = await pieces.read(self.store.engine, pieces.of_row(t.name, key))
+        if kept is not None:
+            return kept
         async with self.store.engine.connect() as conn:
             raw = (await conn.execute(select(t.c.raw).where(t.c.id == key))).scalar()
         return b"" if raw is None else bytes(raw)
@@ -166,8 +188,10 @@ class Queues:
         async with self.store.transaction() as conn:
             res = await conn.execute(insert(m.inbound).returning(m.inbound.c.id), dict(
                 received_at=now, mail_from=mail_from[:254], rcpt=json.dumps(list(rcpt)),
-                peer=peer[:64], raw=raw, size=len(raw)))
-            return int(res.scalar_one())
+                peer=peer[:64], raw=b"", size=len(raw)))
+            iid = int(res.scalar_one())
+            await pieces.write(conn, pieces.of_row("inbound", iid), raw)
+            return iid
 
     async def want_answer_check(self, owner: str, at: int, now: int) -> None:
         """Look at ``owner``'s answer folders at ``at`` (or sooner if already due sooner).
@@ -211,6 +235,8 @@ class Queues:
                     status=status, detail=detail[:ERROR_LIMIT], finished_at=now,
                     next_attempt=None, raw=b"" if status == "done" else m.inbound.c.raw,
                     kind=hints[0] or None, tx=hints[1] or None))
+                if status == "done":  # handled: its mail is not kept (a rejected one is)
+                    await pieces.remove(conn, [pieces.of_row("inbound", int(key))])
             elif kind == "answers":
                 await conn.execute(update(m.answer_checks).where(
                     m.answer_checks.c.owner == str(key),
@@ -272,7 +298,7 @@ class Queues:
                 res = await conn.execute(update(m.inbound).where(
                     m.inbound.c.id == int_key(key),
                     m.inbound.c.status.in_(("new", "quarantined", "rejected")),
-                    m.inbound.c.raw != b"").values(
+                    mail_kept(m.inbound)).values(
                     status="new", attempts=0, next_attempt=now, detail=None))
             elif kind == "submission":
                 res = await conn.execute(update(m.submissions).where(

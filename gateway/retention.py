@@ -41,8 +41,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.queue import mail_kept
 from tcms.config_ops import RetentionConfig
-from tcms.store import Store
+from tcms.store import Store, pieces
 from tcms.store import models as m
 from tcms.store.audit import AUDIT_PURGE_EVENT, audit_purge_detail
 
@@ -105,10 +106,12 @@ async def _cleartext(conn: AsyncConnection, cutoff: int) -> int:
     # a run of any exchange started from it (the recipient may be served here too)
     unfinished = exists().where(r.c.cid == mine.c.cid, mine.c.submission_id == s.c.id,
                                 (r.c.terminal.is_(False)) | (r.c.updated_at > cutoff))
-    res = await conn.execute(update(s).where(
-        s.c.status != "new", s.c.raw != b"", s.c.created_at <= cutoff, ~unfinished)
-        .values(raw=b""))
-    return int(res.rowcount or 0)
+    ids = [int(x[0]) for x in (await conn.execute(select(s.c.id).where(
+        s.c.status != "new", mail_kept(s), s.c.created_at <= cutoff, ~unfinished))).all()]
+    if ids:
+        await conn.execute(update(s).where(s.c.id.in_(ids)).values(raw=b""))
+        await pieces.remove(conn, [pieces.of_row("submissions", x) for x in ids])
+    return len(ids)
 
 
 async def _ciphertext(conn: AsyncConnection, cutoff: int, report: Report) -> None:
@@ -117,9 +120,13 @@ async def _ciphertext(conn: AsyncConnection, cutoff: int, report: Report) -> Non
     if cids:
         res = await conn.execute(delete(msgs).where(msgs.c.cid.in_(cids), _settled()))
         report.counts["messages"] += int(res.rowcount or 0)
-    res = await conn.execute(delete(i).where(
-        i.c.status.in_(("done", "rejected", "dropped", "probe")), i.c.finished_at <= cutoff))
-    report.counts["inbound"] += int(res.rowcount or 0)
+    handled = (i.c.status.in_(("done", "rejected", "dropped", "probe"))
+               & (i.c.finished_at <= cutoff))
+    ids = [int(x[0]) for x in (await conn.execute(select(i.c.id).where(handled))).all()]
+    if ids:
+        await pieces.remove(conn, [pieces.of_row("inbound", x) for x in ids])
+        res = await conn.execute(delete(i).where(i.c.id.in_(ids)))
+        report.counts["inbound"] += int(res.rowcount or 0)
 
 
 async def _evidence(conn: AsyncConnection, cutoff: int, report: Report) -> None:
@@ -131,14 +138,18 @@ async def _evidence(conn: AsyncConnection, cutoff: int, report: Report) -> None:
         report.counts["messages"] += int(res.rowcount or 0)
         res = await conn.execute(delete(m.evidence).where(m.evidence.c.cid.in_(cids)))
         report.counts["evidence"] += int(res.rowcount or 0)
-        await conn.execute(delete(m.payloads).where(m.payloads.c.cid.in_(cids)))
+        await pieces.remove(conn, [pieces.of_run(cid, role) for cid in cids
+                                   for role in ("sender", "receiver")])
         res = await conn.execute(delete(r).where(r.c.cid.in_(cids)))
         report.counts["runs"] += int(res.rowcount or 0)
         report.counts["exchanges"] += len(cids)
     left = exists().where(r.c.submission_id == s.c.id)
-    res = await conn.execute(delete(s).where(s.c.status != "new", s.c.created_at <= cutoff,
-                                             ~left))
-    report.counts["submissions"] += int(res.rowcount or 0)
+    ids = [int(x[0]) for x in (await conn.execute(select(s.c.id).where(
+        s.c.status != "new", s.c.created_at <= cutoff, ~left))).all()]
+    if ids:
+        await pieces.remove(conn, [pieces.of_row("submissions", x) for x in ids])
+        res = await conn.execute(delete(s).where(s.c.id.in_(ids)))
+        report.counts["submissions"] += int(res.rowcount or 0)
 
 
 async def _audit(store: Store, conn: AsyncConnection, cutoff: int, now: int,

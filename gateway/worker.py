@@ -36,7 +36,7 @@ import aiosmtplib
 import httpx
 
 from dc.records import DirectoryError
-from gateway import dispatch, inbound, mailformat, metrics, notices, retention
+from gateway import dispatch, inbound, metrics, notices, retention
 from gateway.context import GatewayContext
 from gateway.imap import ImapError, Mailbox
 from gateway.queue import AnswerCheck, InboundItem, SubmissionItem, backoff
@@ -248,14 +248,13 @@ class Worker:
 
         async def inbound_item(item: InboundItem) -> None:
             async def work() -> None:
-                raw = await ctx.queues.mail_of("inbound", item.id)
-                outcome = await inbound.handle(ctx, raw, self.clock())
+                outcome, hints = await inbound.handle_stored(ctx, item.id, self.clock())
                 if outcome.status == "rejected":
                     log.warning("inbound #%d from %s rejected: %s", item.id, item.mail_from,
                                 outcome.detail)
                 await ctx.queues.finish("inbound", item.id, self.clock(),
                                         status=outcome.status, detail=outcome.detail,
-                                        hints=mailformat.hints(raw))
+                                        hints=hints)
             await self.isolated("inbound", item.id, item.attempts, work)
 
         async def submission(sub: SubmissionItem) -> None:

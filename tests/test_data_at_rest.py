@@ -29,6 +29,7 @@ from conftest import ALICE, BOB, T0, pg_database, start_run, stored_values
 from gateways import query
 from mailstack import PATIENCE
 
+from gateway.queue import Queues
 from gateway.runs import record
 from tcms import datakeys
 from tcms.datakeys import DataKeyMismatch, DataKeyMissing
@@ -156,16 +157,17 @@ def test_rotate_reencrypt_and_retire_through_tcms(tmp_path: Path, db_url: str) -
     # new rows are sealed under the new key, old ones still open
     newer = asyncio.run(store_rows(db_url, keys, f"second-{uuid.uuid4().hex}"))
     usage = tcms(["db", "key-usage"], env).stdout
-    for column in ("runs.state", "payloads.data"):
+    for column, n in (("runs.state", 1), ("pieces.data", 2)):  # pieces: the mail and c
         line = usage.split(column)[1].split("\n")[0]
-        assert f"1 under {first}" in line and f"1 under {second} (current)" in line, usage
+        assert f"{n} under {first}" in line and f"{n} under {second} (current)" in line, usage
     subs = usage.split("submissions.raw")[1].split("\n")[0]
-    assert "1 in clear" in subs and f"1 under {first}" in subs, usage
+    assert "1 in clear" in subs and "under" not in subs, usage  # new mail: in pieces
 
     async def raws() -> list[bytes]:
         store = Store(db_url, data_keys=datakeys.load(keys, PASSPHRASE.encode()))
         try:
-            return [bytes(r) for r in await stored_values(store, models.submissions.c.raw)]
+            ids = await stored_values(store, models.submissions.c.id)
+            return [await Queues(store).mail_of("submission", i) for i in ids]
         finally:
             await store.close()
 
@@ -176,9 +178,9 @@ def test_rotate_reencrypt_and_retire_through_tcms(tmp_path: Path, db_url: str) -
     assert refused.returncode == 1 and "still seals" in refused.stderr, refused.stderr
     again = tcms(["db", "reencrypt"], env)
     assert again.returncode == 0, again.stderr
-    # submission, state, m3, c (payloads), evidence, and the mail kept in clear
+    # state, m3, the mail and c (pieces), evidence, and the mail kept in clear
     assert "6 value(s) sealed again" in again.stdout, again.stdout
-    assert "payloads.data: 1" in again.stdout, again.stdout
+    assert "pieces.data: 2" in again.stdout, again.stdout
     assert "in clear" not in again.stdout and f"under {first}" not in again.stdout
     assert_nowhere(dump_of(db_url), {**secrets, "the legacy mail": legacy.encode(),
                                      **{f"new {k}": v for k, v in newer.items()}})

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DATA_KEYS, stored_values
+from conftest import DATA_KEYS
 from gateways import USERS, GatewayProc, Orgs
 from mailstack import REFUSED_HEADER, REFUSED_RCPT, MailStack, free_port
 from sqlalchemy import select
@@ -27,6 +27,7 @@ from test_mailstack import wait_for
 
 from gateway import context, submission
 from gateway.context import Upstream
+from gateway.queue import Queues
 from gateway.subject import header_block, subject_of
 from tcms.store import Store, models
 
@@ -153,14 +154,7 @@ def test_certified_mail_is_stored_and_never_sent_uncertified(
         s.login("alice@a.test", "alice-password")
         s.sendmail("alice@a.test", ["bob@b.test"], raw_mail(subject, marker))
         # the 250 says it was queued for certification, not relayed
-    async def stored() -> list[bytes]:
-        store = gateway.store()
-        try:
-            return await stored_values(store, models.submissions.c.raw)
-        finally:
-            await store.close()
-
-    raws = asyncio.run(stored())
+    raws = [s["raw"] for s in asyncio.run(submissions(gateway))]
     assert any(marker.encode() in r for r in raws)
     # a plain mail sent afterwards arrives; the certified one never does
     with gateway.connect() as s:
@@ -259,9 +253,10 @@ async def submissions(gateway: GatewayProc) -> list[dict[str, Any]]:
     store = gateway.store()
     try:
         async with store.engine.connect() as conn:
-            rows = await conn.execute(select(models.submissions).order_by(
-                models.submissions.c.id))
-            return [dict(r) for r in rows.mappings()]
+            rows = [dict(r) for r in (await conn.execute(select(models.submissions).order_by(
+                models.submissions.c.id))).mappings()]
+        q = Queues(store)
+        return [{**r, "raw": await q.mail_of("submission", r["id"])} for r in rows]
     finally:
         await store.close()
 

@@ -68,9 +68,9 @@ async def count(store: Store, table: object, *where: object) -> int:
 async def submission(store: Store, sid: int | None) -> bytes | None:
     """The stored mail of submission ``sid`` (None: the row is gone)."""
     async with store.engine.connect() as conn:
-        raw = (await conn.execute(select(m.submissions.c.raw).where(
-            m.submissions.c.id == int(sid or 0)))).scalar()
-    return None if raw is None else bytes(raw)
+        row = (await conn.execute(select(m.submissions.c.id).where(
+            m.submissions.c.id == int(sid or 0)))).first()
+    return None if row is None else await Queues(store).mail_of("submission", int(sid or 0))
 
 
 async def raw_of(store: Store, sid: int | None) -> bytes:

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tcms.crypto import h
 from tcms.datakeys import DataKeys
 from tcms.store import audit as audit_chain
-from tcms.store import encrypted
+from tcms.store import encrypted, pieces
 from tcms.store import models as m
 from tcms.store.engine import create_engine, normalise_url
 from tcms.store.records import (
@@ -79,8 +79,10 @@ class Store:
         async with self.transaction() as conn:
             res = await conn.execute(insert(m.submissions).returning(m.submissions.c.id), dict(
                 message_id=message_id, sender=sender, recipients=json.dumps(recipients),
-                subject=subject, raw=raw, created_at=now))
-            return int(res.scalar_one())
+                subject=subject, raw=b"", created_at=now))
+            sid = int(res.scalar_one())
+            await pieces.write(conn, pieces.of_row("submissions", sid), raw)
+            return sid
 
     async def start_submission(self, sid: int, runs: Sequence[tuple[RunRecord,
                                Sequence[OutMessage]]], notices: Sequence[OutMessage], *,
@@ -143,7 +145,7 @@ class Store:
                 raise ConcurrentUpdate(f"run {run.tx}/{run.role} changed concurrently")
             created = run.created_at
         if run.payload is not None:
-            await self._write_payload(conn, run.cid, run.role, run.payload)
+            await pieces.write(conn, pieces.of_run(run.cid, run.role), run.payload)
         for kind, data in received:
             await conn.execute(insert(m.messages), dict(
                 cid=run.cid, role=run.role, direction="in", kind=kind, data=data, at=now))
@@ -153,14 +155,6 @@ class Store:
         return RunRecord(**{**run.__dict__, "version": run.version + 1,
                             "created_at": created, "updated_at": now, "attempts": 0,
                             "next_attempt": None, "last_error": None, "payload": None})
-
-    async def _write_payload(self, conn: AsyncConnection, cid: bytes, role: str,
-                             payload: bytes) -> None:
-        """c in pieces, one statement each: a piece at a time is sealed and sent."""
-        view, size = memoryview(payload), len(payload)
-        for seq, at in enumerate(range(0, max(size, 1), m.PAYLOAD_CHUNK)):
-            await conn.execute(insert(m.payloads), dict(
-                cid=cid, role=role, seq=seq, size=size, data=view[at:at + m.PAYLOAD_CHUNK]))
 
     async def _queue(self, conn: AsyncConnection, cid: bytes, role: str,
                      outbox: Sequence[OutMessage], now: int) -> None:
@@ -177,36 +171,15 @@ class Store:
 
     async def get_payload(self, cid: bytes, role: str) -> bytes | None:
         """A run's c, None if it has none stored apart (a run stored before table
-        payloads: its state holds c)."""
-        size = await self.payload_size(cid, role)
-        if size is None:
-            return None
-        pieces = [piece async for piece in self.payload_pieces(cid, role, size)]
-        return b"".join(pieces)
+        pieces: its state holds c)."""
+        return await pieces.read(self.engine, pieces.of_run(cid, role))
 
     async def payload_size(self, cid: bytes, role: str) -> int | None:
-        t = m.payloads
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(t.c.size).where(
-                t.c.cid == cid, t.c.role == role, t.c.seq == 0))).first()
-        return None if row is None else int(row[0])
+        return await pieces.size_of(self.engine, pieces.of_run(cid, role))
 
-    async def payload_pieces(self, cid: bytes, role: str, size: int) -> AsyncIterator[bytes]:
-        """A run's c (of ``size`` bytes: ``payload_size``), a piece at a time: one read
-        each, so that a piece only is in memory at once (ValueError if pieces are missing).
-        """
-        t = m.payloads
-        got = 0
-        for seq in range(-(-size // m.PAYLOAD_CHUNK)):
-            async with self.engine.connect() as conn:
-                piece = (await conn.execute(select(t.c.data).where(
-                    t.c.cid == cid, t.c.role == role, t.c.seq == seq))).scalar()
-            if piece is None:
-                raise ValueError(f"piece {seq} of a stored c is missing")
-            got += len(piece)
-            yield bytes(piece)
-        if got != size:
-            raise ValueError(f"a stored c has {got} bytes in its pieces, not {size}")
+    def payload_pieces(self, cid: bytes, role: str, size: int) -> AsyncIterator[bytes]:
+        """A run's c (``size`` bytes: ``payload_size``), a stored piece at a time."""
+        return pieces.each(self.engine, pieces.of_run(cid, role), size)
 
     async def run_names(self, cid: bytes, role: str) -> tuple[str, str, str, str] | None:
         """(tx, owner, peer, subject) of a run, without reading its state (which holds c)."""

@@ -56,7 +56,8 @@ submissions = Table(
     Column("sender", String(254), nullable=False),
     Column("recipients", Text, nullable=False),  # JSON list
     Column("subject", Text, nullable=False),
-    Column("raw", EncryptedBinary("submissions.raw"), nullable=False),  # the mail
+    # the mail: in table pieces ("submission/ID"), or here if stored before that table
+    Column("raw", EncryptedBinary("submissions.raw"), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     # new -> started (runs created) | failed (nothing could be certified); see ``detail``
     Column("status", String(12), nullable=False, server_default="new", index=True),
@@ -75,7 +76,8 @@ inbound = Table(
     Column("mail_from", String(254), nullable=False),
     Column("rcpt", Text, nullable=False),  # JSON list: the protocol addresses it came to
     Column("peer", String(64), nullable=False),  # the MTA host that handed it over
-    Column("raw", EncryptedBinary("inbound.raw"), nullable=False),  # emptied once handled
+    # the mail (in table pieces, "inbound/ID", or here if older); emptied once handled
+    Column("raw", EncryptedBinary("inbound.raw"), nullable=False),
     Column("size", Integer, nullable=False),
     Column("kind", String(16), nullable=True),  # m3 ... refusal, once parsed
     Column("tx", String(32), nullable=True),
@@ -126,19 +128,20 @@ runs = Table(
     Index("ix_runs_due", "terminal", "deadline"),
 )
 
-# A run's payload: c, the encrypted mail, written once with the run in pieces of
-# PAYLOAD_CHUNK bytes (``seq`` 0, 1, ...), each sealed on its own, so that no write or read
-# holds more than one piece besides c (a run stored before this table keeps c in its
-# state).  ``size``: the whole c's length, on every piece.  Deleted with the run.
-PAYLOAD_CHUNK = 1024 * 1024
-payloads = Table(
-    "payloads",
+# Values as large as a mail, written once in pieces of PIECE bytes (``seq`` 0, 1, ...),
+# each sealed on its own, so that no write or read holds more than a piece besides the
+# value: a submission's mail (``owner`` "submission/ID"), a protocol mail the intake took
+# ("inbound/ID"), and a run's c ("c/CID/ROLE").  ``size``: the whole value's length, on
+# every piece.  Deleted with what owns them (tcms/store/pieces.py).  Rows stored before
+# this table keep their value in their own column (``raw``, or c in ``runs.state``).
+PIECE = 1024 * 1024
+pieces = Table(
+    "pieces",
     metadata,
-    Column("cid", LargeBinary(32), primary_key=True),
-    Column("role", String(8), primary_key=True),
+    Column("owner", String(100), primary_key=True),
     Column("seq", Integer, primary_key=True),
     Column("size", BigInteger, nullable=False),
-    Column("data", EncryptedBinary("payloads.data"), nullable=False),
+    Column("data", EncryptedBinary("pieces.data"), nullable=False),
 )
 
 # Every protocol message sent or received; outgoing ones form a transactional outbox.
