@@ -106,11 +106,22 @@ def seal(
     cipher = ciphers.get(cipher_alg) if cipher_alg else ciphers.default()
     hdr = Header(tx, me.party, recipient, ttp, tss, cipher.alg_id, deadlines, description)
     k = derive_message_key(k_r, k_t, tx)
-    c = cipher.encrypt(k, plaintext(m0, me.name, recipient.name), hdr.digest)
+    c = _encrypt(cipher, k, plaintext(m0, me.name, recipient.name), hdr.digest)
     e_r = wrap(recipient.enc_pk, k_r, WRAP_R, hdr.digest)
     e_t = wrap(ttp.enc_pk, k_t, WRAP_T, hdr.digest)
     core = Core(hdr, h(c), h(e_r), h(e_t), commit("kR", tx, k_r), commit("kT", tx, k_t))
     return Sealed(core, c, e_r, e_t, k_r, k_t)
+
+
+def _encrypt(cipher: ciphers.MessageCipher, k: bytes, data: bytes, aad: bytes) -> bytes:
+    """E_k(data): into the cipher's own buffer where it offers one (TSRG), and ``data``
+    (as large as the mail) let go before that buffer is copied out."""
+    into = getattr(cipher, "encrypt_buffer", None)
+    if into is None:
+        return cipher.encrypt(k, data, aad)
+    sealed = into(k, data, aad)
+    del data
+    return bytes(sealed)
 
 
 def sign_eoo(me: Identity, core: Core, token: bytes) -> bytes:
