@@ -6,6 +6,7 @@ SQLite.  Every recovery procedure is watched happening: R1S, R1R, R2S."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import signal
@@ -555,8 +556,9 @@ async def states(orgs: Orgs, subject: str) -> list[SenderState | ReceiverState]:
         store = gw.store()
         try:
             for r in await store.list_runs(limit=1000):
-                if r.subject == subject and r.role == "sender":
-                    out.append(load_state(SenderState, r.state))
+                if r.subject == subject and r.role == "sender":  # with c, kept apart
+                    out.append(dataclasses.replace(load_state(SenderState, r.state), c=(
+                        await store.get_payload(r.cid, r.role) or b"")))
                 elif r.subject == subject:
                     out.append(load_state(ReceiverState, r.state))
         finally:
