@@ -14,6 +14,8 @@ from types import TracebackType
 
 import aioimaplib
 
+from gateway import imapdata  # noqa: F401 - installs itself in aioimaplib (large APPENDs)
+
 log = logging.getLogger("tcms.gateway.imap")
 _QUOTED = re.compile(r'^\(.*?\) (?:"((?:[^"\\]|\\.)*)"|NIL) ')
 

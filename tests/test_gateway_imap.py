@@ -373,3 +373,46 @@ def test_idle_through_the_proxy(orgs: Orgs) -> None:
 def _deliver(orgs: Orgs) -> None:
     with smtplib.SMTP("127.0.0.1", orgs.stack.smtp_port, timeout=30) as s:
         s.sendmail("alice@a.test", ["carol@b.test"], b"Subject: idle probe\r\n\r\nping\r\n")
+
+
+async def test_a_large_append_goes_in_pieces_and_arrives_whole(
+        orgs: Orgs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway's IMAP client sends an APPEND literal over imapdata.CHUNK a piece at a
+    time under flow control (gateway/imapdata.py); Dovecot stores the same bytes."""
+    import base64
+    import os
+    import uuid
+
+    from mailstack import MASTER
+
+    from gateway import imapdata
+    from gateway.imap import MasterLogin
+
+    sent: list[int] = []
+    original = imapdata.send_literal
+
+    async def spy(protocol: object, data: bytes) -> None:
+        sent.append(len(data))
+        await original(protocol, data)
+
+    monkeypatch.setattr(imapdata, "send_literal", spy)
+    tls = ssl.create_default_context(cafile=str(orgs.stack.cert))
+    login = MasterLogin(lambda: aioimaplib.IMAP4_SSL("127.0.0.1", orgs.stack.imaps_port,
+                                                     ssl_context=tls, timeout=PATIENCE),
+                        MASTER[0], MASTER[1])
+    marks = {size: uuid.uuid4().hex for size in (1000, 3 * 1024 * 1024)}
+    mails = {size: (f"Subject: append {size}\r\nX-Mark: {mark}\r\n\r\n".encode()
+                    + base64.encodebytes(os.urandom(size)).replace(b"\n", b"\r\n"))
+             for size, mark in marks.items()}
+    async with login.session("carol@b.test") as box:
+        for size, mail in mails.items():
+            assert await box.append_once("INBOX", mail, "X-Mark", marks[size], retry=False)
+    assert sent == [len(mails[3 * 1024 * 1024])]  # the large one only, in pieces
+    with imaplib.IMAP4_SSL("127.0.0.1", orgs.stack.imaps_port, ssl_context=tls) as direct:
+        direct.login("carol@b.test", USERS["carol@b.test"])
+        direct.select("INBOX")
+        for size, mail in mails.items():
+            _, found = direct.search(None, "HEADER", "X-Mark", marks[size])
+            (num,) = found[0].split()
+            _, data = direct.fetch(num, "(BODY.PEEK[])")
+            assert data[0][1] == mail, size  # type: ignore[index]
