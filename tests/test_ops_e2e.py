@@ -226,18 +226,23 @@ def test_retention_purges_on_a_moved_clock_and_keeps_final_evidence(orgs: Orgs) 
         res = orgs.verify(again.stdout.encode(), "retention-1.json")
         assert res.returncode == 0 and "VALID evidence" in res.stdout, res.stdout
 
-    # the next day: the mail as submitted is gone, the evidence is whole
-    assert query(gw.db_url, "SELECT length(raw) FROM submissions WHERE id = ?", sid) != [(0,)]
+    # the next day: the mail as submitted is gone (its pieces), the evidence is whole
+    mail = "SELECT count(*) FROM pieces WHERE owner = ?", f"submission/{sid}"
+    assert query(gw.db_url, *mail) != [(0,)]
     purge_at(86400)
-    assert query(gw.db_url, "SELECT length(raw) FROM submissions WHERE id = ?", sid) == [(0,)]
+    assert query(gw.db_url, *mail) == [(0,)]
     assert query(gw.db_url, "SELECT count(*) FROM messages WHERE cid = ?", cid) != [(0,)]
     same_evidence()
     # after a month: the protocol messages too; the evidence is still whole
     purge_at(31 * 86400)
     assert query(gw.db_url, "SELECT count(*) FROM messages WHERE cid = ?", cid) == [(0,)]
     same_evidence()
-    # after 30 months: the exchange itself
+    # after 30 months: the exchange itself, and its c (its pieces)
+    assert isinstance(cid, bytes)
+    c_of = "SELECT count(*) FROM pieces WHERE owner LIKE ?", f"c/{cid.hex()}/%"
+    assert query(gw.db_url, *c_of) != [(0,)]
     purge_at(30 * MONTH + 86400)
     assert query(gw.db_url, "SELECT count(*) FROM runs WHERE tx = ?", tx) == [(0,)]
+    assert query(gw.db_url, *c_of) == [(0,)]
     gone = tcms_cli(gw, "tx", "export", tx)
     assert gone.returncode != 0 and "no exchange" in gone.stderr
