@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from gateway import context, imapproxy, intake, submission, workers
+from gateway import context, imapproxy, intake, memory, submission, workers
 from gateway.worker import Worker, answer
 from tcms import config as config_mod
 
@@ -27,6 +27,7 @@ async def run(settings: config_mod.Settings) -> None:
     except (config_mod.ConfigError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     await ctx.store.upgrade()
+    memory.give_back_large_buffers()
     worker = Worker(ctx)
 
     async def answer_by_mail(user: str, tx: str, event: Any) -> str:

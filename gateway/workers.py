@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from gateway import context, submission
+from gateway import context, memory, submission
 from gateway.worker import answer
 from tcms.config import Settings
 from tcms.protocol.events import Event
@@ -137,6 +137,7 @@ async def serve(settings: Settings, kick_fd: int) -> None:
     """One extra process: the submission listeners, until SIGTERM."""
     g = settings.gateway
     ctx = context.create(settings)
+    memory.give_back_large_buffers()
     os.set_blocking(kick_fd, False)
 
     codes = {kind: code for code, kind in KINDS.items()}
