@@ -35,6 +35,7 @@ from sqlalchemy import insert
 
 from gateway import metrics
 from gateway.queue import Queues
+from gateway.smtpin import OneBufferData
 from tcms.store import models as m
 
 log = logging.getLogger("tcms.gateway.intake")
@@ -140,13 +141,17 @@ class IntakeHandler:
         return "\r\n".join(f"250 2.0.0 <{r}> probe {nonce} recognised" for r in rcpts)
 
 
+class _IntakeLMTP(OneBufferData, LMTP):
+    """aiosmtpd's LMTP session, DATA read into one buffer (gateway/smtpin.py)."""
+
+
 async def start(handler: IntakeHandler, *, listen: tuple[str, int],
                 tls: ssl.SSLContext | None, max_size: int) -> asyncio.Server:
     """Listen for LMTP from the MTA (STARTTLS offered when ``tls`` is given)."""
     loop = asyncio.get_running_loop()
 
     def factory() -> LMTP:
-        return LMTP(handler, data_size_limit=max_size, hostname="tcms-gateway-intake",
+        return _IntakeLMTP(handler, data_size_limit=max_size, hostname="tcms-gateway-intake",
                     ident="TCMS intake", tls_context=tls, require_starttls=False,
                     enable_SMTPUTF8=True)
 

@@ -46,6 +46,7 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException
 
 from gateway.context import Upstream
+from gateway.smtpin import OneBufferData
 from gateway.subject import has_tag, header_block, may_carry_tag, subject_error
 from tcms.identity import party_name_error
 from tcms.protocol.events import Accept, Event, Refuse
@@ -337,10 +338,11 @@ def uncertifiable(sender: str, recipients: list[str], subject: str) -> str | Non
     return None
 
 
-class _FairSMTP(SMTP):
+class _FairSMTP(OneBufferData):
     """aiosmtpd's session, but it lets every other connection have a turn after each
     reply: a client that pipelines thousands of commands is served at the same pace as
-    everyone else, not before everyone else (a buffered line is read without waiting)."""
+    everyone else, not before everyone else (a buffered line is read without waiting);
+    DATA is read into one buffer (gateway/smtpin.py)."""
 
     async def push(self, status: AnyStr) -> None:
         await super().push(status)
