@@ -2,7 +2,7 @@
 with what it must send (the outbox) and what the user must see, in one transaction.
 
 A run's c (its payload, as large as the mail) is stored once, with the run, in table
-``payloads``; a step loads it only in the phases that read it (``needs_payload``), and the
+``pieces``; a step loads it only in the phases that read it (``needs_payload``), and the
 sender's m3 is queued with c left out (gateway/dispatch.py puts it back when it mails m3).
 
 Machine actions become outbox rows: ``Send`` keeps its destination (peer, tss, ttp);
@@ -32,7 +32,7 @@ class UnknownRun(Exception):
 
 async def load(ctx: GatewayContext, rec: RunRecord) -> tuple[Machine, bytes | None]:
     """The run's machine, holding c if its phase reads it; and c if the stored state
-    itself held it (a run stored before table payloads: c moves there at its next save)."""
+    itself held it (a run stored before table pieces: c moves there at its next save)."""
     me = ctx.identity(rec.owner)
     if me is None:
         raise UnknownRun(f"no key for {rec.owner}: cannot act on exchange {rec.tx}")

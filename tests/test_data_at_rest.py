@@ -107,7 +107,7 @@ def mail(marker: str) -> bytes:
 
 async def store_rows(db_url: str, keys_dir: Path, marker: str) -> dict[str, bytes]:
     """What a gateway stores for one exchange: the submission, the sender's run (both key
-    shares; c in table payloads) with its outbox (m3, holding c), and its evidence.
+    shares; c in table pieces) with its outbox (m3, holding c), and its evidence.
     Returns the secrets."""
     store = Store(db_url, data_keys=datakeys.load(keys_dir, PASSPHRASE.encode()))
     try:

@@ -203,7 +203,7 @@ def test_tx_purge_and_export_through_the_command(tmp_path: Path) -> None:
     kept = tcms("tx", "export", new)
     assert kept.returncode == 0, kept.stderr
     exported = json.loads(kept.stdout)
-    assert exported["holder"] == "sender" and exported["c"]  # c from table payloads
+    assert exported["holder"] == "sender" and exported["c"]  # c from table pieces
     bad = tcms("tx", "purge", "--now", "yesterday")
     assert bad.returncode == 2 and "ISO 8601" in bad.stderr
     # a --now past any date is purged against and said as such, not a traceback

@@ -115,7 +115,7 @@ runs = Table(
     Column("phase", String(16), nullable=False),
     Column("terminal", Boolean, nullable=False, default=False),
     Column("deadline", BigInteger, nullable=True),
-    Column("state", EncryptedBinary("runs.state"), nullable=False),  # key shares (c: payloads)
+    Column("state", EncryptedBinary("runs.state"), nullable=False),  # key shares (c: table pieces)
     Column("version", Integer, nullable=False, default=1),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),

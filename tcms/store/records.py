@@ -31,7 +31,7 @@ class RunRecord:
     next_attempt: int | None = None
     last_error: str | None = None
     quarantined: bool = False
-    # c, to be stored with the run in table payloads (a new run, or one whose state held
+    # c, to be stored with the run in table pieces (a new run, or one whose state held
     # c before that table); never read back into a record: Store.get_payload
     payload: bytes | None = None
 
