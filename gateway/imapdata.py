@@ -8,6 +8,8 @@ Until the literal's last byte is written the connection carries nothing else: a 
 sent on it before then (the LOGOUT after the APPEND timed out or was answered early)
 drops the connection instead (the server gets a literal cut short, and never another
 command's bytes inside it); a connection lost while the literal waits ends its task.
+The APPEND's timeout starts again with each piece the connection takes: it is for a
+connection that stops, not for a literal that takes longer than it to go.
 
 Installed on import (gateway/imap.py imports it), only where aioimaplib has exactly what it
 replaces; another aioimaplib runs as it is, with more memory.
@@ -81,8 +83,16 @@ def continuation(self: Any, line: bytes) -> None:
     task.add_done_callback(_SENDING.discard)
 
 
+def _progressed(command: Any) -> None:
+    """The command's inactivity timer started again (aioimaplib's own, if it has one)."""
+    ended, reset = getattr(command, "_event", None), getattr(command, "_reset_timer", None)
+    if isinstance(ended, asyncio.Event) and not ended.is_set() and callable(reset):
+        reset()
+
+
 async def send_literal(protocol: Any, data: bytes) -> None:
     view, writable = memoryview(data), _writable(protocol)
+    command = protocol.pending_sync_command  # the APPEND
     try:
         for at in range(0, len(view), CHUNK):
             await writable.wait()
@@ -90,6 +100,7 @@ async def send_literal(protocol: Any, data: bytes) -> None:
             if transport is None or transport.is_closing():
                 return  # the connection is gone: the command fails with it
             transport.write(view[at:at + CHUNK])
+            _progressed(command)
         protocol.transport.write(CRLF)
     except Exception:  # the command times out or fails with its connection
         log.exception("IMAP: sending an APPEND literal of %d bytes failed", len(data))

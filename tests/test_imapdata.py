@@ -33,8 +33,10 @@ class StallingProxy:
     """Forwards to Dovecot; stops reading the client ``stall_after`` bytes into an APPEND
     until ``flowing`` is set; keeps what it forwarded to the server (``upward``)."""
 
-    def __init__(self, upstream: int, stall_after: int = 1024 * 1024) -> None:
-        self.upstream, self.stall_after = upstream, stall_after
+    def __init__(self, upstream: int, stall_after: int = 1024 * 1024,
+                 rate: float | None = None) -> None:
+        """``rate``: the bytes a second it passes of an APPEND (a slow link), if given."""
+        self.upstream, self.stall_after, self.rate = upstream, stall_after, rate
         self.flowing = asyncio.Event()
         self.stalled = asyncio.Event()
         self.server_done = asyncio.Event()
@@ -61,7 +63,8 @@ class StallingProxy:
         async def up() -> None:
             appending: int | None = None
             while True:
-                if appending is not None and len(self.upward) - appending >= self.stall_after:
+                if appending is not None and self.rate is None \
+                        and len(self.upward) - appending >= self.stall_after:
                     self.stalled.set()
                     await self.flowing.wait()
                 try:
@@ -75,6 +78,8 @@ class StallingProxy:
                 self.upward += data
                 uwriter.write(data)
                 await uwriter.drain()
+                if appending is not None and self.rate is not None:
+                    await asyncio.sleep(len(data) / self.rate)  # the slow link
             uwriter.write_eof()
 
         await asyncio.gather(down(), up())
@@ -90,9 +95,33 @@ async def proxy(stack: MailStack) -> AsyncIterator[tuple[StallingProxy, MasterLo
     p.server.close()
 
 
-def _mail() -> bytes:
+async def test_a_literal_slower_than_the_timeout_but_moving_arrives_whole(
+        stack: MailStack) -> None:
+    """The command's timeout (2 s) is for a connection that stops, not for a literal that
+    takes longer than it to go (24 MB at 8 MB/s; what the kernel's buffers hold after the
+    last piece, at most about 4 MB, goes in well under it): it goes on, and Dovecot stores
+    the same bytes."""
+    p = StallingProxy(stack.imap_port, rate=8 * 1024 * 1024)
+    port = await p.start()
+    login = MasterLogin(lambda: aioimaplib.IMAP4("127.0.0.1", port, timeout=2), *MASTER)
+    mail = _mail(2 * SIZE)
+    mark = mail.split(b"X-Mark: ", 1)[1][:32].decode()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with login.open("carol@b.test") as box:
+        assert await box.append_once("INBOX", mail, "X-Mark", mark, retry=False)
+    print(f"APPEND of {len(mail)} bytes took {loop.time() - started:.1f} s (timeout 2 s)")
+    p.server.close()
+    direct = MasterLogin(lambda: aioimaplib.IMAP4("127.0.0.1", stack.imap_port, timeout=30),
+                         *MASTER)
+    async with direct.open("carol@b.test") as box:
+        (uid,) = await box.search_header("INBOX", "X-Mark", mark)
+        assert await box.fetch(uid) == mail
+
+
+def _mail(size: int = SIZE) -> bytes:
     head = f"Subject: slow append\r\nX-Mark: {uuid.uuid4().hex}\r\n\r\n".encode()
-    return head + os.urandom(SIZE // 2).hex().encode()
+    return head + os.urandom(size // 2).hex().encode()
 
 
 async def _sending() -> asyncio.Task[None]:
