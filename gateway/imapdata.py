@@ -63,7 +63,8 @@ def send(self: Any, line: str, scrub: str | None = None) -> None:
     assert _send is not None
     literal: asyncio.Task[None] | None = self.__dict__.get("_tcms_literal")
     if literal is not None and not literal.done():
-        self.transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
         raise Abort("the connection was dropped: an APPEND literal was left unfinished")
     _send(self, line, scrub)
 
