@@ -90,6 +90,7 @@ def _encodes_as(value: Value, data: bytes) -> bool:
     if not isinstance(value, list) or not any(
             isinstance(v, bytes) and len(v) >= BIG for v in value):
         return encode(value) == data
+    _check(value)  # the depth bound counts from the array, as encode(value) does
     view = memoryview(data)
     nones = encode([None] * len(value))
     pos = len(nones) - len(value)  # the array's head: the same for any items

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import cbor2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -97,6 +98,21 @@ def test_a_large_byte_string_is_checked_where_it_is(items: list[codec.Value], bi
     loose = codec.encode([*value, 5])[:-1] + bytes.fromhex("1805")
     with pytest.raises(codec.CodecError, match="not canonical"):
         codec.decode(loose)
+
+
+@pytest.mark.parametrize("big", [b"a" * 10, b"a" * codec.BIG])
+def test_the_depth_bound_is_the_same_beside_a_large_byte_string(big: bytes) -> None:
+    """An item nested one level past MAX_DEPTH is refused whether or not the array also
+    holds a large byte string (the check where the string is looked at each other item
+    on its own, one level less deep)."""
+    deep: codec.Value = []
+    for _ in range(codec.MAX_DEPTH - 1):
+        deep = [deep]
+    fits = cbor2.dumps([big, deep], canonical=True)  # MAX_DEPTH levels below the array
+    assert codec.decode(fits) == [big, deep]
+    too_deep = cbor2.dumps([big, [deep]], canonical=True)
+    with pytest.raises(codec.CodecError, match="too deep"):
+        codec.decode(too_deep)
 
 
 def test_bytes_head_is_the_encoders() -> None:
