@@ -230,8 +230,9 @@ class Queues:
         """End a claimed row: ``done`` or ``rejected`` (with its named reason); for inbound
         mail, ``hints`` is the (kind, tx) its headers claim."""
         async with self.store.transaction() as conn:
-            if kind == "inbound":
-                await conn.execute(update(m.inbound).where(m.inbound.c.id == int(key)).values(
+            if kind == "inbound":  # a row another worker finished meanwhile stays as it is
+                await conn.execute(update(m.inbound).where(
+                    m.inbound.c.id == int(key), m.inbound.c.status == "new").values(
                     status=status, detail=detail[:ERROR_LIMIT], finished_at=now,
                     next_attempt=None, raw=b"" if status == "done" else m.inbound.c.raw,
                     kind=hints[0] or None, tx=hints[1] or None))

@@ -91,6 +91,23 @@ async def test_done_inbound_mail_is_emptied_and_answer_checks_coalesce(store: St
     assert [c.owner for c in await q.claim_answer_checks(T0 + 6)] == ["bob@b.test"]
 
 
+async def test_a_late_worker_never_overwrites_what_another_finished(store: Store) -> None:
+    """Two workers hold the same protocol mail (the first one's lease ran out): the first
+    finishes it; the second then finds its mail gone, and its outcome changes nothing."""
+    q = Queues(store, lease=60)
+    (item,) = await add(q)
+    (first,) = await q.claim_inbound(T0)
+    (second,) = await q.claim_inbound(T0 + 61)  # the first one's lease is over
+    assert first.id == second.id == item
+    await q.finish("inbound", item, T0 + 62, detail="exchange x: notice for bob@b.test",
+                   hints=("m3", "ab" * 16))
+    assert await q.mail_of("inbound", item) == b""  # what the second one reads now
+    await q.finish("inbound", item, T0 + 63, status="rejected",
+                   detail="mail.format: not a TCMS protocol mail")
+    entry = await q.entry("inbound", str(item))
+    assert entry is not None and entry.status == "done" and "notice" in entry.detail, entry
+
+
 async def test_outbox_failures_back_off_then_quarantine(store: Store) -> None:
     """The outbox as the worker drives it: claim_outbox under a lease, a failure through
     Queues.fail (retry after the backoff, quarantine past the bound), retried by an
