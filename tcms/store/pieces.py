@@ -42,12 +42,13 @@ async def size_of(engine: AsyncEngine, owner: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-async def each(engine: AsyncEngine, owner: str, size: int) -> AsyncIterator[bytes]:
-    """The value (of ``size`` bytes: ``size_of``) a piece at a time, a read each
-    (ValueError if a piece is missing or the pieces do not add up)."""
+async def each(engine: AsyncEngine, owner: str, size: int,
+               start: int = 0) -> AsyncIterator[bytes]:
+    """The value (of ``size`` bytes: ``size_of``) a piece at a time from piece ``start``,
+    a read each (ValueError if a piece is missing or the pieces do not add up)."""
     t = m.pieces
-    got = 0
-    for seq in range(-(-size // m.PIECE)):
+    got = start * m.PIECE
+    for seq in range(start, -(-size // m.PIECE)):
         async with engine.connect() as conn:
             piece = (await conn.execute(select(t.c.data).where(
                 t.c.owner == owner, t.c.seq == seq))).scalar()
@@ -60,12 +61,20 @@ async def each(engine: AsyncEngine, owner: str, size: int) -> AsyncIterator[byte
 
 
 async def read(engine: AsyncEngine, owner: str) -> bytes | None:
-    """The whole value, None if there is none."""
-    size = await size_of(engine, owner)
-    if size is None:
+    """The whole value, None if there is none (a value of one piece: one read)."""
+    t = m.pieces
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(t.c.size, t.c.data).where(
+            t.c.owner == owner, t.c.seq == 0))).first()
+    if row is None:
         return None
+    size, first = int(row[0]), bytes(row[1])
+    if size <= m.PIECE:
+        if len(first) != size:
+            raise ValueError(f"the pieces of {owner} hold {len(first)} bytes, not {size}")
+        return first
     try:
-        return b"".join([piece async for piece in each(engine, owner, size)])
+        return b"".join([first, *[piece async for piece in each(engine, owner, size, 1)]])
     except ValueError:
         if await size_of(engine, owner) is None:
             return None  # deleted while it was read (retention)
