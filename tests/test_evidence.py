@@ -230,6 +230,7 @@ def test_tcms_tx_list_show_export(tmp_path: Path) -> None:
     tx_id = listing[0].split()[0]
     shown = tx("show", tx_id[:8]).stdout
     assert f"exchange {tx_id} (sender side)" in shown and "(receiver side)" in shown
+    assert shown.count("bytes, kept apart") == 2, shown  # each side's c, in table pieces
     bundle = tmp_path / "bundle.json"
     assert tx("export", tx_id, "--role", "sender", "-o", str(bundle)).returncode == 0
     trust = tmp_path / "recipient-stalls" / "trust.json"

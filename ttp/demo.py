@@ -97,10 +97,12 @@ async def run(out_dir: Path, scenario: str = "accept",
     async def persist(machine: Sender | Receiver, role: str) -> None:
         existing = await store.get_run(machine.cid, role)
         own, peer = (alice.name, bob.name) if role == "sender" else (bob.name, alice.name)
+        # as a gateway stores a run: its state without c, c apart with a new run
         rec = RunRecord(machine.cid, role, machine.core.header.tx.hex(), own, peer,
                         machine.core.header.description.subject, machine.phase,
-                        machine.terminal, machine.deadline, machine.dump(),
-                        existing.version if existing else 0)
+                        machine.terminal, machine.deadline, machine.stored(),
+                        existing.version if existing else 0,
+                        payload=None if existing else machine.payload)
         await store.save_run(rec, now=t, audit=[(role, f"phase.{machine.phase}", "")])
 
     machines: dict[str, Sender | Receiver] = {"alice": sender}

@@ -38,16 +38,19 @@ def tx_show(ctx: click.Context, tx_id: str) -> None:
     """Everything about the exchange TX_ID (a unique prefix is enough)."""
     async def load(store: Any) -> Any:
         runs = await store.find_runs(tx_id)
-        return [(r, await store.messages_of(r.cid)) for r in runs]
+        return [(r, await store.messages_of(r.cid), await store.payload_size(r.cid, r.role))
+                for r in runs]
 
     found = with_store(ctx, load)
     if not found:
         raise click.ClickException(f"no exchange {tx_id}")
-    for run, msgs in found:
+    for run, msgs, c_size in found:
         click.echo(f"exchange {run.tx} ({run.role} side), cid {run.cid.hex()}")
         click.echo(f"  {run.owner} <-> {run.peer}, subject {run.subject!r}")
         click.echo(f"  phase {run.phase}{' (ended)' if run.terminal else ''}, next deadline "
                    f"{when(run.deadline)}, updated {when(run.updated_at)}")
+        if c_size is not None:
+            click.echo(f"  c: {c_size} bytes, kept apart (its m3 is logged without it)")
         for m in msgs:
             click.echo(f"  {when(m.at)} {m.direction:3} {m.kind:10} {len(m.data)} bytes")
 
