@@ -98,12 +98,13 @@ async def to_peer(ctx: GatewayContext, names: tuple[str, str, str, str],
 async def _mail_of(ctx: GatewayContext, row: StoredMessage, **frame: str) -> bytes:
     """The mail of an outbox message to the peer.  An m3 queued with c left out
     (gateway/runs.py) gets the run's c written into its mail a stored piece at a time."""
-    if row.kind != "m3" or M3.decode(row.data).c:
+    m3 = M3.decode(row.data) if row.kind == "m3" else None
+    if m3 is None or m3.c:
         return mailformat.build(row.data, **frame)
     size = await ctx.store.payload_size(row.cid, row.role)
     if size is None:
         raise Retry(f"exchange {frame['tx']}: the sender's c is missing")
-    before, after = M3.decode(row.data).encoded_around_c(size)
+    before, after = m3.encoded_around_c(size)
     writer = mailformat.MailWriter("m3", len(before) + size + len(after), **frame)
     writer.write(before)
     async for piece in ctx.store.payload_pieces(row.cid, row.role, size):
