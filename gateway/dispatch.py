@@ -53,7 +53,7 @@ async def dispatch(ctx: GatewayContext, row: StoredMessage, now: int) -> None:
     if dest == "mailbox":
         await to_mailbox(ctx, row, now)
         return
-    if dest == "peer":  # the run's names only: its state holds c, as big as the mail
+    if dest == "peer":  # the run's names only: a message to the peer needs no state
         names = await ctx.store.run_names(row.cid, row.role)
         if names is None:
             log.error("outbox #%d belongs to no exchange; dropped", row.id)

@@ -182,7 +182,7 @@ class Store:
         return pieces.each(self.engine, pieces.of_run(cid, role), size)
 
     async def run_names(self, cid: bytes, role: str) -> tuple[str, str, str, str] | None:
-        """(tx, owner, peer, subject) of a run, without reading its state (which holds c)."""
+        """(tx, owner, peer, subject) of a run, without reading its state."""
         t = m.runs
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(t.c.tx, t.c.owner, t.c.peer, t.c.subject).where(
