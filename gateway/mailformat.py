@@ -152,8 +152,16 @@ class MailWriter:
 
 def is_protocol_mail(raw: bytes) -> bool:
     """A cheap look at the headers: is this TCMS protocol mail (to hide from users)?"""
-    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    return _TCMS_LINE.search(head) is not None  # not a list of its lines
+    return _TCMS_LINE.search(_head(raw)) is not None  # not a list of its lines
+
+
+def _head(raw: bytes) -> bytes:
+    """The header block as these looks take it: up to the first CRLF CRLF, then up to the
+    first LF LF in that (a copy of the headers only, never of the body)."""
+    for blank in (b"\r\n\r\n", b"\n\n"):
+        at = raw.find(blank)
+        raw = raw if at < 0 else raw[:at]
+    return raw
 
 
 _TCMS_LINE = re.compile(rb"(?:\A|[\r\n])tcms-message:", re.IGNORECASE)  # a line's start
@@ -166,7 +174,7 @@ _HINT = re.compile(rb"^tcms-(message|transaction):[ \t]*([A-Za-z0-9]{1,40})[ \t]
 def hints(raw: bytes) -> tuple[str, str]:
     """(kind, tx) as the headers claim them, for the administrator's view of mail that
     may not parse: lower-case, a known kind or "", 32 hex digits or ""."""
-    head = raw[:64 * 1024].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    head = _head(raw[:64 * 1024])
     found = {m.group(1).lower(): m.group(2).decode().lower() for m in _HINT.finditer(head)}
     kind = found.get(b"message", "")
     tx = found.get(b"transaction", "")
